@@ -1,0 +1,30 @@
+# rollbench: `make demo` runs the main job, `make test` the test suite (both set up .venv).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install test lint demo bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip
+	$(PY) -m pip install -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+
+test: $(STAMP) lint
+	$(PY) -m pytest
+
+demo: $(STAMP)
+	$(VENV)/bin/rollbench bench video.latent_frames=480
+	$(VENV)/bin/rollbench run strategy=sink video.latent_frames=480
+
+bench: $(STAMP)
+	$(VENV)/bin/rollbench bench video.latent_frames=480
+
+clean:
+	rm -rf runs .pytest_cache

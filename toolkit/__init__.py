@@ -1,0 +1,1 @@
+"""rollbench's harness: model protocol, rollout loop, positions, cache base classes, world."""

@@ -1,0 +1,112 @@
+"""Attention processors that let a cache strategy, not the model, decide the context.
+
+Two processors are installed on a diffusers ``WanTransformer3DModel`` (reversibly, with
+``install``): ``SelfAttention`` on every ``attn1`` and ``CrossAttention`` on every ``attn2``.
+``SelfAttention`` computes this block's rotated q / k / v exactly as diffusers' Wan processor
+does, then hands them to an *attention plan*, which owns the policy:
+
+- ``MaskedPlan``: one pass over a whole sequence with a boolean mask (the block-causal reference
+  and teacher-forced training);
+- ``CachePlan`` (in ``toolkit.rollout``): context K/V from a cache strategy, plus recording of
+  the block's own K/V for the cache-fill pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from toolkit.rope import apply_rope
+
+
+class AttentionPlan(Protocol):
+    """Decides what the tokens of one forward pass attend to, layer by layer."""
+
+    def attend(self, layer: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """q, k, v: (B, H, N, D), already rotated. Returns (B, H, N, D)."""
+
+
+class MaskedPlan:
+    """Plain attention over the pass's own tokens with an optional boolean mask (N, N)."""
+
+    def __init__(self, mask: Tensor | None = None) -> None:
+        self.mask = mask  # True = may attend
+
+    def attend(self, layer: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=self.mask)
+
+
+class SelfAttention:
+    """Self-attention processor for one layer; the installed plan supplies the context."""
+
+    def __init__(self, layer: int, slot: PlanSlot) -> None:
+        self.layer, self.slot = layer, slot
+
+    def __call__(self, attn, hidden_states: Tensor, encoder_hidden_states=None,
+                 attention_mask=None, rotary_emb=None) -> Tensor:
+        # 1. projections and q/k RMS-norm across heads, as diffusers' WanAttnProcessor
+        q = attn.norm_q(attn.to_q(hidden_states)).unflatten(2, (attn.heads, -1))  # (B, N, H, D)
+        k = attn.norm_k(attn.to_k(hidden_states)).unflatten(2, (attn.heads, -1))
+        v = attn.to_v(hidden_states).unflatten(2, (attn.heads, -1))
+        # 2. rotary embedding at the positions the caller chose: tables (1, N, 1, D)
+        if rotary_emb is not None:
+            q, k = apply_rope(q, *rotary_emb), apply_rope(k, *rotary_emb)
+        # 3. the plan attends: (B, H, N, D) in and out
+        out = self.slot.plan.attend(self.layer, q.transpose(1, 2), k.transpose(1, 2),
+                                    v.transpose(1, 2))
+        out = out.transpose(1, 2).flatten(2, 3).type_as(q)
+        return attn.to_out[1](attn.to_out[0](out))
+
+
+class CrossAttention:
+    """Cross-attention to the prompt; K/V are computed once per prompt tensor and reused."""
+
+    def __init__(self) -> None:
+        self._source: Tensor | None = None
+        self._kv: tuple[Tensor, Tensor] | None = None
+
+    def __call__(self, attn, hidden_states: Tensor, encoder_hidden_states: Tensor,
+                 attention_mask=None, rotary_emb=None) -> Tensor:
+        if self._source is not encoder_hidden_states:  # a new prompt: project it once
+            k = attn.norm_k(attn.to_k(encoder_hidden_states)).unflatten(2, (attn.heads, -1))
+            v = attn.to_v(encoder_hidden_states).unflatten(2, (attn.heads, -1))
+            self._source, self._kv = encoder_hidden_states, (k.transpose(1, 2), v.transpose(1, 2))
+        q = attn.norm_q(attn.to_q(hidden_states)).unflatten(2, (attn.heads, -1)).transpose(1, 2)
+        out = F.scaled_dot_product_attention(q, *self._kv)
+        out = out.transpose(1, 2).flatten(2, 3).type_as(q)
+        return attn.to_out[1](attn.to_out[0](out))
+
+
+class PlanSlot:
+    """The mutable place the installed processors read their current plan from."""
+
+    def __init__(self) -> None:
+        self.plan: AttentionPlan = MaskedPlan()
+
+
+@contextmanager
+def install(transformer: torch.nn.Module) -> Iterator[PlanSlot]:
+    """Install rollbench's processors on a Wan transformer; restore the originals on exit."""
+    blocks = transformer.blocks
+    originals = [(b.attn1.processor, b.attn2.processor) for b in blocks]
+    slot = PlanSlot()
+    try:
+        for i, b in enumerate(blocks):
+            b.attn1.set_processor(SelfAttention(i, slot))
+            b.attn2.set_processor(CrossAttention())
+        yield slot
+    finally:
+        for b, (p1, p2) in zip(blocks, originals, strict=True):
+            b.attn1.set_processor(p1)
+            b.attn2.set_processor(p2)
+
+
+def block_causal_mask(frames_per_token_block: Tensor) -> Tensor:
+    """Mask (N, N), True where token i may attend token j: block(j) <= block(i)."""
+    b = frames_per_token_block
+    return b[None, :] <= b[:, None]

@@ -1,0 +1,173 @@
+"""The model side: the ``VideoModel`` protocol and its Wan implementation.
+
+Any model the harness drives satisfies ``VideoModel``. ``WanCausalModel`` drives a diffusers
+``WanTransformer3DModel`` (a tiny config or the 1.3B one) one block at a time, reading the
+diffusers forward top to bottom but with positions chosen by the caller and self-attention
+context chosen by the installed attention plan (``toolkit.attention``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+from diffusers import WanTransformer3DModel
+from torch import Tensor
+
+from toolkit.attention import PlanSlot, install
+from toolkit.rope import Rope
+from toolkit.sampling import SamplerConfig
+from toolkit.spec import ModelSpec
+
+PREDICTIONS = ("flow", "x0")
+
+
+@runtime_checkable
+class VideoModel(Protocol):
+    """What the rollout harness needs from a model."""
+
+    spec: ModelSpec
+    rope: Rope
+    sampler: SamplerConfig
+    vae: Any  # .encode(frames) -> latents, .decode(latents) -> frames; or None
+
+    def encode_prompt(self, prompts: list[Any]) -> Tensor:
+        """Conditioning (B, L, C) for a batch of prompts."""
+
+    def attach(self) -> Any:
+        """Context manager installing the attention path; yields a ``PlanSlot``."""
+
+    def predict_x0(self, x: Tensor, sigma: float, pos: Tensor, cond: Tensor) -> Tensor:
+        """Clean-latent prediction for a noisy block x (B, C, F, H, W) at token positions pos."""
+
+    def fill(self, x0: Tensor, pos: Tensor, cond: Tensor) -> None:
+        """Cache-fill pass: run the clean block at timestep 0 so the plan records its K/V."""
+
+    def patch_embed(self, latents: Tensor) -> Tensor:
+        """Tokens (B, N, width) of latents (B, C, F, H, W), the model's own patch embedding."""
+
+
+class WanCausalModel(torch.nn.Module):
+    """A ``WanTransformer3DModel`` sampled block by block.
+
+    Args:
+        transformer: the diffusers transformer.
+        spec: its sizes (checked against the transformer's config).
+        prompt_encoder: module mapping a list of prompts to embeddings (B, L, text_dim).
+        vae: optional object with ``encode`` / ``decode``.
+        prediction: what the transformer outputs, ``flow`` (velocity noise - x0) or ``x0``.
+        sampler: the denoising schedule of one block.
+    """
+
+    def __init__(self, transformer: WanTransformer3DModel, spec: ModelSpec,
+                 prompt_encoder: torch.nn.Module, vae: Any = None, prediction: str = "flow",
+                 sampler: SamplerConfig | None = None) -> None:
+        super().__init__()
+        if prediction not in PREDICTIONS:
+            raise ValueError(f"prediction={prediction!r}: allowed {list(PREDICTIONS)}")
+        cfg = transformer.config
+        actual = (len(transformer.blocks), cfg.num_attention_heads, cfg.attention_head_dim,
+                  cfg.in_channels, tuple(cfg.patch_size))
+        wanted = (spec.num_layers, spec.num_heads, spec.head_dim, spec.latent_channels, spec.patch)
+        if actual != wanted:
+            raise ValueError(f"transformer config {actual} does not match spec {wanted} "
+                             "(layers, heads, head_dim, channels, patch)")
+        self.transformer, self.spec, self.prompt_encoder = transformer, spec, prompt_encoder
+        self.vae, self.prediction = vae, prediction
+        self.sampler = sampler or SamplerConfig()
+        self.rope = Rope(spec)
+        self._slot: PlanSlot | None = None
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.transformer.parameters()).device
+
+    def encode_prompt(self, prompts: list[Any]) -> Tensor:
+        """Prompt embeddings projected by the transformer's text embedder (computed once)."""
+        raw = self.prompt_encoder(prompts).to(self.device)
+        return self.transformer.condition_embedder.text_embedder(raw)
+
+    @contextmanager
+    def attach(self) -> Iterator[PlanSlot]:
+        """Install rollbench's attention processors for the duration of a rollout."""
+        with install(self.transformer) as slot:
+            self._slot = slot
+            try:
+                yield slot
+            finally:
+                self._slot = None
+
+    def forward_tokens(self, x: Tensor, timestep: Tensor, pos: Tensor, cond: Tensor,
+                       project: bool = True) -> Tensor | None:
+        """One pass of the Wan transformer over latents x (B, C, F, H, W).
+
+        Self-attention goes through the plan currently in the slot yielded by ``attach``.
+
+        Args:
+            timestep: (B,) or per token (B, N), in [0, 1000].
+            pos: token positions (N, 3) for the rotary embedding.
+            cond: projected prompt embeddings from ``encode_prompt``.
+            project: False skips the output head (the cache-fill pass needs no output).
+        """
+        if self._slot is None:
+            raise RuntimeError("forward_tokens needs the processors installed: use model.attach()")
+        tf = self.transformer
+        b, _, f, h, w = x.shape
+        # 1. rotary tables at the chosen positions, and patch embedding
+        cos, sin = self.rope.cos_sin(pos)
+        rotary = (cos.to(x.device), sin.to(x.device))
+        tokens = tf.patch_embedding(x.to(tf.dtype)).flatten(2).transpose(1, 2).contiguous()
+        # 2. timestep embedding (per sample or per token), as WanTimeTextImageEmbedding
+        temb, proj = self._time_embedding(timestep.to(x.device), b)
+        # 3. transformer blocks
+        for block in tf.blocks:
+            tokens = block(tokens, cond, proj, rotary)
+        if not project:
+            return None
+        # 4. output norm with the final modulation, projection, unpatchify
+        table = tf.scale_shift_table.to(temb.device)
+        if temb.ndim == 3:
+            shift, scale = (table.unsqueeze(0) + temb.unsqueeze(2)).chunk(2, dim=2)
+            shift, scale = shift.squeeze(2), scale.squeeze(2)
+        else:
+            shift, scale = (table + temb.unsqueeze(1)).chunk(2, dim=1)
+        tokens = (tf.norm_out(tokens.float()) * (1 + scale) + shift).type_as(tokens)
+        out = tf.proj_out(tokens)
+        p_t, p_h, p_w = self.spec.patch
+        out = out.reshape(b, f // p_t, h // p_h, w // p_w, p_t, p_h, p_w, -1)
+        return out.permute(0, 7, 1, 4, 2, 5, 3, 6).flatten(6, 7).flatten(4, 5).flatten(2, 3)
+
+    def _time_embedding(self, timestep: Tensor, batch: int) -> tuple[Tensor, Tensor]:
+        ce = self.transformer.condition_embedder
+        per_token = timestep.ndim == 2
+        t = ce.timesteps_proj(timestep.flatten())
+        if per_token:
+            t = t.unflatten(0, (batch, -1))
+        t = t.to(next(ce.time_embedder.parameters()).dtype)
+        temb = ce.time_embedder(t)
+        proj = ce.time_proj(ce.act_fn(temb))
+        proj = proj.unflatten(2, (6, -1)) if per_token else proj.unflatten(1, (6, -1))
+        return temb, proj
+
+    def to_x0(self, out: Tensor, x: Tensor, sigma: Tensor | float) -> Tensor:
+        """Clean-latent estimate from the transformer output at noise level sigma."""
+        return out if self.prediction == "x0" else x - sigma * out
+
+    def predict_x0(self, x: Tensor, sigma: float, pos: Tensor, cond: Tensor) -> Tensor:
+        timestep = torch.full((x.shape[0],), 1000.0 * sigma, device=x.device)
+        out = self.forward_tokens(x, timestep, pos, cond)
+        return self.to_x0(out.float(), x, sigma)
+
+    def fill(self, x0: Tensor, pos: Tensor, cond: Tensor) -> None:
+        timestep = torch.zeros((x0.shape[0],), device=x0.device)
+        self.forward_tokens(x0, timestep, pos, cond, project=False)
+
+    def patch_embed(self, latents: Tensor) -> Tensor:
+        tf = self.transformer
+        return tf.patch_embedding(latents.to(tf.dtype)).flatten(2).transpose(1, 2)
+
+    def num_parameters(self) -> int:
+        return sum(math.prod(p.shape) for p in self.parameters())

@@ -1,0 +1,142 @@
+"""The rollout harness: one strategy-agnostic loop over blocks and denoising steps."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from toolkit.cache import BlockKV, CacheStrategy, FinishedBlock
+from toolkit.rope import grid_positions
+from toolkit.sampling import BlockSampler
+from toolkit.timing import Timer
+from toolkit.trace import BlockRecord, Trace
+
+
+class RolloutError(RuntimeError):
+    """A rollout stopped early; ``trace`` holds the blocks finished before it."""
+
+    def __init__(self, message: str, trace: Trace) -> None:
+        super().__init__(message)
+        self.trace = trace
+
+
+@dataclass
+class Rollout:
+    """What a rollout returns: latents (B, C, F, H, W), frames (B, F, 3, H, W) or None, Trace."""
+
+    latents: Tensor
+    frames: Tensor | None
+    trace: Trace
+
+
+class CachePlan:
+    """Attention plan of a rollout: the strategy's context, then the block itself.
+
+    While ``recording`` (the cache-fill pass) it keeps each layer's K/V of the block.
+    """
+
+    def __init__(self, strategy: CacheStrategy, num_layers: int) -> None:
+        self.strategy, self.step, self.recording = strategy, 0, False
+        self.keys: list[Tensor | None] = [None] * num_layers
+        self.values: list[Tensor | None] = [None] * num_layers
+        self.context_tokens = 0
+
+    def attend(self, layer: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        if self.recording:
+            self.keys[layer], self.values[layer] = k, v
+        ck, cv = self.strategy.context(layer, q, self.step)
+        self.context_tokens = ck.shape[2]
+        if ck.shape[2]:
+            k, v = torch.cat([ck.to(k.dtype), k], dim=2), torch.cat([cv.to(v.dtype), v], dim=2)
+        return F.scaled_dot_product_attention(q, k, v)
+
+    def take_kv(self, index: int, t0: float) -> BlockKV:
+        kv = BlockKV(index, torch.stack(self.keys), torch.stack(self.values), t0)
+        self.keys = [None] * len(self.keys)
+        self.values = [None] * len(self.values)
+        return kv
+
+
+BlockCallback = Callable[[BlockRecord], None]
+
+
+@torch.no_grad()
+def rollout(model: Any, strategy: CacheStrategy, prompts: Sequence[Any], latent_frames: int,
+            seed: int = 0, progress: bool = False, decode: bool = True,
+            callbacks: Sequence[BlockCallback] = ()) -> Rollout:
+    """Generate ``latent_frames`` latent frames block by block under a cache strategy.
+
+    Args:
+        model: a ``VideoModel``.
+        strategy: decides the attention context of every block.
+        prompts: one prompt per video in the batch.
+        latent_frames: length of the video; a multiple of the model's block size.
+        seed: seeds all noise (same seed, same numbers).
+        progress: show a progress bar.
+        decode: decode frames with the model's VAE when it has one.
+        callbacks: called with each block's record as soon as it is finished.
+    """
+    # 1. sizes, noise, prompt conditioning (cross-attention K/V are computed once per prompt)
+    spec, device = model.spec, model.device
+    bf = spec.block_frames
+    if latent_frames < bf or latent_frames % bf:
+        raise ValueError(f"video.latent_frames={latent_frames}: must be a positive multiple of "
+                         f"the block size {bf}")
+    timer = Timer(cuda=device.type == "cuda")
+    generator = torch.Generator().manual_seed(seed)
+    sampler = BlockSampler(model.sampler)
+    cond = model.encode_prompt(list(prompts))
+    shape = (len(prompts), spec.latent_channels, bf, spec.latent_height, spec.latent_width)
+    strategy.bind(model, timer)
+    plan = CachePlan(strategy, spec.num_layers)
+    trace = Trace(strategy=type(strategy).__name__, block_frames=bf,
+                  meta={"hparams": strategy.hparams(), "latent_frames": latent_frames,
+                        "seed": seed})
+    out: list[Tensor] = []
+    with model.attach() as slot:
+        slot.plan = plan
+        for index in tqdm(range(latent_frames // bf), disable=not progress, desc=trace.strategy,
+                          unit="block"):
+            # 2. the strategy prepares the context and says where this block sits
+            with timer.section("cache_update"):
+                t0 = float(strategy.begin_block(index))
+                pos = grid_positions(spec, t0, bf)
+            # 3. denoise the block
+            noise = torch.randn(shape, generator=generator).to(device)
+            with timer.section("denoise"):
+                def predict(x: Tensor, sigma: float, step: int, pos: Tensor = pos) -> Tensor:
+                    plan.step = step
+                    return model.predict_x0(x, sigma, pos, cond)
+
+                x0 = sampler.sample(predict, noise, generator)
+            info = strategy.info()
+            if not torch.isfinite(x0).all():
+                raise RolloutError(f"block {index} of strategy {trace.strategy} is not finite "
+                                   f"(NaN or inf); {len(trace.blocks)} blocks were finished",
+                                   trace)
+            # 4. cache-fill pass at timestep 0, then the strategy takes the block
+            with timer.section("cache_update"):
+                plan.recording, plan.step = True, model.sampler.steps
+                model.fill(x0, pos, cond)
+                plan.recording = False
+                strategy.commit(FinishedBlock(index, x0, plan.take_kv(index, t0)))
+            out.append(x0)
+            # 5. record the block
+            held = strategy.footprint()
+            record = BlockRecord(index=index, t0=t0, context_tokens=plan.context_tokens,
+                                 tokens={k: u.tokens for k, u in held.items()},
+                                 bytes={k: u.bytes for k, u in held.items()},
+                                 seconds=timer.take(), info=info)
+            trace.blocks.append(record)
+            for callback in callbacks:
+                callback(record)
+    # 6. decode
+    latents = torch.cat(out, dim=2)
+    frames = model.vae.decode(latents) if decode and model.vae is not None else None
+    return Rollout(latents=latents, frames=frames, trace=trace)

@@ -1,0 +1,117 @@
+"""The contract suite every cache strategy runs through, a user's own included.
+
+Use it from pytest by subclassing and saying how to build your strategy::
+
+    from toolkit.testing import StrategyContract
+
+    class TestMyStrategy(StrategyContract):
+        def make_strategy(self):
+            return MyStrategy(budget_frames=8)
+"""
+
+from __future__ import annotations
+
+import gc
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from toolkit.cache import CacheStrategy
+from toolkit.rollout import rollout
+
+
+def held_tensors(obj: Any, skip: tuple[str, ...] = ()) -> list[Tensor]:
+    """Distinct tensors reachable from a strategy's own state (not the shared model)."""
+    seen: dict[int, Tensor] = {}
+    visited: set[int] = set()
+
+    def walk(x: Any) -> None:
+        if id(x) in visited or isinstance(x, torch.nn.Module):
+            return
+        visited.add(id(x))
+        if isinstance(x, Tensor):
+            seen.setdefault(id(x), x)
+        elif isinstance(x, dict):
+            for v in x.values():
+                walk(v)
+        elif isinstance(x, list | tuple | set):
+            for v in x:
+                walk(v)
+        elif hasattr(x, "__dict__"):
+            for k, v in vars(x).items():
+                if k not in skip:
+                    walk(v)
+
+    for k, v in vars(obj).items():
+        if k not in skip:
+            walk(v)
+    return list(seen.values())
+
+
+def tiny_model() -> Any:
+    """The seeded random tiny Wan the suite runs on."""
+    from toolkit.zoo import tiny_random
+
+    return tiny_random(seed=0)
+
+
+class StrategyContract:
+    """Checks any ``CacheStrategy`` must pass. Subclass and implement ``make_strategy``."""
+
+    latent_frames = 24
+
+    def make_strategy(self) -> CacheStrategy:
+        raise NotImplementedError
+
+    def _run(self, seed: int = 0):
+        model = tiny_model()
+        strategy = self.make_strategy()
+        return model, strategy, rollout(model, strategy, ["contract"], self.latent_frames,
+                                        seed=seed, decode=False)
+
+    def test_is_a_cache_strategy(self) -> None:
+        assert isinstance(self.make_strategy(), CacheStrategy)
+
+    def test_rollout_is_finite_and_shaped(self) -> None:
+        model, _, out = self._run()
+        s = model.spec
+        assert out.latents.shape == (1, s.latent_channels, self.latent_frames,
+                                     s.latent_height, s.latent_width)
+        assert torch.isfinite(out.latents).all()
+        assert len(out.trace.blocks) == self.latent_frames // s.block_frames
+
+    def test_same_seed_same_numbers(self) -> None:
+        _, _, a = self._run(seed=3)
+        _, _, b = self._run(seed=3)
+        assert torch.equal(a.latents, b.latents)
+
+    def test_bytes_are_the_tensors_held(self) -> None:
+        model = tiny_model()
+        strategy = self.make_strategy()
+        checked = []
+
+        def check(record) -> None:
+            gc.collect()
+            held = held_tensors(strategy, skip=CacheStrategy.shared)
+            assert record.total_bytes == sum(t.nbytes for t in held), record
+            assert sum(record.tokens.values()) >= 0
+            checked.append(record.index)
+
+        rollout(model, strategy, ["contract"], self.latent_frames, decode=False,
+                callbacks=[check])
+        assert len(checked) == self.latent_frames // model.spec.block_frames
+
+    def test_processors_restored(self) -> None:
+        model = tiny_model()
+        before = [type(b.attn1.processor) for b in model.transformer.blocks]
+        rollout(model, self.make_strategy(), ["contract"], 2 * model.spec.block_frames,
+                decode=False)
+        assert [type(b.attn1.processor) for b in model.transformer.blocks] == before
+
+    def test_rebind_forgets_previous_rollout(self) -> None:
+        model = tiny_model()
+        strategy = self.make_strategy()
+        first = rollout(model, strategy, ["contract"], self.latent_frames, decode=False)
+        second = rollout(model, strategy, ["contract"], self.latent_frames, decode=False)
+        assert torch.equal(first.latents, second.latents)

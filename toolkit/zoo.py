@@ -1,0 +1,67 @@
+"""Model builders: a seeded random tiny Wan for tests, and the shared prompt-token encoder."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import torch
+from diffusers import WanTransformer3DModel
+
+from toolkit.model import WanCausalModel
+from toolkit.sampling import SamplerConfig
+from toolkit.spec import ModelSpec
+
+
+class TokenPromptEncoder(torch.nn.Module):
+    """Embeds prompts given as token lists, objects with ``.tokens()``, or strings (hashed).
+
+    Args:
+        vocab: vocabulary size.
+        length: tokens per prompt (shorter ones are padded with token 0).
+        dim: embedding width (the transformer's ``text_dim``).
+    """
+
+    def __init__(self, vocab: int, length: int, dim: int) -> None:
+        super().__init__()
+        self.vocab, self.length = vocab, length
+        self.embed = torch.nn.Embedding(vocab, dim)
+
+    def token_ids(self, prompts: list[Any]) -> torch.Tensor:
+        rows = []
+        for p in prompts:
+            if hasattr(p, "tokens"):
+                ids = list(p.tokens())
+            elif isinstance(p, str):
+                ids = [b % self.vocab for b in hashlib.sha256(p.encode()).digest()[: self.length]]
+            else:
+                ids = [int(i) for i in p]
+            if len(ids) > self.length or any(not 0 <= i < self.vocab for i in ids):
+                raise ValueError(f"prompt tokens {ids} do not fit length {self.length} / "
+                                 f"vocabulary {self.vocab}")
+            rows.append(ids + [0] * (self.length - len(ids)))
+        return torch.tensor(rows, dtype=torch.long)
+
+    def forward(self, prompts: list[Any]) -> torch.Tensor:
+        return self.embed(self.token_ids(prompts).to(self.embed.weight.device))
+
+
+def tiny_random(seed: int = 0, num_layers: int = 2, num_heads: int = 2, head_dim: int = 24,
+                latent_channels: int = 4, latent_height: int = 4, latent_width: int = 4,
+                block_frames: int = 2, train_frames: int = 8, text_dim: int = 16,
+                ffn_dim: int = 64, steps: int = 2, shift: float = 5.0,
+                sampler: str = "euler") -> WanCausalModel:
+    """A seeded, randomly initialised tiny Wan (fp32, CPU): the model of the invariant tests."""
+    spec = ModelSpec(num_layers=num_layers, num_heads=num_heads, head_dim=head_dim,
+                     latent_channels=latent_channels, latent_height=latent_height,
+                     latent_width=latent_width, block_frames=block_frames,
+                     train_frames=train_frames)
+    torch.manual_seed(seed)
+    transformer = WanTransformer3DModel(
+        patch_size=spec.patch, num_attention_heads=num_heads, attention_head_dim=head_dim,
+        in_channels=latent_channels, out_channels=latent_channels, text_dim=text_dim,
+        freq_dim=32, ffn_dim=ffn_dim, num_layers=num_layers, rope_max_seq_len=1024)
+    encoder = TokenPromptEncoder(vocab=32, length=4, dim=text_dim)
+    model = WanCausalModel(transformer, spec, encoder, vae=None, prediction="flow",
+                           sampler=SamplerConfig(steps=steps, shift=shift, mode=sampler))
+    return model.eval()
