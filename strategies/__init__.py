@@ -1,7 +1,9 @@
 """Built-in cache strategies, one module each; importing the package registers them."""
 
+from strategies.deepsink import DeepSink
 from strategies.full import Full
+from strategies.rolling_anchor import RollingAnchor
 from strategies.sink import Sink
 from strategies.window import Window
 
-__all__ = ["Full", "Sink", "Window"]
+__all__ = ["DeepSink", "Full", "RollingAnchor", "Sink", "Window"]

@@ -68,7 +68,7 @@ def test_user_strategy_by_target(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path))
     cfg = compose_config(["strategy._target_=my_cache.EveryOther", "strategy.stride=3",
                           "video.latent_frames=12"])
-    model, strategy = build(cfg)
+    _, strategy = build(cfg)
     assert type(strategy).__name__ == "EveryOther" and strategy.stride == 3
     assert main(["run", "strategy._target_=my_cache.EveryOther", "video.latent_frames=12",
                  f"run_root={tmp_path}", "progress=false"]) == 0

@@ -183,15 +183,22 @@ class KeepBlocksStrategy(CacheStrategy):
         self.blocks, self._k, self._v = [], None, None
 
     def begin_block(self, index: int) -> float:
-        bf = self.spec.block_frames
-        if self.positions == "absolute":
-            start = float(index * bf)
-        else:  # re-indexed: kept blocks packed from 0, shifted incrementally
-            for i, b in enumerate(self.blocks):
-                b.move_to(float(i * bf), self.rope)
-            start = float(len(self.blocks) * bf)
+        start = self.place(index)
         self._k, self._v = gather(self.blocks, like=self._template())
         return start
+
+    def place(self, index: int) -> float:
+        """Move kept blocks to their positions for block ``index``; return its start.
+
+        ``absolute``: every block at its frame index. ``reindex``: kept blocks packed from 0
+        (moved incrementally, one time-dim rotation per change), the current block after them.
+        """
+        bf = self.spec.block_frames
+        if self.positions == "absolute":
+            return float(index * bf)
+        for i, b in enumerate(self.blocks):
+            b.move_to(float(i * bf), self.rope)
+        return float(len(self.blocks) * bf)
 
     def _template(self) -> Tensor:
         s = self.spec

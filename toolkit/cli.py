@@ -124,7 +124,21 @@ def cmd_bench(overrides: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "ls": cmd_ls, "bench": cmd_bench}
+def cmd_train(args: list[str]) -> int:
+    """``rollbench train NAME [overrides]``: run a training recipe from ablations/train/."""
+    from toolkit.recipes import RECIPES
+
+    if not args:
+        raise ConfigError(f"rollbench train needs a recipe: {', '.join(RECIPES.names())}")
+    recipe = RECIPES.get(args[0])
+    cfg = compose_config(args[1:], config_name=f"train/{args[0]}")
+    schema = OmegaConf.structured(recipe.config)
+    merged = OmegaConf.to_object(OmegaConf.merge(schema, cfg))
+    console.print(f"weights: {recipe.run(merged)}")
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "ls": cmd_ls, "bench": cmd_bench, "train": cmd_train}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -106,6 +106,8 @@ def build(cfg: DictConfig) -> tuple[Any, CacheStrategy]:
     strategy = build_strategy(cfg.strategy)
     model = build_model(cfg.model, cfg.device)
     strategy.check(model.spec)
+    if cfg.video.get("seconds") is not None:
+        cfg.video.latent_frames = model.spec.frames_for(float(cfg.video.seconds))
     frames, bf = cfg.video.latent_frames, model.spec.block_frames
     if frames < bf or frames % bf:
         raise ConfigError(f"video.latent_frames={frames}: must be a positive multiple of the "

@@ -25,6 +25,7 @@ class ModelSpec:
         rope_theta: RoPE base.
         dtype: name of the activation / cache dtype ("float32", "bfloat16", "float16").
         train_frames: latent frames of the clips the model was trained on (1x length).
+        latent_fps: latent frames per second of video (Wan: 16 fps / 4x temporal VAE = 4).
     """
 
     num_layers: int
@@ -38,6 +39,7 @@ class ModelSpec:
     rope_theta: float = 10000.0
     dtype: str = "float32"
     train_frames: int = 20
+    latent_fps: float = 4.0
 
     def __post_init__(self) -> None:
         if self.patch[0] != 1:
@@ -80,6 +82,11 @@ class ModelSpec:
         """Head dims rotated by time, height and width (Wan: h = w = 2 * (d // 6))."""
         hw = 2 * (self.head_dim // 6)
         return self.head_dim - 2 * hw, hw, hw
+
+    def frames_for(self, seconds: float) -> int:
+        """Latent frames of a video of ``seconds``, rounded up to whole blocks."""
+        frames = seconds * self.latent_fps
+        return int(-(-frames // self.block_frames) * self.block_frames)
 
     @property
     def kv_bytes_per_token(self) -> int:

@@ -46,6 +46,17 @@ class TokenPromptEncoder(torch.nn.Module):
         return self.embed(self.token_ids(prompts).to(self.embed.weight.device))
 
 
+def wan_t2v_1_3b_spec(height: int = 480, width: int = 832, block_frames: int = 4,
+                      dtype: str = "bfloat16") -> ModelSpec:
+    """The true sizes of Wan2.1-T2V-1.3B (Self-Forcing's base): 30 layers, 12 x 128 heads,
+    16-channel latents at 1/8 resolution, patch (1, 2, 2), 16 fps / 4x temporal VAE."""
+    if height % 16 or width % 16:
+        raise ValueError(f"resolution {width}x{height}: both sides must be multiples of 16")
+    return ModelSpec(num_layers=30, num_heads=12, head_dim=128, latent_channels=16,
+                     latent_height=height // 8, latent_width=width // 8,
+                     block_frames=block_frames, dtype=dtype, train_frames=20, latent_fps=4.0)
+
+
 def tiny_random(seed: int = 0, num_layers: int = 2, num_heads: int = 2, head_dim: int = 24,
                 latent_channels: int = 4, latent_height: int = 4, latent_width: int = 4,
                 block_frames: int = 2, train_frames: int = 8, text_dim: int = 16,

@@ -1,0 +1,71 @@
+"""The built-in sprite world: prompts, simulator and ground-truth analysers.
+
+See :mod:`toolkit.world.sim` for the world's rules and seeds, and :mod:`toolkit.world.analyse`
+for how frames are read back.
+"""
+
+from toolkit.world.analyse import (
+    FrameObs,
+    SpriteObs,
+    analyse_frame,
+    analyse_video,
+    classify_pixels,
+    fidelity,
+    video_report,
+)
+from toolkit.world.sim import (
+    BACKGROUNDS,
+    COLOURS,
+    FRAME_SIZE,
+    HALF_EXTENT,
+    MAX_SPRITES,
+    PAD_TOKEN,
+    PALETTE,
+    PROMPT_TOKENS,
+    SHAPES,
+    SPEEDS,
+    SPLIT_SEEDS,
+    SPLITS,
+    VOCAB_SIZE,
+    Prompt,
+    SpriteSpec,
+    prompt_for_seed,
+    prompt_tokens,
+    sample_batch,
+    shape_mask,
+    simulate,
+    split_seed,
+    trajectories,
+)
+
+__all__ = [
+    "BACKGROUNDS",
+    "COLOURS",
+    "FRAME_SIZE",
+    "HALF_EXTENT",
+    "MAX_SPRITES",
+    "PAD_TOKEN",
+    "PALETTE",
+    "PROMPT_TOKENS",
+    "SHAPES",
+    "SPEEDS",
+    "SPLITS",
+    "SPLIT_SEEDS",
+    "VOCAB_SIZE",
+    "FrameObs",
+    "Prompt",
+    "SpriteObs",
+    "SpriteSpec",
+    "analyse_frame",
+    "analyse_video",
+    "classify_pixels",
+    "fidelity",
+    "prompt_for_seed",
+    "prompt_tokens",
+    "sample_batch",
+    "shape_mask",
+    "simulate",
+    "split_seed",
+    "trajectories",
+    "video_report",
+]

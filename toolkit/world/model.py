@@ -1,0 +1,184 @@
+"""The built-in world model: a fixed invertible latent and a tiny causal Wan.
+
+Latent: ``pixel_unshuffle(2)`` of the 16x16 RGB frames (12 channels on an 8x8 grid), normalised
+per channel. It is exactly invertible, so every analyser reads a decoded frame as well as the
+original: the fallback the design allows in place of a learned VAE (see the card).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from diffusers import WanTransformer3DModel
+
+from toolkit.model import WanCausalModel
+from toolkit.sampling import SamplerConfig
+from toolkit.spec import ModelSpec
+from toolkit.world.sim import FRAME_SIZE, PROMPT_TOKENS, VOCAB_SIZE, Prompt, prompt_for_seed
+from toolkit.zoo import TokenPromptEncoder
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+
+
+class PixelVAE(torch.nn.Module):
+    """Invertible latent: pixel_unshuffle(factor), then per-channel normalisation.
+
+    ``encode`` takes frames (B, F, 3, H, W) in [0, 1] and returns latents (B, C, F, h, w);
+    ``decode`` is its exact inverse (clamped to [0, 1]).
+    """
+
+    def __init__(
+        self, factor: int = 2, mean: list[float] | None = None, std: list[float] | None = None
+    ) -> None:
+        super().__init__()
+        self.factor = factor
+        channels = 3 * factor * factor
+        self.register_buffer("mean", torch.tensor(mean or [0.0] * channels))
+        self.register_buffer("std", torch.tensor(std or [1.0] * channels))
+
+    @property
+    def channels(self) -> int:
+        return self.mean.numel()
+
+    def encode(self, frames: torch.Tensor) -> torch.Tensor:
+        b, f = frames.shape[:2]
+        z = F.pixel_unshuffle(frames.flatten(0, 1).float(), self.factor)  # (B*F, C, h, w)
+        z = (z - self.mean[:, None, None]) / self.std[:, None, None]
+        return z.unflatten(0, (b, f)).transpose(1, 2).contiguous()
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        z = latents.float().transpose(1, 2)  # (B, F, C, h, w)
+        b, f = z.shape[:2]
+        z = z.flatten(0, 1) * self.std[:, None, None] + self.mean[:, None, None]
+        return F.pixel_shuffle(z, self.factor).unflatten(0, (b, f)).clamp(0, 1)
+
+
+@dataclass
+class WorldConfig:
+    """Architecture of the world model (the card records it; loading checks it)."""
+
+    num_layers: int = 4
+    num_heads: int = 4
+    head_dim: int = 32
+    ffn_dim: int = 512
+    text_dim: int = 32
+    freq_dim: int = 64
+    block_frames: int = 4
+    train_frames: int = 20
+    vae_factor: int = 2
+    sampler_steps: int = 8
+    sampler_shift: float = 3.0
+    sampler_mode: str = "euler"
+
+    def spec(self) -> ModelSpec:
+        grid = FRAME_SIZE // self.vae_factor
+        return ModelSpec(
+            num_layers=self.num_layers,
+            num_heads=self.num_heads,
+            head_dim=self.head_dim,
+            latent_channels=3 * self.vae_factor**2,
+            latent_height=grid,
+            latent_width=grid,
+            block_frames=self.block_frames,
+            train_frames=self.train_frames,
+        )
+
+
+class WorldModel(WanCausalModel):
+    """The world's causal Wan: prompts are ``toolkit.world.Prompt`` records (or their text)."""
+
+    def encode_prompt(self, prompts: list[Any]) -> torch.Tensor:
+        """Prompt records, or their text (parsed with ``Prompt.from_text``)."""
+        return super().encode_prompt([Prompt.from_text(p) if isinstance(p, str) else p
+                                      for p in prompts])
+
+    def default_prompt(self, seed: int) -> Any:
+        """The prompt of a run seed: drawn from the held-out split."""
+        return prompt_for_seed(seed, "heldout")
+
+
+def build_world(cfg: WorldConfig, vae: PixelVAE | None = None, seed: int = 0) -> WorldModel:
+    """A freshly initialised world model (training starts here)."""
+    spec = cfg.spec()
+    torch.manual_seed(seed)
+    transformer = WanTransformer3DModel(
+        patch_size=spec.patch,
+        num_attention_heads=cfg.num_heads,
+        attention_head_dim=cfg.head_dim,
+        in_channels=spec.latent_channels,
+        out_channels=spec.latent_channels,
+        text_dim=cfg.text_dim,
+        freq_dim=cfg.freq_dim,
+        ffn_dim=cfg.ffn_dim,
+        num_layers=cfg.num_layers,
+        rope_max_seq_len=1024,
+    )
+    encoder = TokenPromptEncoder(vocab=VOCAB_SIZE, length=PROMPT_TOKENS, dim=cfg.text_dim)
+    sampler = SamplerConfig(steps=cfg.sampler_steps, shift=cfg.sampler_shift, mode=cfg.sampler_mode)
+    return WorldModel(
+        transformer,
+        spec,
+        encoder,
+        vae=vae or PixelVAE(cfg.vae_factor),
+        prediction="x0",
+        sampler=sampler,
+    )
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def save_world(model: WorldModel, cfg: WorldConfig, path: Path, card: dict[str, Any]) -> Path:
+    """Write weights (safetensors) and a JSON card with config and sha256 beside them."""
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    save_file(state, str(path))
+    card = {**card, "config": asdict(cfg), "sha256": sha256(path), "file": path.name}
+    path.with_suffix(".json").write_text(json.dumps(card, indent=1))
+    return path
+
+
+def load_world(
+    path: str | Path | None = None,
+    steps: int | None = None,
+    sampler: str | None = None,
+    device: str = "cpu",
+) -> WorldModel:
+    """Load shipped (or given) world weights, checking the card's hash and config."""
+    from safetensors.torch import load_file
+
+    path = Path(path) if path else WEIGHTS_DIR / "world-model.safetensors"
+    card_path = path.with_suffix(".json")
+    if not path.exists() or not card_path.exists():
+        raise FileNotFoundError(
+            f"world weights {path} or their card {card_path.name} are "
+            "missing; re-create them with `rollbench train world-model`"
+        )
+    card = json.loads(card_path.read_text())
+    digest = sha256(path)
+    if digest != card["sha256"]:
+        raise ValueError(f"{path}: sha256 {digest} does not match its card ({card['sha256']})")
+    cfg = WorldConfig(**card["config"])
+    if steps is not None:
+        cfg.sampler_steps = steps
+    if sampler is not None:
+        cfg.sampler_mode = sampler
+    model = build_world(cfg)
+    state = load_file(str(path))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(
+            f"{path} does not fit the world config: missing {missing[:5]}, "
+            f"unexpected {unexpected[:5]}"
+        )
+    model.card = card
+    return model.eval().to(device)
