@@ -2,6 +2,7 @@
 
 from strategies.deepsink import DeepSink
 from strategies.full import Full
+from strategies.packforcing import PackForcing  # noqa: F401  (registers "packforcing")
 from strategies.rolling_anchor import RollingAnchor
 from strategies.sink import Sink
 from strategies.window import Window

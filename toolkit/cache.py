@@ -64,11 +64,16 @@ class BlockKV:
 
 @dataclass
 class FinishedBlock:
-    """A block the harness has finished: its clean latents and its cache-fill K/V."""
+    """A block the harness has finished: its clean latents and its cache-fill K/V.
+
+    ``cond`` is the rollout's prompt conditioning (``model.encode_prompt``), for strategies
+    that run more tokens through the model (e.g. compressed stand-ins); None when unknown.
+    """
 
     index: int
     latents: Tensor  # (B, C, F, H, W) clean
     kv: BlockKV  # rotated at the position it was generated at
+    cond: Tensor | None = None  # (B, L, C)
 
 
 @dataclass

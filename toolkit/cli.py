@@ -1,8 +1,13 @@
-"""The ``rollbench`` command: run, ls, bench.
+"""The ``rollbench`` command.
 
-    rollbench run model=tiny-random strategy=sink strategy.sink_frames=4 video.latent_frames=40
+    rollbench run model=world strategy=sink strategy.sink_frames=4 video.latent_frames=480
     rollbench ls
-    rollbench bench video.latent_frames=240
+    rollbench bench video.latent_frames=480
+    rollbench grid experiment=strategies_24x
+    rollbench sweep sweep=packforcing_budget
+    rollbench report experiment=strategies_24x
+    rollbench memory model=wan-t2v-1.3b strategy=packforcing video.seconds=120
+    rollbench train world-model
 """
 
 from __future__ import annotations
@@ -12,76 +17,61 @@ import sys
 import time
 from pathlib import Path
 
-import torch
 from omegaconf import OmegaConf
-from rich.console import Console
 from rich.table import Table
 
 from toolkit.config import ConfigError, build, build_strategy, compose_config
+from toolkit.jobs import console, default_prompts, summary
 from toolkit.registry import STRATEGIES, UnknownName, where
-from toolkit.rollout import Rollout, RolloutError, rollout
-
-console = Console()
-
-
-def default_prompts(model, cfg) -> list:
-    """The prompt of a run: the config's, else the model's own default for the seed."""
-    if cfg.prompt is not None:
-        return [cfg.prompt]
-    pick = getattr(model, "default_prompt", None)
-    return [pick(cfg.seed) if pick else f"seed {cfg.seed}"]
-
-
-def save_rollout(out: Rollout, cfg, run_dir: Path) -> None:
-    """Write config, trace, latents and (when decoded) mp4 + filmstrip under run_dir."""
-    from toolkit.media import filmstrip, write_mp4
-
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
-    out.trace.save(run_dir / "trace.json")
-    torch.save(out.latents.cpu(), run_dir / "latents.pt")
-    if out.frames is not None:
-        video = out.frames[0]
-        write_mp4(video, run_dir / "video.mp4")
-        step = max(1, len(video) // 16)
-        filmstrip([video[::step][:16]], run_dir / "filmstrip.png")
-
-
-def summary(out: Rollout, seconds: float) -> Table:
-    blocks = out.trace.blocks
-    tenth = max(1, len(blocks) // 10)
-    first = sum(sum(b.seconds.values()) for b in blocks[:tenth]) / tenth
-    last = sum(sum(b.seconds.values()) for b in blocks[-tenth:]) / tenth
-    peak = max(b.total_bytes for b in blocks)
-    table = Table(title=f"rollout: {out.trace.strategy}")
-    for col in ("blocks", "frames", "wall s", "ms/block first 10%", "ms/block last 10%",
-                "last/first", "peak KV MiB", "partitions at end"):
-        table.add_column(col)
-    parts = ", ".join(f"{k}={v / 2**20:.2f}" for k, v in blocks[-1].bytes.items())
-    table.add_row(str(len(blocks)), str(out.latents.shape[2]), f"{seconds:.1f}",
-                  f"{first * 1e3:.1f}", f"{last * 1e3:.1f}", f"{last / first:.2f}",
-                  f"{peak / 2**20:.2f}", parts)
-    return table
+from toolkit.rollout import rollout
 
 
 def cmd_run(overrides: list[str]) -> int:
+    """One tracked rollout; config errors fail before any work (exit 2)."""
+    from toolkit.jobs import run_job
+
     cfg = compose_config(overrides)
-    model, strategy = build(cfg)
-    run_dir = Path(cfg.run_root) / "rollouts" / (
-        f"{time.strftime('%Y%m%d-%H%M%S')}-{type(strategy).__name__.lower()}-s{cfg.seed}")
-    start = time.perf_counter()
-    try:
-        out = rollout(model, strategy, default_prompts(model, cfg), cfg.video.latent_frames,
-                      seed=cfg.seed, progress=cfg.progress)
-    except RolloutError as err:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        err.trace.save(run_dir / "trace.partial.json")
-        console.print(f"[red]{err}[/red] (trace so far: {run_dir / 'trace.partial.json'})")
+    result = run_job(cfg, verbose=True, skip_finished=False, built=build(cfg))
+    if result.status != "finished":
         return 1
-    save_rollout(out, cfg, run_dir)
-    console.print(summary(out, time.perf_counter() - start))
-    console.print(f"outputs: {run_dir}")
+    console.print(f"outputs: {result.run_dir}"
+                  + (f" (MLflow run {result.run_id})" if result.run_id else ""))
     return 0
+
+
+def cmd_grid(overrides: list[str]) -> int:
+    """``rollbench grid experiment=NAME [overrides]``: an experiment's grid, resumable."""
+    from toolkit.grid import launch
+
+    return launch(overrides)
+
+
+def cmd_sweep(overrides: list[str]) -> int:
+    """``rollbench sweep sweep=NAME [overrides]``: an Optuna study over a search space."""
+    from toolkit.sweep import cmd_sweep as sweep
+
+    return sweep(overrides)
+
+
+def cmd_memory(overrides: list[str]) -> int:
+    """``rollbench memory model=wan-t2v-1.3b strategy=... video.seconds=N`` (meta tensors)."""
+    from toolkit.memory import cmd_memory as memory
+
+    return memory(overrides)
+
+
+def cmd_relog(args: list[str]) -> int:
+    """``rollbench relog DIR``: log run directories whose tracking failed."""
+    from toolkit.tracking import cmd_relog as relog
+
+    return relog(args)
+
+
+def cmd_realbench(overrides: list[str]) -> int:
+    """Real-size (GPU) bench of any model: latency, KV bytes, CUDA peak, OOM-safe."""
+    from toolkit.realbench import cmd_realbench as realbench
+
+    return realbench(overrides)
 
 
 def cmd_ls(_: list[str]) -> int:
@@ -138,7 +128,16 @@ def cmd_train(args: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "ls": cmd_ls, "bench": cmd_bench, "train": cmd_train}
+def cmd_bench_any(overrides: list[str]) -> int:
+    """``bench``: the CPU bench, or the real-size one for CUDA runs and real models."""
+    from toolkit.realbench import wants_realbench
+
+    return cmd_realbench(overrides) if wants_realbench(overrides) else cmd_bench(overrides)
+
+
+COMMANDS = {"run": cmd_run, "ls": cmd_ls, "bench": cmd_bench_any, "train": cmd_train,
+            "grid": cmd_grid, "sweep": cmd_sweep, "memory": cmd_memory, "relog": cmd_relog,
+            "realbench": cmd_realbench}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -28,13 +28,13 @@ class ConfigError(ValueError):
 def _register_strategy_configs() -> None:
     cs = ConfigStore.instance()
     for name, cls in STRATEGIES.items().items():
-        node = {"_target_": name}
+        node = {"_target_": name, "label": name}
         if dataclasses.is_dataclass(cls):
             for f in dataclasses.fields(cls):
                 if f.init and f.default is not dataclasses.MISSING:
                     node[f.name] = f.default
         cs.store(group="strategy", name=name, node=node)
-    cs.store(group="strategy", name="custom", node={"_target_": "???"})
+    cs.store(group="strategy", name="custom", node={"_target_": "???", "label": None})
 
 
 def rewrite_custom(overrides: Sequence[str]) -> list[str]:
@@ -65,6 +65,7 @@ def build_strategy(node: DictConfig | dict[str, Any]) -> CacheStrategy:
     params = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) \
         else dict(node)
     target = params.pop("_target_", None)
+    params.pop("label", None)  # the name reports show; not a hyperparameter
     if not target:
         raise ConfigError("strategy._target_ is missing: give a registered name "
                           f"({', '.join(STRATEGIES.names())}) or a 'module.Class' path")
@@ -92,6 +93,12 @@ def _check_type(target: str, key: str, value: Any, default: Any) -> None:
     if not ok:
         raise ConfigError(f"strategy {target!r}: {key}={value!r} should be a {kind.__name__} "
                           f"(default {default!r})")
+
+
+def strategy_label(node: DictConfig | dict[str, Any]) -> str:
+    """The name a strategy config is reported under: its ``label``, else its target."""
+    label = node.get("label")
+    return str(label) if label else str(node.get("_target_", "?")).rsplit(".", 1)[-1]
 
 
 def build_model(node: DictConfig, device: str = "cpu") -> Any:

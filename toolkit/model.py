@@ -14,11 +14,12 @@ from contextlib import contextmanager
 from typing import Any, Protocol, runtime_checkable
 
 import torch
+import torch.nn.functional as F
 from diffusers import WanTransformer3DModel
 from torch import Tensor
 
 from toolkit.attention import PlanSlot, install
-from toolkit.rope import Rope
+from toolkit.rope import Rope, apply_rope
 from toolkit.sampling import SamplerConfig
 from toolkit.spec import ModelSpec
 
@@ -141,16 +142,15 @@ class WanCausalModel(torch.nn.Module):
         return out.permute(0, 7, 1, 4, 2, 5, 3, 6).flatten(6, 7).flatten(4, 5).flatten(2, 3)
 
     def _time_embedding(self, timestep: Tensor, batch: int) -> tuple[Tensor, Tensor]:
+        """(temb, timestep_proj) as WanTimeTextImageEmbedding computes them (dtypes included)."""
         ce = self.transformer.condition_embedder
-        per_token = timestep.ndim == 2
         t = ce.timesteps_proj(timestep.flatten())
-        if per_token:
+        if timestep.ndim == 2:  # per-token timesteps (B, N)
             t = t.unflatten(0, (batch, -1))
-        t = t.to(next(ce.time_embedder.parameters()).dtype)
-        temb = ce.time_embedder(t)
+        temb = ce.time_embedder(t.to(next(ce.time_embedder.parameters()).dtype))
+        temb = temb.to(ce.time_proj.weight.dtype)
         proj = ce.time_proj(ce.act_fn(temb))
-        proj = proj.unflatten(2, (6, -1)) if per_token else proj.unflatten(1, (6, -1))
-        return temb, proj
+        return temb, proj.unflatten(proj.ndim - 1, (6, -1))
 
     def to_x0(self, out: Tensor, x: Tensor, sigma: Tensor | float) -> Tensor:
         """Clean-latent estimate from the transformer output at noise level sigma."""
@@ -169,5 +169,70 @@ class WanCausalModel(torch.nn.Module):
         tf = self.transformer
         return tf.patch_embedding(latents.to(tf.dtype)).flatten(2).transpose(1, 2)
 
+    def token_kv(self, tokens: Tensor, pos: Tensor, cond: Tensor) -> tuple[Tensor, Tensor]:
+        """Cache-fill pass of hidden tokens: their per-layer K/V at timestep 0.
+
+        ``tokens`` (B, M, width) stand in for a patch-embedded block (e.g. a compressor's
+        output). They run through every transformer block at timestep 0, attending only to
+        themselves (no cached context), with cross-attention to ``cond``.
+
+        Returns:
+            keys (L, B, H, M, D) rotated at ``pos`` (M, 3), and values (L, B, H, M, D).
+        """
+        if self._slot is None:  # outside a rollout: install the processors for this pass
+            with self.attach():
+                return self.token_kv(tokens, pos, cond)
+        record = _RecordPlan(self.spec.num_layers)
+        previous, self._slot.plan = self._slot.plan, record
+        try:
+            cos, sin = self.rope.cos_sin(pos)
+            rotary = (cos.to(tokens.device), sin.to(tokens.device))
+            _, proj = self._time_embedding(torch.zeros(tokens.shape[0], device=tokens.device),
+                                           tokens.shape[0])
+            x = tokens.to(self.transformer.dtype)
+            for block in self.transformer.blocks:
+                x = block(x, cond, proj, rotary)
+        finally:
+            self._slot.plan = previous
+        return torch.stack(record.keys), torch.stack(record.values)
+
+    def project_kv(self, tokens: Tensor, pos: Tensor) -> tuple[Tensor, Tensor]:
+        """Each layer's self-attention K/V projection applied to the same hidden tokens.
+
+        Per layer: the layer's pre-attention norm with its timestep-0 AdaLN modulation, then
+        ``to_k`` + ``norm_k`` (rotated at ``pos``) and ``to_v``; the tokens are not carried
+        through the layers (no attention, no feed-forward).
+
+        Returns:
+            keys (L, B, H, M, D) rotated at ``pos`` (M, 3), and values (L, B, H, M, D).
+        """
+        b = tokens.shape[0]
+        cos, sin = self.rope.cos_sin(pos)
+        cos, sin = cos.to(tokens.device), sin.to(tokens.device)
+        _, proj = self._time_embedding(torch.zeros(b, device=tokens.device), b)
+        x = tokens.to(self.transformer.dtype)
+        keys, values = [], []
+        for block in self.transformer.blocks:
+            shift, scale = (block.scale_shift_table + proj.float()).chunk(6, dim=1)[:2]
+            h = (block.norm1(x.float()) * (1 + scale) + shift).type_as(x)
+            attn = block.attn1
+            k = attn.norm_k(attn.to_k(h)).unflatten(2, (attn.heads, -1))  # (B, M, H, D)
+            v = attn.to_v(h).unflatten(2, (attn.heads, -1))
+            keys.append(apply_rope(k, cos, sin).transpose(1, 2))
+            values.append(v.transpose(1, 2))
+        return torch.stack(keys), torch.stack(values)
+
     def num_parameters(self) -> int:
         return sum(math.prod(p.shape) for p in self.parameters())
+
+
+class _RecordPlan:
+    """Attention plan of ``token_kv``: the tokens attend to themselves; K/V are recorded."""
+
+    def __init__(self, num_layers: int) -> None:
+        self.keys: list[Tensor] = [torch.empty(0)] * num_layers
+        self.values: list[Tensor] = [torch.empty(0)] * num_layers
+
+    def attend(self, layer: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        self.keys[layer], self.values[layer] = k, v
+        return F.scaled_dot_product_attention(q, k, v)

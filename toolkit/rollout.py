@@ -125,7 +125,7 @@ def rollout(model: Any, strategy: CacheStrategy, prompts: Sequence[Any], latent_
                 plan.recording, plan.step = True, model.sampler.steps
                 model.fill(x0, pos, cond)
                 plan.recording = False
-                strategy.commit(FinishedBlock(index, x0, plan.take_kv(index, t0)))
+                strategy.commit(FinishedBlock(index, x0, plan.take_kv(index, t0), cond))
             out.append(x0)
             # 5. record the block
             held = strategy.footprint()

@@ -1,0 +1,331 @@
+"""PackForcing's three-partition cache (Mao et al. 2026; /work/shared/PAPER.md).
+
+- ``sink``: the first ``sink_frames`` at full resolution, never evicted;
+- ``mid``: every block between sink and recent, COMPRESSED, in an archive of ``capacity``
+  blocks (oldest evicted first); ``top_k`` of them are attended, chosen per block;
+- ``recent``: the last ``recent_frames`` at full resolution (plus the block being denoised);
+- ``pending``: compressed copies of the recent blocks, made at commit while the block is still
+  recent ("dual-resolution shifting"), which slide into ``mid`` as the block ages out.
+
+Choices the paper leaves open, all options here (defaults first):
+
+- The block being denoised, and the recent blocks, always sit at their absolute frame index.
+  ``positions``: ``shift`` keeps mid blocks where they were generated and moves the sink (time
+  dims only, incrementally, once per archive eviction) to end where the oldest kept block
+  begins, closing the gap evictions open; ``repack`` re-places the selected mid blocks
+  contiguously backwards from the recent window (in index order) and the sink before them,
+  every block (per layer under ``per_layer`` selection); ``absolute``: nothing moves.
+- ``selection``: ``topk`` by the paper's affinity, scored once per block at its first context
+  request (denoising step 0) and reused for the other steps and the cache-fill pass;
+  ``recency`` (newest ``top_k``); ``all``. Affinity of mid block m: sum over its keys j and
+  over up to ``score_queries`` evenly spaced queries i of the block, of the mean over the batch
+  and ``score_heads`` (a fraction; evenly spaced) of the heads of q_i . k_j / sqrt(d); no
+  softmax. Bilinear, so computed as (sum_i q_i) . (sum_j k_j). Keys are scored where they are
+  stored (their generation positions), queries at the current block's.
+- ``scope``: ``per_layer`` (each layer its own selection) or ``shared`` (one for all layers,
+  scored by the first layer asking, layer 0: the only one whose queries exist before every
+  layer needs the selection).
+- ``kv`` (token compressors): ``transformer`` = the compressed tokens run through the whole
+  transformer at timestep 0, attending only to themselves, cross-attending to the prompt
+  (``model.token_kv``); ``project`` = each layer's pre-attention AdaLN norm at timestep 0 and
+  its K/V projection applied to the same tokens (``model.project_kv``). K/V compressors
+  (``pool_kv``, ``identity``) ignore it.
+- ``spatial``: RoPE rows/columns of compressed tokens at the ``centres`` of the covered
+  full-resolution cells, or the coarse ``grid`` indices; time always at the covered frames'
+  centre (see ``Compressor.positions``).
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+from strategies.compressors import SPATIAL, Compressor, build_compressor, compressor_class
+from toolkit.cache import BlockKV, CacheStrategy, FinishedBlock, Usage, usage
+from toolkit.registry import STRATEGIES
+from toolkit.rope import apply_rope, grid_positions
+from toolkit.spec import ModelSpec
+from toolkit.timing import Timer
+
+SELECTIONS = ("topk", "recency", "all")
+POSITIONS = ("shift", "repack", "absolute")
+SCOPES = ("per_layer", "shared")
+KV_MODES = ("transformer", "project")
+
+
+def _rotate(x: Tensor, rope: Any, pos: Tensor, inverse: bool = False) -> Tensor:
+    """Rotate x (..., N, D) at positions pos (N, 3); ``inverse`` removes that rotation."""
+    cos, sin = (t[0].transpose(0, 1).to(x.device) for t in rope.cos_sin(pos))  # (1, N, D)
+    return apply_rope(x, cos, -sin if inverse else sin)
+
+
+@STRATEGIES.register("packforcing")
+@dataclass
+class PackForcing(CacheStrategy):
+    """Sink + compressed mid archive with dynamic top-k selection + recent window.
+
+    Attributes:
+        sink_frames: first latent frames kept at full resolution (paper 8); block multiple.
+        recent_frames: last finished frames kept at full resolution (paper 4); block multiple.
+        capacity: compressed blocks the mid archive holds (paper: unstated; 0 = no mid).
+        top_k: mid blocks attended per block (paper 16); 1 <= top_k <= capacity.
+        compressor: registered compressor (``hr``, ``lr``, ``dual``, ``pool``, ``pool_kv``,
+            ``identity``) or ``module.Class``; ``lr`` / ``dual`` need a model with a VAE.
+        compress_time: latent frames per compressed cell (paper 2); divides the block.
+        compress_space: latent rows/columns per compressed cell side (paper 8); None = 8, or
+            the largest power of two the latent grid allows if smaller.
+        hr_channels: cap on the learned branch's stage widths (paper: 2048).
+        compressor_weights: safetensors of a trained ``hr`` / ``dual`` branch.
+        selection: ``topk`` | ``recency`` | ``all``.
+        scope: ``per_layer`` | ``shared``.
+        positions: ``shift`` | ``repack`` | ``absolute``.
+        kv: ``transformer`` | ``project``.
+        spatial: ``centres`` | ``grid``.
+        score_queries: most queries of the current block used for affinity scores (>= 1).
+        score_heads: fraction of heads scored (paper 0.5), in (0, 1].
+    """
+
+    sink_frames: int = 8
+    recent_frames: int = 4
+    capacity: int = 32
+    top_k: int = 16
+    compressor: str = "pool"
+    compress_time: int = 2
+    compress_space: int | None = None
+    hr_channels: int = 16
+    compressor_weights: str | None = None
+    selection: str = "topk"
+    scope: str = "per_layer"
+    positions: str = "shift"
+    kv: str = "transformer"
+    spatial: str = "centres"
+    score_queries: int = 256
+    score_heads: float = 0.5
+    partitions: ClassVar[tuple[str, ...]] = ("sink", "mid", "recent", "pending")
+
+    def __post_init__(self) -> None:
+        for name, allowed in (("selection", SELECTIONS), ("positions", POSITIONS),
+                              ("scope", SCOPES), ("kv", KV_MODES), ("spatial", SPATIAL)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name}={getattr(self, name)!r}: allowed {list(allowed)}")
+        for name in ("sink_frames", "recent_frames", "capacity"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}={getattr(self, name)}: must be >= 0")
+        if self.selection != "all":
+            if self.capacity == 0:
+                raise ValueError(f"capacity=0 with selection={self.selection!r}: no archive to "
+                                 "select from; use selection='all' or capacity >= top_k >= 1")
+            if not 1 <= self.top_k <= self.capacity:
+                raise ValueError(f"top_k={self.top_k}: must be in [1, capacity={self.capacity}]")
+        if self.score_queries < 1:
+            raise ValueError(f"score_queries={self.score_queries}: must be >= 1")
+        if not 0.0 < self.score_heads <= 1.0:
+            raise ValueError(f"score_heads={self.score_heads}: must be in (0, 1]")
+        learned = compressor_class(self.compressor).learned  # unknown names fail here
+        if self.compressor_weights is not None and not learned:
+            raise ValueError(f"compressor_weights={self.compressor_weights!r}: compressor "
+                             f"{self.compressor!r} has no parameters (learned: hr, dual)")
+        self._module: Compressor | None = None
+        self._module_key: tuple = ()
+
+    def check(self, spec: ModelSpec) -> None:
+        for name in ("sink_frames", "recent_frames"):
+            value = getattr(self, name)
+            if value % spec.block_frames:
+                raise ValueError(f"{name}={value}: must be a multiple of the block size "
+                                 f"{spec.block_frames}")
+        self._build(spec, meta=True)  # rate checks only; no weights are read
+
+    def _build(self, spec: ModelSpec, meta: bool) -> Compressor:
+        with torch.device("meta") if meta else nullcontext():
+            return build_compressor(self.compressor, spec, self.compress_time,
+                                    self.compress_space, self.hr_channels,
+                                    None if meta else self.compressor_weights)
+
+    @property
+    def compressor_module(self) -> Compressor | None:
+        """The bound compressor (an ``nn.Module``; kept across rollouts, so trainable)."""
+        return self._module
+
+    def bind(self, model: Any, timer: Timer | None = None) -> None:
+        """Build (or keep) the compressor for this model, check what it needs, then reset.
+
+        On a meta model (memory accounting) compressors never run: their outputs are meta
+        tensors of the declared size, so their runtime needs (VAE...) are not checked.
+        """
+        meta = torch.device(getattr(model, "device", "cpu")).type == "meta"
+        self.check(model.spec)
+        key = (self.compressor, model.spec, self.compress_time, self.compress_space,
+               self.hr_channels, self.compressor_weights, meta)
+        if self.capacity and key != self._module_key:
+            self._module = self._build(model.spec, meta)
+            self._module_key = key
+            if not meta:
+                self._module.to(model.device).eval()
+        if self.capacity and not meta:
+            self._module.check_model(model)
+            method = "token_kv" if self.kv == "transformer" else "project_kv"
+            if self._module.kind == "tokens" and not hasattr(model, method):
+                raise ValueError(f"kv={self.kv!r} needs model.{method} (a WanCausalModel)")
+        super().bind(model, timer)
+
+    def reset(self) -> None:
+        self._sink: list[BlockKV] = []
+        self._mid: list[BlockKV] = []
+        self._recent: list[BlockKV] = []
+        self._pending: dict[int, BlockKV] = {}
+        self._evicted, self._index = 0, -1
+        self._clear_block()
+
+    def _clear_block(self) -> None:
+        layers = self.spec.num_layers
+        self._ctx: list[tuple[Tensor, Tensor] | None] = [None] * layers
+        self._selected: list[list[int] | None] = [None] * layers
+        self._shared: list[int] | None = None
+        self._sums: Tensor | None = None  # (n_mid, L, B, H, D) key sums, this block only
+
+    # -- per block ------------------------------------------------------------------------
+    def begin_block(self, index: int) -> float:
+        self._index = index
+        self._clear_block()
+        bf = self.spec.block_frames
+        if self._sink and self.positions != "absolute":
+            with self.timer.section("positions"):
+                if self.positions == "shift":  # end where the oldest kept block begins
+                    kept = self._mid + self._recent
+                    end = (kept[0].index if kept else index) * bf
+                else:  # repack: before the selected mid blocks, before the recent window
+                    end = self._anchor() - self._n_selected() * bf
+                for j, b in enumerate(self._sink):
+                    b.move_to(float(end - self.sink_frames + j * bf), self.rope)
+        return float(index * bf)
+
+    def _anchor(self) -> int:
+        """Where the recent window (or, without one, the current block) begins."""
+        return (self._recent[0].index if self._recent else self._index) * self.spec.block_frames
+
+    def _n_selected(self) -> int:
+        n = len(self._mid)
+        return n if self.selection == "all" else min(self.top_k, n)
+
+    def context(self, layer: int, q: Tensor, step: int) -> tuple[Tensor, Tensor]:
+        if self._ctx[layer] is None:  # first request of this block (step 0): select, gather
+            chosen = self._select(layer, q)
+            self._selected[layer] = [self._mid[i].index for i in chosen]
+            with self.timer.section("cache_update"):
+                self._ctx[layer] = self._assemble(layer, chosen, q)
+        return self._ctx[layer]
+
+    def _select(self, layer: int, q: Tensor) -> list[int]:
+        n, k = len(self._mid), self.top_k
+        if self.selection == "all" or n <= k:
+            return list(range(n))
+        if self.selection == "recency" or q.is_meta:  # meta: no values; same sizes
+            return list(range(n - k, n))
+        if self.scope == "shared" and self._shared is not None:
+            return self._shared
+        with self.timer.section("selection"):
+            scores = self.affinity(layer, q)
+            order = torch.sort(scores, descending=True, stable=True).indices[:k]
+            chosen = sorted(order.tolist())
+        if self.scope == "shared":
+            self._shared = chosen
+        return chosen
+
+    def affinity(self, layer: int, q: Tensor) -> Tensor:
+        """Scores (n_mid,) of the archived blocks for queries q (B, H, N, D) of ``layer``."""
+        if self._sums is None:
+            self._sums = torch.stack([b.keys.sum(-2) for b in self._mid]).float()
+        _, h, n, d = q.shape
+        count = max(1, round(h * self.score_heads))
+        heads = torch.arange(count, device=q.device) * h // count
+        rows = torch.linspace(0, n - 1, min(n, self.score_queries), device=q.device).round()
+        qsum = q[:, heads][:, :, rows.long()].float().sum(2)  # (B, h', D)
+        ksum = self._sums[:, layer][:, :, heads.to(self._sums.device)]  # (n_mid, B, h', D)
+        return (ksum * qsum.to(ksum.device)).sum(-1).mean((1, 2)) / math.sqrt(d)
+
+    def _assemble(self, layer: int, chosen: list[int], q: Tensor) -> tuple[Tensor, Tensor]:
+        mid = [self._mid[i] for i in chosen]
+        blocks = self._sink + mid + self._recent
+        if not blocks or q.is_meta:  # meta (accounting): the size is all there is
+            shape = (q.shape[0], q.shape[1], sum(b.tokens for b in blocks), q.shape[3])
+            empty = torch.empty(shape, dtype=q.dtype, device=q.device)
+            return empty, empty
+        mid_k = [b.keys[layer] for b in mid]
+        if mid and self.positions == "repack":
+            with self.timer.section("positions"):
+                bf = self.spec.block_frames
+                start = self._anchor() - len(mid) * bf
+                delta = torch.tensor([start + j * bf - b.t0 for j, b in enumerate(mid)],
+                                     dtype=torch.float64)
+                pos = torch.zeros(len(mid) * mid[0].tokens, 3, dtype=torch.float64)
+                pos[:, 0] = delta.repeat_interleave(mid[0].tokens)
+                mid_k = [_rotate(torch.cat(mid_k, dim=2), self.rope, pos)]
+        keys = [b.keys[layer] for b in self._sink] + mid_k + [b.keys[layer] for b in
+                                                                self._recent]
+        values = [b.values[layer] for b in blocks]
+        return torch.cat(keys, dim=2), torch.cat(values, dim=2)
+
+    def commit(self, block: FinishedBlock) -> None:
+        self._clear_block()  # release this block's gathered context
+        kv, bf = block.kv, self.spec.block_frames
+        if block.index < self.sink_frames // bf:
+            kv.partition = "sink"
+            self._sink.append(kv)
+            return
+        kv.partition = "recent"
+        self._recent.append(kv)
+        if self.capacity:
+            self._pending[block.index] = self._compress(block)
+        while len(self._recent) > self.recent_frames // bf:
+            aged = self._pending.pop(self._recent.pop(0).index, None)
+            if aged is not None:
+                aged.partition = "mid"
+                self._mid.append(aged)
+        while len(self._mid) > self.capacity:
+            self._mid.pop(0)
+            self._evicted += 1
+
+    def _compress(self, block: FinishedBlock) -> BlockKV:
+        """The block's compressed stand-in: per-layer K/V rotated at the cells' positions."""
+        module, kv = self._module, block.kv
+        with self.timer.section("compression"):
+            if kv.keys.is_meta:  # accounting: the declared size, no values
+                shape = (*kv.keys.shape[:3], module.tokens(self.spec), kv.keys.shape[-1])
+                keys = torch.empty(shape, dtype=kv.keys.dtype, device="meta")
+                return BlockKV(block.index, keys, torch.empty_like(keys), kv.t0, "pending")
+            pos = module.positions(self.spatial)
+            pos[:, 0] += kv.t0
+            if module.kind == "kv":
+                full = grid_positions(self.spec, kv.t0, self.spec.block_frames)
+                raw = _rotate(kv.keys, self.rope, full, inverse=True)
+                keys, values = module.compress_kv(raw, kv.values)
+                keys = _rotate(keys, self.rope, pos)
+            else:
+                tokens = module.compress(block.latents, self.model)
+                if self.kv == "project":
+                    keys, values = self.model.project_kv(tokens, pos)
+                elif block.cond is None:
+                    raise ValueError("kv='transformer' needs the prompt conditioning "
+                                     "(FinishedBlock.cond); use kv='project' or pass it")
+                else:
+                    keys, values = self.model.token_kv(tokens, pos, block.cond)
+        return BlockKV(block.index, keys.to(kv.keys.dtype), values.to(kv.values.dtype), kv.t0,
+                       "pending")
+
+    # -- accounting -----------------------------------------------------------------------
+    def footprint(self) -> dict[str, Usage]:
+        held = self._sink + self._mid + self._recent + list(self._pending.values())
+        return usage(held, self.partitions)
+
+    def info(self) -> dict[str, Any]:
+        return {"sink": [b.index for b in self._sink], "sink_t0": [b.t0 for b in self._sink],
+                "archive": [b.index for b in self._mid],
+                "recent": [b.index for b in self._recent],
+                "selected": [s for s in self._selected if s is not None],
+                "evicted": self._evicted}

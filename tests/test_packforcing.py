@@ -1,0 +1,290 @@
+"""PackForcing: invariants against exact references, partition bounds, positions, selection."""
+
+import math
+import re
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from strategies import Full, Sink
+from strategies.packforcing import PackForcing
+from toolkit.cache import BlockKV, FinishedBlock
+from toolkit.rollout import rollout
+from toolkit.rope import Rope, apply_rope, grid_positions
+from toolkit.testing import StrategyContract
+from toolkit.zoo import tiny_random
+
+FRAMES = 16
+
+
+def test_identity_covering_budgets_equal_full(tiny):
+    full = rollout(tiny, Full(), ["a", "b"], FRAMES, seed=1).latents
+    for kw in ({"sink_frames": 2, "recent_frames": 2, "selection": "topk"},
+               {"sink_frames": 0, "recent_frames": 0, "selection": "all"},
+               {"sink_frames": 4, "recent_frames": 0, "selection": "recency"}):
+        pf = PackForcing(compressor="identity", positions="absolute", capacity=8, top_k=8, **kw)
+        got = rollout(tiny, pf, ["a", "b"], FRAMES, seed=1).latents
+        diff = (got - full).abs().max().item()
+        print(f"identity packforcing {kw} vs full: max abs diff {diff:.2e}")
+        assert torch.allclose(got, full, atol=1e-5), kw
+
+
+def test_covering_budgets_make_every_position_mode_exact(tiny):
+    """Nothing evicted and everything selected: shift and repack move nothing, so = full."""
+    full = rollout(tiny, Full(), ["a"], FRAMES, seed=3).latents
+    for positions in ("shift", "repack"):
+        pf = PackForcing(compressor="identity", positions=positions, sink_frames=2,
+                         recent_frames=2, capacity=8, top_k=8)
+        got = rollout(tiny, pf, ["a"], FRAMES, seed=3).latents
+        assert torch.allclose(got, full, atol=1e-5), positions
+
+
+def test_no_archive_equals_sink(tiny):
+    sink = rollout(tiny, Sink(sink_frames=4, window_frames=4), ["a"], FRAMES, seed=4).latents
+    pf = PackForcing(sink_frames=4, recent_frames=4, capacity=0, selection="all",
+                     positions="absolute")
+    assert torch.equal(rollout(tiny, pf, ["a"], FRAMES, seed=4).latents, sink)
+
+
+def test_compressed_mid_differs_from_full(tiny):
+    full = rollout(tiny, Full(), ["a"], FRAMES, seed=1).latents
+    got = rollout(tiny, PackForcing(sink_frames=2, recent_frames=2, capacity=8, top_k=8),
+                  ["a"], FRAMES, seed=1).latents
+    assert not torch.allclose(got, full, atol=1e-4)
+
+
+@pytest.mark.parametrize("kw", [
+    {},
+    {"positions": "repack", "scope": "shared", "kv": "project", "compressor": "hr"},
+    {"positions": "absolute", "selection": "recency", "compressor": "pool_kv", "spatial": "grid"},
+])
+def test_partitions_stay_in_bounds_over_60_blocks(tiny, kw):
+    pf = PackForcing(sink_frames=4, recent_frames=4, capacity=6, top_k=3, **kw)
+    tpb, bf = tiny.spec.tokens_per_block, tiny.spec.block_frames
+    records = []
+    rollout(tiny, pf, ["a"], 60 * bf, seed=0, callbacks=[records.append])
+    m = pf.compressor_module.tokens()
+    for r in records:
+        assert r.tokens["sink"] == min(r.index + 1, 2) * tpb
+        assert r.tokens["recent"] == min(max(r.index - 1, 0), 2) * tpb
+        assert r.tokens["pending"] == r.tokens["recent"] // tpb * m
+        assert r.tokens["mid"] == min(max(r.index - 3, 0), 6) * m
+        assert r.context_tokens <= 2 * tpb + 3 * m + 2 * tpb
+        assert [len(s) for s in r.info["selected"]] == \
+            [min(3, len(r.info["archive"]))] * tiny.spec.num_layers
+    # the archive is full from block 9 on (2 sink, 2 recent, 6 mid): bytes stay flat
+    assert records[8].total_bytes < records[9].total_bytes
+    assert len({r.total_bytes for r in records[9:]}) == 1
+    assert records[-1].info["evicted"] == 60 - 2 - 2 - 6 - 1  # block 59 not yet committed
+
+
+# -- a stub model: no transformer, K/V crafted directly ------------------------------------
+def _stub(spec):
+    return SimpleNamespace(spec=spec, rope=Rope(spec), device=torch.device("cpu"), vae=None)
+
+
+def _raw(spec, index, fill=None, seed=0):
+    """Un-rotated keys (L, 1, H, N, D) of block ``index``: random, or a constant direction."""
+    shape = (spec.num_layers, 1, spec.num_heads, spec.tokens_per_block, spec.head_dim)
+    if fill is not None:
+        return fill.expand(shape).clone()
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed + index))
+
+
+def _rotated(spec, raw, t0):
+    cos, sin = (t[0].transpose(0, 1) for t in Rope(spec).cos_sin(
+        grid_positions(spec, t0, spec.block_frames)))
+    return apply_rope(raw, cos, sin)
+
+
+def _commit(pf, spec, index, raw):
+    t0 = float(index * spec.block_frames)
+    kv = BlockKV(index, _rotated(spec, raw, t0), torch.zeros_like(raw), t0)
+    latents = torch.zeros(1, spec.latent_channels, spec.block_frames, spec.latent_height,
+                          spec.latent_width)
+    pf.commit(FinishedBlock(index, latents, kv))
+
+
+def test_incremental_sink_shift_equals_rerotation(tiny):
+    spec = tiny.spec
+    bf = spec.block_frames
+    pf = PackForcing(sink_frames=4, recent_frames=2, capacity=3, top_k=2, compressor="identity",
+                     positions="shift")
+    pf.bind(_stub(spec))
+    raws = {}
+    for index in range(12):
+        pf.begin_block(index)
+        raws[index] = _raw(spec, index)
+        _commit(pf, spec, index, raws[index])
+    pf.begin_block(12)
+    oldest = pf.info()["archive"][0]  # blocks 0, 1 sink; archive 8..10; recent 11
+    assert oldest == 12 - 1 - 3 and pf.info()["evicted"] == 12 - 2 - 1 - 3
+    for j, b in enumerate(pf._sink):
+        t0 = float(oldest * bf - 4 + j * bf)
+        assert b.t0 == t0
+        err = (b.keys - _rotated(spec, raws[j], t0)).abs().max().item()
+        print(f"sink block {j} shifted to {t0}: max abs diff {err:.2e}")
+        assert err < 1e-5
+
+
+def test_repack_places_selected_blocks_contiguously(tiny):
+    spec = tiny.spec
+    bf, tpb = spec.block_frames, spec.tokens_per_block
+    pf = PackForcing(sink_frames=2, recent_frames=2, capacity=4, top_k=2, compressor="identity",
+                     positions="repack", selection="recency")
+    pf.bind(_stub(spec))
+    raws = {}
+    for index in range(7):  # sink 0; archive 1..5; recent 6
+        pf.begin_block(index)
+        raws[index] = _raw(spec, index)
+        _commit(pf, spec, index, raws[index])
+    pf.begin_block(7)
+    q = torch.zeros(1, spec.num_heads, tpb, spec.head_dim)
+    k, _ = pf.context(1, q, 0)
+    assert pf.info()["selected"][0] == [4, 5]  # newest two of the archive 2..5
+    # recent block 6 starts at frame 12; blocks 4, 5 packed before it; the sink before them
+    expected = [(0, 12 - 3 * bf), (4, 12 - 2 * bf), (5, 12 - bf), (6, 12)]
+    for n, (index, t0) in enumerate(expected):
+        ref = _rotated(spec, raws[index], float(t0))[1]
+        assert (k[:, :, n * tpb:(n + 1) * tpb] - ref).abs().max() < 1e-5, index
+
+
+def test_selected_block_returns_when_its_affinity_rises(tiny):
+    spec = tiny.spec
+    # keys along the lowest-frequency time channel: RoPE turns them by < 0.02 rad here
+    u = torch.zeros(spec.head_dim)
+    u[spec.rope_split[0] - 2] = 1.0
+    pf = PackForcing(sink_frames=0, recent_frames=0, capacity=8, top_k=1,
+                     compressor="identity", positions="absolute")
+    pf.bind(_stub(spec))
+    fills = {0: 3.0 * u, 1: -3.0 * u}  # later blocks: zero keys (score 0)
+    history = []
+    for index in range(7):
+        pf.begin_block(index)
+        if index >= 2:
+            sign = 1.0 if index % 2 == 0 else -1.0
+            q = (sign * u).expand(1, spec.num_heads, spec.tokens_per_block, -1)
+            for layer in range(spec.num_layers):
+                pf.context(layer, q, 0)
+            pf.context(0, -q, 1)  # later steps reuse the step-0 selection
+            history.append(pf.info()["selected"])
+        _commit(pf, spec, index, _raw(spec, index, fill=fills.get(index, 0.0 * u)))
+    print("selected per block (per layer):", history)
+    assert history == [[[0], [0]], [[1], [1]], [[0], [0]], [[1], [1]], [[0], [0]]]
+    assert pf.info()["archive"] == list(range(7))
+
+
+def test_affinity_is_the_papers_score(tiny):
+    spec = tiny.spec
+    pf = PackForcing(sink_frames=0, recent_frames=0, capacity=4, top_k=1, compressor="identity",
+                     score_queries=3, score_heads=0.5)
+    pf.bind(_stub(spec))
+    for index in range(4):
+        pf.begin_block(index)
+        _commit(pf, spec, index, _raw(spec, index, seed=7))
+    q = torch.randn(2, spec.num_heads, spec.tokens_per_block, spec.head_dim)
+    layer, h, n = 1, spec.num_heads, spec.tokens_per_block
+    heads = list(range(0, h, 2))[: max(1, round(h * 0.5))]
+    rows = torch.linspace(0, n - 1, 3).round().long()
+    ref = []
+    for b in pf._mid:
+        k = b.keys[layer][:, heads]  # (B, h', M, D)
+        logits = q[:, heads][:, :, rows] @ k.transpose(-1, -2) / math.sqrt(spec.head_dim)
+        ref.append(logits.mean((0, 1)).sum())  # mean over batch and heads, sum over i and j
+    got = pf.affinity(layer, q)
+    assert torch.allclose(got, torch.stack(ref), rtol=1e-4, atol=1e-5)
+
+
+def test_trace_records_selection_and_timing(tiny):
+    out = rollout(tiny, PackForcing(sink_frames=2, recent_frames=2, capacity=4, top_k=2),
+                  ["a"], 20, seed=0)
+    last = out.trace.blocks[-1]
+    assert len(last.info["selected"]) == tiny.spec.num_layers
+    assert all(len(s) == 2 and set(s) <= set(range(10)) for s in last.info["selected"])
+    assert {"compression", "selection", "positions"} <= set(last.seconds)
+
+
+@pytest.mark.parametrize("kw, needle", [
+    ({"top_k": 40, "capacity": 32}, "top_k=40"),
+    ({"capacity": 0}, "capacity=0 with selection='topk'"),
+    ({"top_k": 0}, "top_k=0"),
+    ({"positions": "rope"}, "positions='rope'"),
+    ({"selection": "fifo"}, "selection='fifo'"),
+    ({"scope": "global"}, "scope='global'"),
+    ({"kv": "both"}, "kv='both'"),
+    ({"spatial": "corner"}, "spatial='corner'"),
+    ({"compressor": "hrr"}, "Did you mean 'hr'"),
+    ({"compressor_weights": "w.safetensors"}, "has no parameters"),
+    ({"score_heads": 0.0}, "score_heads=0.0"),
+    ({"sink_frames": -4}, "sink_frames=-4"),
+])
+def test_bad_hyperparameters_fail_clearly(kw, needle):
+    with pytest.raises(ValueError, match=re.escape(needle)):
+        PackForcing(**kw)
+
+
+@pytest.mark.parametrize("kw, needle", [
+    ({"sink_frames": 3}, "sink_frames=3: must be a multiple of the block size 2"),
+    ({"recent_frames": 1}, "recent_frames=1"),
+    ({"compress_space": 8}, "compress_space=8: allowed \\[2, 4\\]"),
+    ({"compress_time": 4}, "compress_time=4: must divide the block size 2"),
+])
+def test_check_against_model_fails_clearly(tiny, kw, needle):
+    with pytest.raises(ValueError, match=needle):
+        PackForcing(**kw).check(tiny.spec)
+
+
+def test_vae_compressors_fail_clearly_without_vae(tiny):
+    for name in ("lr", "dual"):
+        with pytest.raises(ValueError, match=f"compressor='{name}' needs a model with a VAE"):
+            rollout(tiny, PackForcing(compressor=name), ["a"], 4)
+
+
+class TestVariantContract(StrategyContract):
+    """The contract suite on non-default variants (the defaults run in test_contract.py)."""
+
+    @pytest.fixture(autouse=True, params=[
+        {"positions": "repack", "scope": "shared", "compressor": "hr", "kv": "project"},
+        {"positions": "absolute", "selection": "recency", "compressor": "pool_kv",
+         "capacity": 2, "top_k": 1, "sink_frames": 0, "recent_frames": 0},
+    ])
+    def _pick(self, request):
+        self.kw = request.param
+
+    def make_strategy(self):
+        return PackForcing(**self.kw)
+
+
+def test_compressor_module_survives_rebind():
+    model = tiny_random(seed=0)
+    pf = PackForcing(compressor="hr")
+    rollout(model, pf, ["a"], 4)
+    module = pf.compressor_module
+    rollout(model, pf, ["a"], 4)
+    assert pf.compressor_module is module and any(p.requires_grad for p in module.parameters())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("positions", ["shift", "repack"])
+def test_world_24x_rollout_is_flat_and_selection_is_cheap(positions):
+    """480 latent frames on the world architecture (random init: same sizes and speed)."""
+    from toolkit.world.model import WorldConfig, build_world
+
+    model = build_world(WorldConfig()).eval()
+    pf = PackForcing(positions=positions)
+    out = rollout(model, pf, [model.default_prompt(0)], 24 * model.spec.train_frames,
+                  decode=False)
+    blocks = out.trace.blocks
+    totals = {}
+    for b in blocks:
+        for name, sec in b.seconds.items():
+            totals[name] = totals.get(name, 0.0) + sec
+    wall = sum(totals.values())
+    print(f"\n{positions}: {len(blocks)} blocks, {1e3 * wall / len(blocks):.1f} ms/block; " +
+          ", ".join(f"{k} {v:.2f} s ({100 * v / wall:.1f}%)" for k, v in totals.items()))
+    full_at = 2 + pf.capacity  # after block i: sink 0-1, archive 2..i-1, recent i
+    assert blocks[full_at - 1].total_bytes < blocks[full_at].total_bytes
+    assert len({b.total_bytes for b in blocks[full_at:]}) == 1
+    assert (totals["selection"] + totals["positions"]) / wall <= 0.05
+    assert max(b.context_tokens for b in blocks) == 2 * 64 + 16 * 2 + 64

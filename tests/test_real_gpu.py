@@ -1,0 +1,82 @@
+"""The real-size Wan2.1-T2V-1.3B architecture on a GPU (random weights, bf16): runs, accounts
+its KV bytes exactly, reports CUDA peak memory, and survives an out-of-memory strategy.
+
+Skipped without CUDA (tests/conftest.py). Run with ``pytest -m gpu tests/test_real_gpu.py``.
+"""
+
+import json
+
+import pytest
+import torch
+
+from strategies import Full, Sink, Window
+from toolkit.real import wan_t2v
+from toolkit.realbench import run_strategy
+from toolkit.rollout import rollout
+
+pytestmark = pytest.mark.gpu
+
+FRAMES = 12  # 4 blocks of 3 latent frames (3 s of video)
+
+
+@pytest.fixture(scope="module")
+def big():
+    torch.cuda.empty_cache()
+    return wan_t2v(None, weights="random", device="cuda", dtype="bfloat16")
+
+
+def test_real_size_strategies_run_with_exact_kv_bytes(big):
+    spec = big.spec
+    assert spec.tokens_per_frame == 1560 and big.transformer.dtype == torch.bfloat16
+    weights = torch.cuda.memory_allocated()
+    per_frame = spec.tokens_per_frame * spec.kv_bytes_per_token  # 287.5 MB in bf16
+    expect = {"full": FRAMES, "window": 6, "sink": 6}
+    for name, strategy in (("full", Full()), ("window", Window(window_frames=6)),
+                           ("sink", Sink(sink_frames=3, window_frames=3))):
+        result = run_strategy(big, name, strategy, FRAMES, "a red fox in the snow")
+        print(f"{name}: {result.ms(slice(None)):.0f} ms/block, KV {result.peak_kv / 2**30:.2f} "
+              f"GiB, CUDA peak {result.cuda_peak / 2**30:.2f} GiB")
+        assert result.status == "ok" and len(result.blocks) == FRAMES // 3
+        assert result.blocks[-1]["kv_bytes"] == expect[name] * per_frame
+        assert result.cuda_peak > weights + result.peak_kv
+
+
+def test_out_of_memory_is_reported_and_the_next_strategy_runs(big):
+    total = torch.cuda.mem_get_info()[1]
+    budget = torch.cuda.memory_allocated() + 3 * 2**30  # weights + 3 GiB
+    torch.cuda.set_per_process_memory_fraction(min(1.0, budget / total))
+    try:
+        result = run_strategy(big, "full", Full(), 60, "x")
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0)
+    print(f"full under a {budget / 2**30:.1f} GiB cap: {result.status}")
+    assert result.status.startswith("OOM at block ")
+    assert int(result.status.rsplit(" ", 1)[1]) == len(result.blocks) >= 1
+    after = run_strategy(big, "window", Window(window_frames=3), 6, "x")
+    assert after.status == "ok"
+
+
+def test_bf16_cuda_rollout_matches_fp32_cpu():
+    cpu = wan_t2v(None, weights="random", dtype="float32", height=32, width=32,
+                  config={"num_layers": 2})
+    gpu = wan_t2v(None, weights="random", device="cuda", dtype="bfloat16", height=32,
+                  width=32, config={"num_layers": 2})
+    gpu.transformer.load_state_dict(cpu.transformer.state_dict())  # same weights, own dtypes
+    a = rollout(gpu, Full(), ["x"], 6, seed=0, decode=False).latents.cpu()
+    b = rollout(cpu, Full(), ["x"], 6, seed=0, decode=False).latents
+    rel = ((a - b).norm() / b.norm()).item()
+    print(f"bf16 cuda vs fp32 cpu: relative error {rel:.2e}")
+    assert rel < 0.05
+
+
+def test_bench_command_prints_and_saves_cuda_accounting(tmp_path, capsys):
+    from toolkit.cli import main
+
+    assert main(["bench", "model=wan-t2v-1.3b", "weights=random", "device=cuda",
+                 "video.seconds=3", "model.height=240", "model.width=416",
+                 "strategies=[full,window]", f"run_root={tmp_path}"]) == 0
+    assert "CUDA peak GiB" in capsys.readouterr().out
+    (record,) = (tmp_path / "bench").glob("realbench-*.json")
+    results = json.loads(record.read_text())["results"]
+    assert [r["status"] for r in results] == ["ok", "ok"]
+    assert all(r["cuda_peak"] > 0 and len(r["blocks"]) == 4 for r in results)

@@ -1,0 +1,166 @@
+"""Tracking: local-first results, one MLflow run per rollout, relog, run keys."""
+
+import json
+import socket
+from pathlib import Path
+from types import SimpleNamespace
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from toolkit.cli import main, save_rollout
+from toolkit.config import compose_config
+from toolkit.rollout import Rollout
+from toolkit.spec import ModelSpec
+from toolkit.trace import BlockRecord, Trace
+from toolkit.tracking import (
+    MARKER,
+    TrackingWarning,
+    find_finished,
+    mark_frames,
+    record_run,
+    relog,
+    resolve_uri,
+    run_key,
+)
+from toolkit.world import prompt_for_seed, simulate, split_seed
+
+SPEC = ModelSpec(num_layers=1, num_heads=1, head_dim=24, latent_channels=12, latent_height=8,
+                 latent_width=8, block_frames=4, train_frames=20)
+
+
+@pytest.fixture
+def store(tmp_path):
+    """The default store of a run rooted at tmp_path."""
+    return f"sqlite:///{tmp_path}/mlflow.db"
+
+
+def run_dir_of(root):
+    (run_dir,) = (root / "rollouts").iterdir()
+    return run_dir
+
+
+def search(uri, experiment="default"):
+    mlflow.set_tracking_uri(uri)
+    return mlflow.search_runs(experiment_names=[experiment])
+
+
+def test_run_key_ignores_bookkeeping_keys():
+    a = compose_config(["seed=1", "run_root=/x", "progress=false", "tracking.uri=sqlite:///y"])
+    b = compose_config(["seed=1", "run_root=/z"])
+    assert run_key(a) == run_key(b) and len(run_key(a)) == 64
+    assert run_key(compose_config(["seed=2"])) != run_key(a)
+    assert run_key(compose_config(["seed=1", "strategy=sink"])) != run_key(a)
+
+
+def test_cli_run_480_frames_is_an_mlflow_run(tmp_path, store):
+    assert main(["run", "model=tiny-random", "strategy=sink", "video.latent_frames=480",
+                 "seed=0", f"run_root={tmp_path}", "progress=false"]) == 0
+    run_dir = run_dir_of(tmp_path)
+    uri = resolve_uri(None, tmp_path)
+    assert uri == store  # the default: sqlite under the run root
+    df = search(uri)
+    assert len(df) == 1 and df.status[0] == "FINISHED"
+    row = df.iloc[0]
+    assert row["tags.strategy"] == "sink" and row["params.video.latent_frames"] == "480"
+    assert row["tags.run_key"] == run_key(compose_config(["strategy=sink",
+                                                          "video.latent_frames=480"]))
+    for tag in ("git_revision", "git_dirty", "version.torch", "version.diffusers",
+                "version.rollbench"):
+        assert row[f"tags.{tag}"]
+    client = MlflowClient(uri)
+    hist = client.get_metric_history(row.run_id, "kv_bytes/recent")
+    assert sorted(m.step for m in hist) == list(range(0, 480, 2))  # one per block of 2
+    assert row["metrics.peak_kv_bytes"] > 0
+    arts = {a.path for a in client.list_artifacts(row.run_id)}
+    assert {"trace.json", "metrics.json", "config.yaml", "meta.json"} <= arts
+    data = json.loads((run_dir / "metrics.json").read_text())
+    assert "no VAE" in data["unavailable"]["drift"]  # tiny-random: latents only, stated
+    assert find_finished(row["tags.run_key"], uri, "default") == row.run_id
+    assert find_finished("0" * 64, uri, "default") is None
+    assert row.artifact_uri.startswith((tmp_path / "mlartifacts").as_uri())
+    assert not (Path.cwd() / "mlflow.db").exists() and not (Path.cwd() / "mlruns").exists()
+
+
+def world_rollout(frames: int = 480) -> tuple[Rollout, object]:
+    prompt = prompt_for_seed(0, "heldout")
+    video = simulate([prompt], [split_seed(0, "heldout")], frames)  # (1, F, 3, 16, 16)
+    trace = Trace("Sink", SPEC.block_frames)
+    for i in range(frames // SPEC.block_frames):
+        trace.blocks.append(BlockRecord(i, float(i * 4), 64, {"sink": 64, "recent": 64},
+                                        {"sink": 4096, "recent": 4096},
+                                        {"denoise": 0.01, "cache_update": 0.001}))
+    latents = torch.nn.functional.pixel_unshuffle(video[0], 2).transpose(0, 1)[None]
+    return Rollout(latents=latents, frames=video, trace=trace), prompt
+
+
+def test_world_video_logs_every_curve_over_480_frames(tmp_path, store):
+    out, prompt = world_rollout()
+    cfg = compose_config(["strategy=sink", "video.latent_frames=480", f"run_root={tmp_path}"])
+    run_dir = tmp_path / "rollouts" / "world-run"
+    save_rollout(out, cfg, run_dir)
+    run_id = record_run(out, cfg, run_dir, model=SimpleNamespace(spec=SPEC), prompt=prompt)
+    assert run_id is not None
+    data = json.loads((run_dir / "metrics.json").read_text())["metrics"]
+    assert len(data["fidelity"]["steps"]) == 480 and len(data["drift"]["steps"]) == 120
+    client = MlflowClient(resolve_uri(None, tmp_path))
+    logged = client.get_run(run_id).data.metrics
+    for key, entry in data.items():
+        assert key in logged
+        if "steps" in entry:
+            hist = client.get_metric_history(run_id, key)
+            want = [s for s, v in zip(entry["steps"], entry["values"], strict=True)
+                    if v is not None]
+            assert sorted(m.step for m in hist) == want, key
+    assert logged["vde"] == 0 and logged["norepeat"] == 1
+    arts = {a.path for a in client.list_artifacts(run_id)}
+    assert {"video.mp4", "filmstrip.png", "marks.png"} <= arts
+    assert mark_frames(480, 480, 20) == [19, 119, 239, 479]
+    assert mark_frames(9, 3, 2) == [4] and mark_frames(10, 10, 20) == [9]
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("uri", [f"http://127.0.0.1:{closed_port()}",
+                                 "sqlite:////proc/no-such-dir/mlflow.db"])
+def test_unreachable_store_keeps_results_and_relog_logs_them(tmp_path, store, monkeypatch,
+                                                             uri):
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    with pytest.warns(TrackingWarning, match="rollbench relog"):
+        assert main(["run", "video.latent_frames=12", f"run_root={tmp_path}",
+                     "progress=false", f"tracking.uri={uri}"]) == 0
+    run_dir = run_dir_of(tmp_path)
+    assert {"metrics.json", "trace.json", "config.yaml", "meta.json", MARKER} <= {
+        p.name for p in run_dir.iterdir()}
+    assert uri in (run_dir / MARKER).read_text()
+    good = store  # the store is back
+    assert main(["relog", str(tmp_path / "rollouts"), f"uri={good}"]) == 0
+    assert not (run_dir / MARKER).exists()
+    df = search(good)
+    assert len(df) == 1 and df.status[0] == "FINISHED"
+    assert relog(run_dir, good) == df.run_id[0]  # not logged twice
+
+
+def test_same_seed_gives_identical_metrics(tmp_path, store):
+    dirs = []
+    for name in ("a", "b"):
+        assert main(["run", "strategy=window", "video.latent_frames=16", "seed=3",
+                     f"run_root={tmp_path / name}", "progress=false", f"tracking.uri={store}",
+                     "tracking.metrics=[kv_bytes,kv_tokens,context_tokens,peak_kv_bytes]"]) == 0
+        dirs.append(run_dir_of(tmp_path / name))
+    a, b = (json.loads((d / "metrics.json").read_text())["metrics"] for d in dirs)
+    assert a == b and len(a) >= 4
+    la, lb = (torch.load(d / "latents.pt") for d in dirs)
+    assert torch.equal(la, lb)
+    ka, kb = (json.loads((d / "meta.json").read_text())["run_key"] for d in dirs)
+    assert ka == kb
+    assert len(search(store)) == 2 and find_finished(ka, store, "default") is not None
+    assert np.isfinite(a["kv_bytes"]["values"]).all()

@@ -1,0 +1,81 @@
+"""The shipped world model: loading checks, one block, a few training steps."""
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from strategies import Window
+from toolkit.rollout import rollout
+from toolkit.world.model import WEIGHTS_DIR, PixelVAE, load_world
+from toolkit.world.sim import prompt_for_seed, sample_batch
+from toolkit.world.train import TrainConfig, teacher_forcing_layout, train
+
+SHIPPED = WEIGHTS_DIR / "world-model.safetensors"
+
+
+def test_pixel_vae_round_trip_is_exact():
+    videos, _ = sample_batch(3, 5, 0, max_sprites=3)
+    vae = PixelVAE(2, mean=[0.3] * 12, std=[0.2] * 12)
+    z = vae.encode(videos)
+    assert z.shape == (3, 12, 5, 8, 8)
+    assert torch.allclose(vae.decode(z), videos, atol=1e-6)
+
+
+def test_shipped_weights_load_and_generate_one_block():
+    model = load_world()
+    assert model.card["sha256"] and model.card["steps"] > 0
+    out = rollout(model, Window(window_frames=8), [prompt_for_seed(0, "heldout")],
+                  model.spec.block_frames)
+    assert out.frames.shape == (1, 4, 3, 16, 16)
+    assert torch.isfinite(out.frames).all()
+
+
+def test_corrupted_weights_fail_on_hash(tmp_path):
+    path = tmp_path / "world-model.safetensors"
+    shutil.copy(SHIPPED, path)
+    shutil.copy(SHIPPED.with_suffix(".json"), path.with_suffix(".json"))
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="sha256"):
+        load_world(path)
+
+
+def test_config_mismatch_fails_clearly(tmp_path):
+    path = tmp_path / "world-model.safetensors"
+    shutil.copy(SHIPPED, path)
+    card = json.loads(SHIPPED.with_suffix(".json").read_text())
+    card["config"]["num_layers"] += 1
+    path.with_suffix(".json").write_text(json.dumps(card))
+    with pytest.raises(ValueError, match="does not fit the world config"):
+        load_world(path)
+
+
+def test_missing_weights_name_the_recipe(tmp_path):
+    with pytest.raises(FileNotFoundError, match="rollbench train world-model"):
+        load_world(tmp_path / "nope.safetensors")
+
+
+def test_teacher_forcing_mask_is_block_causal():
+    model = load_world()
+    pos, mask = teacher_forcing_layout(model, 8)  # 2 blocks, clean then noisy copies
+    tpb = model.spec.tokens_per_block
+    n = 2 * tpb
+    assert mask.shape == (2 * n, 2 * n) and torch.equal(pos[:n], pos[n:])
+    noisy_block1 = mask[n + tpb]
+    assert noisy_block1[:tpb].all() and not noisy_block1[tpb:n].any()  # clean block 0 only
+    assert noisy_block1[n + tpb:].all() and not noisy_block1[n:n + tpb].any()
+    assert not mask[0, tpb:].any()  # clean block 0 sees only itself
+
+
+def test_a_few_training_steps_run_and_resume(tmp_path):
+    cfg = TrainConfig(steps=2, batch=2, clip_frames=8, out=str(tmp_path), ckpt_every=1,
+                      log_every=1, threads=1)
+    first = train(cfg, log=lambda _: None)
+    cfg.steps = 3
+    logs = []
+    second = train(cfg, log=logs.append)
+    assert first.exists() and second.exists()
+    assert any("resumed" in line and "step 2" in line for line in logs)

@@ -1,0 +1,49 @@
+"""Metrics of one rollout: a registry of declared metrics (direction, unit, kind, needs).
+
+Importing the package registers the built-ins (video and system metrics, feature backends).
+
+    from toolkit.metrics import MetricInput, compute
+    results = compute(MetricInput(frames=video, trace=trace, prompt=prompt, spec=spec), "world")
+"""
+
+from toolkit.metrics import system, video
+from toolkit.metrics.base import (
+    DIRECTIONS,
+    KINDS,
+    METRIC_SETS,
+    METRICS,
+    NEEDS,
+    Metric,
+    MetricInput,
+    MetricResults,
+    Unavailable,
+    compute,
+    latent_index,
+    metric,
+    metric_names,
+    pool,
+)
+from toolkit.metrics.features import FEATURES, WorldFeatures, frame_features, lpips_status
+
+__all__ = [
+    "DIRECTIONS",
+    "FEATURES",
+    "KINDS",
+    "METRICS",
+    "METRIC_SETS",
+    "NEEDS",
+    "Metric",
+    "MetricInput",
+    "MetricResults",
+    "Unavailable",
+    "WorldFeatures",
+    "compute",
+    "frame_features",
+    "latent_index",
+    "lpips_status",
+    "metric",
+    "metric_names",
+    "pool",
+    "system",
+    "video",
+]

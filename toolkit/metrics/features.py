@@ -1,0 +1,151 @@
+"""Pluggable frame-feature backends, and the LPIPS network where its weights are present.
+
+A feature backend maps frames (F, 3, H, W) in [0, 1] to features (F, D). Register another
+(e.g. a CLIP-like image model) with ``@FEATURES.register("clip")`` or the entry-point group
+``rollbench.features``, and select it with ``MetricInput(feature="clip")``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy import linalg
+
+from toolkit.registry import Registry
+
+FEATURES: Registry[type] = Registry("feature backend", "rollbench.features",
+                                    "toolkit.metrics.features")
+
+
+@FEATURES.register("world")
+class WorldFeatures:
+    """A small hand-made feature of a world frame (D = 36), built from the analysers' classes.
+
+    Parts (each pixel is classified to the nearest palette / background colour, or unknown):
+
+    - colour make-up of the foreground (5): share of each palette colour and of unknown pixels
+      among the non-background pixels (a recoloured sprite moves this by sqrt(2));
+    - class fractions of the whole frame (7): palette, backgrounds, unknown;
+    - palette centroids (8, weight ``centroid_weight``): mean (y, x) / size per colour, 0 if
+      absent;
+    - coarse spatial histogram (``grid`` x ``grid`` = 16, weight ``grid_weight``): foreground
+      share per cell.
+
+    Position enters with small weights, so a sprite moving as it should barely moves the
+    segment means (drift), while identical positions still read as identical (repetition).
+    """
+
+    def __init__(self, grid: int = 4, centroid_weight: float = 0.05,
+                 grid_weight: float = 0.05) -> None:
+        self.grid, self.centroid_weight, self.grid_weight = grid, centroid_weight, grid_weight
+
+    def __call__(self, frames: np.ndarray) -> np.ndarray:
+        from toolkit.world.analyse import _N_SPRITE, _NAMES, _UNKNOWN_ID, classify_pixels
+
+        f, _, h, w = frames.shape
+        cls = classify_pixels(frames)  # (F, H, W)
+        frac = np.stack([(cls == c).mean((1, 2)) for c in range(len(_NAMES) + 1)], 1)
+        fg = (cls < _N_SPRITE) | (cls == _UNKNOWN_ID)
+        fg_n = fg.sum((1, 2))[:, None]
+        counts = frac[:, [*range(_N_SPRITE), _UNKNOWN_ID]] * (h * w)
+        makeup = np.where(fg_n > 0, counts / np.maximum(fg_n, 1), 0.0)
+        yy, xx = np.mgrid[0:h, 0:w]
+        cen = []
+        for c in range(_N_SPRITE):
+            m = cls == c
+            n = np.maximum(m.sum((1, 2)), 1)
+            cen += [(m * yy).sum((1, 2)) / n / h, (m * xx).sum((1, 2)) / n / w]
+        g = self.grid
+        if h % g or w % g:
+            raise ValueError(f"frame size {h}x{w} is not divisible by grid={g}")
+        occ = fg.reshape(f, g, h // g, g, w // g).mean((2, 4)).reshape(f, -1)
+        return np.concatenate([makeup, frac, self.centroid_weight * np.stack(cen, 1),
+                               self.grid_weight * occ], 1).astype(np.float64)
+
+
+def frame_features(frames: np.ndarray, backend: str = "world") -> np.ndarray:
+    """Features (F, D) of frames (F, 3, H, W) with a registered backend."""
+    return np.asarray(FEATURES.get(backend)()(frames), dtype=np.float64)
+
+
+# --- distances between feature sets -------------------------------------------------
+def frechet(mu1: np.ndarray, s1: np.ndarray, mu2: np.ndarray, root2: np.ndarray) -> float:
+    """Frechet distance of Gaussians; ``root2`` = sqrtm(s2).
+
+    ``tr sqrtm(s1 s2)`` is the sum of square roots of the eigenvalues of the symmetric PSD
+    ``root2 s1 root2`` (same spectrum), which stays real where ``s1`` is singular.
+    """
+    ev = np.linalg.eigvalsh(root2 @ s1 @ root2)
+    cross = np.sqrt(np.clip(ev, 0, None)).sum()
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(root2 @ root2) - 2 * cross)
+
+
+def psd_sqrt(cov: np.ndarray) -> np.ndarray:
+    """Square root of a symmetric PSD matrix (``scipy.linalg.sqrtm`` without its warnings on
+    the singular covariances that constant feature dims give)."""
+    w, v = linalg.eigh(cov)
+    return (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+
+
+# --- LPIPS --------------------------------------------------------------------------------
+LPIPS_NETS = ("alex", "vgg", "squeeze")
+
+
+def lpips_backbone_file(net: str = "alex") -> Path:
+    """Where torchvision would look for the ImageNet backbone of an LPIPS net (never fetched)."""
+    from torchvision.models import AlexNet_Weights, SqueezeNet1_1_Weights, VGG16_Weights
+
+    weights = {"alex": AlexNet_Weights, "vgg": VGG16_Weights, "squeeze": SqueezeNet1_1_Weights}
+    if net not in weights:
+        raise ValueError(f"LPIPS net {net!r}: allowed {LPIPS_NETS}")
+    url = weights[net].IMAGENET1K_V1.url
+    return Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
+
+
+def lpips_status(net: str = "alex") -> tuple[bool, str]:
+    """(present, reason): whether the LPIPS backbone weights are in the torch hub cache."""
+    path = lpips_backbone_file(net)
+    if not path.is_file():
+        return False, (f"LPIPS {net} backbone weights are not present at {path}; they are "
+                       "never downloaded. Put torchvision's file there to enable LPIPS")
+    return True, f"LPIPS {net} backbone weights found at {path}"
+
+
+def load_lpips(net: str = "alex") -> torch.nn.Module:
+    """The LPIPS network with its backbone loaded from the local file only.
+
+    The network is built with a random trunk (no download) and the trunk's weights are then
+    copied from the cached torchvision file; any failure raises, so LPIPS is never computed on
+    a random backbone.
+
+    Raises:
+        FileNotFoundError: the backbone file is missing.
+        RuntimeError: the file is present but is not the backbone's weights.
+    """
+    import lpips
+
+    present, reason = lpips_status(net)
+    if not present:
+        raise FileNotFoundError(reason)
+    path = lpips_backbone_file(net)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise RuntimeError(f"{path} is present but could not be read as weights: {err}") from err
+    with warnings.catch_warnings():  # lpips uses torchvision's deprecated `pretrained=`
+        warnings.simplefilter("ignore", UserWarning)
+        model = lpips.LPIPS(net=net, pnet_rand=True, verbose=False).eval()
+    loaded = 0
+    for slice_ in model.net.children():
+        for idx, layer in slice_.named_children():
+            sub = {k.split(".", 2)[2]: v for k, v in state.items()
+                   if k.startswith(f"features.{idx}.")}
+            if list(layer.state_dict()):
+                layer.load_state_dict(sub)  # strict: every trunk tensor must come from the file
+                loaded += 1
+    if loaded == 0:
+        raise RuntimeError(f"{path} held no weights of the {net} trunk")
+    return model

@@ -1,0 +1,347 @@
+"""Tracking: every rollout becomes a local run directory first, then one MLflow run.
+
+Local first: ``record_run`` writes ``metrics.json``, ``meta.json`` (run key, tags, params,
+tracking target) and ``marks.png`` beside what ``save_rollout`` wrote (config, trace, media);
+only then does it log to MLflow, built from the directory alone. If the store cannot be
+reached the results stay on disk, a ``TRACKING_FAILED`` marker names the error, and
+``rollbench relog DIR`` logs the directory later (the same code path).
+
+Curves are logged with the latent frame as the step (blocks and segments: their first latent
+frame); scalars at step 0. The tracking URI defaults to ``sqlite:///<run_root>/mlflow.db``
+with artifacts under ``<run_root>/mlartifacts``; any MLflow URI works.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import subprocess
+import time
+import warnings
+from collections.abc import Mapping, Sequence
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from toolkit.config import strategy_label
+from toolkit.metrics import MetricInput, MetricResults, compute, latent_index
+
+# MLflow 3 sends usage telemetry unless told not to; a benchmark run should not phone home.
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+EXCLUDED_KEYS = ("run_root", "progress", "tracking", "variant")
+MARKER = "TRACKING_FAILED"
+LOGGED = "mlflow_run.json"
+ARTIFACTS = ("video.mp4", "filmstrip.png", "marks.png", "trace.json", "metrics.json",
+             "config.yaml", "meta.json")
+MARKS = (1, 6, 12, 24)
+DEFAULT_EXPERIMENT = "rollbench"
+
+
+class TrackingWarning(UserWarning):
+    """The tracking store could not be reached; the results are kept on disk."""
+
+
+def resolve_uri(uri: str | None, run_root: str | Path) -> str:
+    """The tracking URI: the given one, else a sqlite file under the run root."""
+    if uri:
+        return str(uri)
+    return f"sqlite:///{Path(run_root).resolve() / 'mlflow.db'}"
+
+
+def artifact_root(uri: str) -> str | None:
+    """Artifact location for new experiments: beside a sqlite file; the server's otherwise."""
+    if uri.startswith("sqlite:///"):
+        return (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").resolve().as_uri()
+    return None
+
+
+def canonical_config(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
+    """The resolved config without the keys that do not change a rollout."""
+    data = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) \
+        else json.loads(json.dumps(cfg, default=str))
+    return {k: v for k, v in data.items() if k not in EXCLUDED_KEYS}
+
+
+def run_key(cfg: DictConfig | Mapping[str, Any]) -> str:
+    """sha256 of the canonical JSON of :func:`canonical_config` (same config, same key)."""
+    text = json.dumps(canonical_config(cfg), sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": "1"}`` (lists as JSON)."""
+    out: dict[str, str] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = json.dumps(value) if isinstance(value, list) else str(value)
+    return out
+
+
+def git_state(path: str | Path | None = None) -> dict[str, str]:
+    """Revision and dirty flag of the repository holding ``path`` ("unknown" without git)."""
+    cwd = Path(path or Path(__file__).resolve().parent)
+    try:
+        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True,
+                             text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=cwd, capture_output=True, text=True, timeout=10,
+                               check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return {"git_revision": "unknown", "git_dirty": "unknown"}
+    return {"git_revision": rev, "git_dirty": str(bool(dirty)).lower()}
+
+
+def _version(pkg: str) -> str:
+    try:
+        return version(pkg)
+    except PackageNotFoundError:
+        return "not installed"
+
+
+def versions() -> dict[str, str]:
+    """Versions of the packages a result depends on, as ``version.<package>`` tags."""
+    return {f"version.{p}": _version(p) for p in ("torch", "diffusers", "rollbench", "mlflow")}
+
+
+def mark_frames(pixel_frames: int, latent_frames: int, train_frames: int) -> list[int]:
+    """Pixel frames at the 1x, 6x, 12x, 24x marks (last frame of each) that the video reaches."""
+    lat = latent_index(pixel_frames, latent_frames)
+    marks = [m * train_frames - 1 for m in MARKS if m * train_frames <= latent_frames]
+    return [int(np.nonzero(lat == t)[0][-1]) for t in marks] or [pixel_frames - 1]
+
+
+def results_json(results: MetricResults, inp: MetricInput) -> dict[str, Any]:
+    """JSON form of the results (NaN as null)."""
+    def clean(a: Any) -> Any:
+        return [None if not np.isfinite(x) else float(x) for x in np.asarray(a, float)]
+
+    data: dict[str, Any] = {}
+    for key, value in results.values.items():
+        entry = dict(results.info[key])
+        if isinstance(value, tuple):
+            entry.update(steps=[int(s) for s in value[0]], values=clean(value[1]))
+        else:
+            entry["value"] = clean([value])[0]
+        data[key] = entry
+    return {"metrics": data, "unavailable": results.unavailable, "seconds": results.seconds,
+            "latent_frames": inp.latent_frames, "block_frames": inp.block_frames,
+            "segment_frames": inp.segment_frames, "feature": inp.feature}
+
+
+def _prompt_text(prompt: Any) -> str:
+    return prompt.text() if hasattr(prompt, "text") else str(prompt)
+
+
+def record_run(out: Any, cfg: DictConfig, run_dir: str | Path, model: Any = None,
+               prompt: Any = None, parent: str | None = None) -> str | None:
+    """Compute metrics, write them locally, then log the run; returns the MLflow run id.
+
+    Args:
+        out: the ``Rollout`` (latents, frames or None, trace).
+        cfg: the resolved run config (``cfg.tracking`` sets uri, experiment, metrics...).
+        run_dir: the run directory ``save_rollout`` wrote.
+        model: the model (its ``spec``).
+        prompt: the prompt of the video.
+        parent: MLflow run id this run is nested under (a sweep's study run).
+
+    Returns:
+        The run id, or None when the store could not be reached (see ``TRACKING_FAILED``).
+    """
+    from toolkit.media import filmstrip
+
+    run_dir = Path(run_dir)
+    track = cfg.get("tracking") or {}
+    spec = getattr(model, "spec", None)
+    frames = out.frames[0] if out.frames is not None else None
+    inp = MetricInput(frames=frames, latents=out.latents[0], trace=out.trace, prompt=prompt,
+                      spec=spec, segment_frames=track.get("segment_frames"),
+                      feature=track.get("feature", "world"),
+                      options=dict(track.get("options") or {}))
+    results = compute(inp, track.get("metrics", "world"))
+    (run_dir / "metrics.json").write_text(json.dumps(results_json(results, inp), indent=1))
+    if frames is not None:
+        idx = mark_frames(len(frames), inp.latent_frames, inp.train_frames)
+        filmstrip([frames[idx]], run_dir / "marks.png")
+    config = canonical_config(cfg)
+    tags = {"strategy": strategy_label(cfg.strategy),
+            "variant": str(cfg.get("variant") or strategy_label(cfg.strategy)),
+            "model": str(cfg.model.get("_target_", "")).rsplit(".", 1)[-1],
+            "prompt": _prompt_text(prompt), "run_key": run_key(cfg),
+            "run_dir": str(run_dir.resolve()), **git_state(), **versions()}
+    if parent:
+        tags["mlflow.parentRunId"] = parent
+    meta = {"run_name": run_dir.name, "run_key": tags["run_key"], "tags": tags,
+            "params": flatten(config), "created": time.time(),
+            "tracking": {"uri": resolve_uri(track.get("uri"), cfg.run_root),
+                         "experiment": track.get("experiment") or DEFAULT_EXPERIMENT}}
+    (run_dir / "meta.json").write_text(json.dumps(meta, indent=1))
+    return track_dir(run_dir)
+
+
+def track_dir(run_dir: str | Path, uri: str | None = None,
+              experiment: str | None = None) -> str | None:
+    """Log a run directory; on failure warn, leave the marker and return None."""
+    run_dir = Path(run_dir)
+    try:
+        return relog(run_dir, uri, experiment, force=True)
+    except Exception as err:  # any store error: the results must survive it
+        target = uri or json.loads((run_dir / "meta.json").read_text())["tracking"]["uri"]
+        (run_dir / MARKER).write_text(f"{time.ctime()}\n{target}\n{type(err).__name__}: {err}\n")
+        warnings.warn(f"could not log {run_dir} to the tracking store {target} "
+                      f"({type(err).__name__}: {str(err)[:300]}); results are kept in {run_dir}; "
+                      f"log them later with `rollbench relog {run_dir}`",
+                      TrackingWarning, stacklevel=2)
+        return None
+
+
+def _new_sqlite_store(uri: str) -> None:
+    """Start a new sqlite store as a copy of a cached empty schema.
+
+    MLflow builds a new store by replaying every schema migration, which takes seconds; the
+    empty result is cached once per MLflow version under ``$XDG_CACHE_HOME/rollbench`` (default
+    ``~/.cache/rollbench``). Any failure leaves the store to MLflow's own initialisation.
+    """
+    path = Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+    if path is None or path.exists() or not path.parent.is_dir():
+        return
+    try:
+        import mlflow
+        from mlflow.store.db.utils import _initialize_tables
+        from sqlalchemy import create_engine
+
+        cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "rollbench"
+        template = cache / f"mlflow-{mlflow.__version__}-empty.db"
+        if not template.is_file():
+            cache.mkdir(parents=True, exist_ok=True)
+            tmp = template.with_suffix(f".{os.getpid()}.tmp")
+            engine = create_engine(f"sqlite:///{tmp}")
+            _initialize_tables(engine)
+            engine.dispose()
+            os.replace(tmp, template)
+        shutil.copyfile(template, path)
+    except Exception:  # MLflow initialises the store itself
+        return
+
+
+def _client(uri: str):
+    from mlflow.tracking import MlflowClient
+
+    for name in ("alembic", "mlflow"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    _new_sqlite_store(uri)
+    return MlflowClient(tracking_uri=uri)
+
+
+def _experiment(client: Any, name: str, uri: str) -> str:
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    try:
+        return client.create_experiment(name, artifact_location=artifact_root(uri))
+    except Exception:  # created meanwhile by a parallel worker
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+def log_run(run_dir: str | Path, uri: str, experiment: str) -> str:
+    """Log a run directory (meta.json, metrics.json, artifacts) as one MLflow run."""
+    from mlflow.entities import Metric, Param
+
+    run_dir = Path(run_dir)
+    meta = json.loads((run_dir / "meta.json").read_text())
+    data = json.loads((run_dir / "metrics.json").read_text())
+    client = _client(uri)
+    run = client.create_run(_experiment(client, experiment, uri), run_name=meta["run_name"],
+                            tags=meta["tags"])
+    run_id = run.info.run_id
+    try:
+        now = int(time.time() * 1000)
+        rows = []
+        for key, entry in data["metrics"].items():
+            pairs = zip(entry["steps"], entry["values"], strict=True) if "steps" in entry \
+                else [(0, entry["value"])]
+            rows += [Metric(key, v, now, int(s)) for s, v in pairs if v is not None]
+        params = [Param(k, v[:6000]) for k, v in meta["params"].items()]
+        for a in range(0, len(params), 100):
+            client.log_batch(run_id, params=params[a:a + 100])
+        for a in range(0, len(rows), 1000):
+            client.log_batch(run_id, metrics=rows[a:a + 1000])
+        for name in ARTIFACTS:
+            if (run_dir / name).is_file():
+                client.log_artifact(run_id, str(run_dir / name))
+    except BaseException:
+        client.set_terminated(run_id, "FAILED")
+        raise
+    client.set_terminated(run_id, "FINISHED")
+    return run_id
+
+
+def relog(run_dir: str | Path, uri: str | None = None, experiment: str | None = None,
+          force: bool = False) -> str:
+    """Log a run directory written earlier (e.g. while the store was down).
+
+    Uses the tracking target recorded in ``meta.json`` unless ``uri`` / ``experiment`` are
+    given. A directory already logged there is not logged twice unless ``force``.
+    """
+    run_dir = Path(run_dir)
+    if not (run_dir / "meta.json").is_file() or not (run_dir / "metrics.json").is_file():
+        raise ValueError(f"{run_dir} is not a recorded run directory (no meta.json / "
+                         "metrics.json)")
+    target = json.loads((run_dir / "meta.json").read_text())["tracking"]
+    uri, experiment = uri or target["uri"], experiment or target["experiment"]
+    done = run_dir / LOGGED
+    if done.is_file() and not force:
+        prev = json.loads(done.read_text())
+        if prev["uri"] == uri and prev["experiment"] == experiment:
+            return prev["run_id"]
+    run_id = log_run(run_dir, uri, experiment)
+    done.write_text(json.dumps({"run_id": run_id, "uri": uri, "experiment": experiment}))
+    (run_dir / MARKER).unlink(missing_ok=True)
+    return run_id
+
+
+def find_finished(key: str, uri: str, experiment: str = DEFAULT_EXPERIMENT) -> str | None:
+    """Id of a FINISHED run with this run key (grids skip it), else None."""
+    client = _client(uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return None
+    runs = client.search_runs([exp.experiment_id], max_results=1,
+                              filter_string=f"tags.run_key = '{key}' and "
+                                            "attributes.status = 'FINISHED'")
+    return runs[0].info.run_id if runs else None
+
+
+def cmd_relog(args: Sequence[str]) -> int:
+    """``rollbench relog DIR [uri=URI] [experiment=NAME] [force=true]``.
+
+    DIR is a run directory, or a folder of them (every one marked TRACKING_FAILED is logged).
+    """
+    opts = dict(a.split("=", 1) for a in args if "=" in a)
+    dirs = [Path(a) for a in args if "=" not in a]
+    if not dirs:
+        raise ValueError("rollbench relog needs a run directory (or a folder of them)")
+    todo = []
+    for d in dirs:
+        marked = sorted(p.parent for p in d.glob(f"*/{MARKER}"))
+        todo += [d] if (d / "meta.json").is_file() else marked
+    if not todo:
+        raise ValueError(f"no run directories to log under {', '.join(map(str, dirs))}")
+    for d in todo:
+        run_id = relog(d, opts.get("uri"), opts.get("experiment"),
+                       force=opts.get("force", "false").lower() == "true")
+        print(f"{d}: run {run_id}")
+    return 0
+
