@@ -94,7 +94,8 @@ def print_summary(overrides: list[str]) -> None:
     from toolkit.jobs import console
     from toolkit.tracking import resolve_uri
 
-    cfg = compose_config(overrides)
+    fixed = [o for o in overrides if "," not in o.split("=", 1)[-1] or "[" in o]  # no sweeps
+    cfg = compose_config(fixed)
     uri = resolve_uri(cfg.tracking.uri, cfg.run_root)
     runs = load_runs(uri, cfg.tracking.experiment, finished_only=False)
     if runs.empty:

@@ -109,7 +109,8 @@ def record_failure(cfg: DictConfig, key: str, error: str, parent: str | None = N
 
 
 def run_job(cfg: DictConfig, verbose: bool = False, skip_finished: bool = True,
-            parent: str | None = None, built: tuple[Any, Any] | None = None) -> JobResult:
+            parent: str | None = None, built: tuple[Any, Any] | None = None,
+            callbacks: tuple = ()) -> JobResult:
     """Build, roll out, save locally, compute metrics and track one config.
 
     Args:
@@ -118,6 +119,7 @@ def run_job(cfg: DictConfig, verbose: bool = False, skip_finished: bool = True,
         skip_finished: return ``skipped`` when the run key already finished.
         parent: MLflow run id to nest this run under (a sweep's study run).
         built: the (model, strategy) of cfg when the caller already built them.
+        callbacks: called with each block's record during the rollout (e.g. pruning).
     """
     from toolkit.config import build
     from toolkit.tracking import find_finished, record_run, run_key
@@ -134,7 +136,7 @@ def run_job(cfg: DictConfig, verbose: bool = False, skip_finished: bool = True,
         prompts = default_prompts(model, cfg)
         start = time.perf_counter()
         out = rollout(model, strategy, prompts, cfg.video.latent_frames, seed=cfg.seed,
-                      progress=cfg.progress)
+                      progress=cfg.progress, callbacks=callbacks)
         save_rollout(out, cfg, run_dir)
         if verbose:
             console.print(summary(out, time.perf_counter() - start))
@@ -152,6 +154,8 @@ def run_job(cfg: DictConfig, verbose: bool = False, skip_finished: bool = True,
             run_id = record_failure(cfg, key, message + "\n" + traceback.format_exc(), parent)
         except Exception:  # the store itself is unreachable: the error stays local
             run_id = None
+        if type(err).__name__ == "TrialPruned":  # a sweep's pruner stopped it: re-raise
+            raise
         return JobResult("failed", key, run_id, run_dir, error=message)
 
 

@@ -25,5 +25,9 @@ def _builtin() -> None:
 
     RECIPES.register("world-model")(Recipe(TrainConfig, train))
 
+    from strategies.packforcing_train import PFTrainConfig, train_packforcing
+
+    RECIPES.register("packforcing")(Recipe(PFTrainConfig, train_packforcing))
+
 
 _builtin()

@@ -1,0 +1,511 @@
+"""``rollbench train packforcing``: fine-tune the world model together with PackForcing's
+learned compressor, end-to-end inside the world model's own x0 objective (PAPER.md, Training).
+
+One teacher-forced pass per step, as ``toolkit.world.train``, on 20-latent-frame clips (5 blocks
+of 4), with the three partitions active INSIDE the clip. Queries are [clean clip | noisy clip]
+(timestep 0 | one noise level per block); keys are [clean clip | noisy clip | compressed mid
+blocks]. Noisy block b sees exactly what the cached PackForcing rollout gives it (``contexts``):
+
+- ``b < sink``: the clean blocks before it (all in the sink), and itself;
+- otherwise: the sink's clean blocks, the COMPRESSED K/V of mid blocks ``sink .. b-recent-1``,
+  the clean recent blocks ``b-recent .. b-1``, and itself.
+
+With the defaults (sink = recent = 1 block) blocks 0-2 see only full-resolution context and
+blocks 3 and 4 see sink 0, compressed 1 (.. 2), recent b-1: the two blocks whose history holds
+a mid partition.
+
+Clean block b (whose K/V the next blocks read) sees by default (``clean_context=strategy``) the
+same context as its noisy twin, with its clean self: at inference the cache-fill pass of a block
+runs under the strategy's context for that block, so a cached clean block's K/V were computed
+with the compressed mid in view. ``causal`` gives clean blocks the full clean history instead
+(the world recipe's layout).
+
+Compressed K/V: each mid block's clean latents go through the compressor (``hr``: learned;
+``dual``: hr + the training-free lr branch, the paper's default), then through the model exactly
+as the strategy does at inference: ``kv=transformer`` runs the tokens through every layer at
+timestep 0 attending only to themselves (``model.token_kv``), ``kv=project`` applies each layer's
+K/V projection (``model.project_kv``). Their positions are the strategy's: the compressor's cell
+positions (``spatial``) at the block's generation time. Inside a 5-block clip nothing is ever
+evicted and every mid block is selected (top_k >= 2), so ``shift``, ``repack`` and ``absolute``
+all place every block at its generation position. Gradients reach the compressor only through
+those K/V. No separate compressor loss.
+
+Seeded; resumable (``<out>/checkpoint.pt`` every ``ckpt_every`` steps, resumed when present);
+JSON-line log rows with the context-use diagnostic; exports the fine-tuned world weights
+(``save_world``: loadable with ``load_world(path=...)``) and the compressor's hr weights
+(``Compressor.save``: ``strategy.compressor_weights=...``) with cards.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import platform
+import shlex
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from strategies.compressors import SPATIAL, Compressor, build_compressor, compressor_class
+from strategies.packforcing import KV_MODES
+from toolkit.rope import grid_positions
+from toolkit.world.model import WEIGHTS_DIR, WorldConfig, WorldModel, load_world, save_world
+from toolkit.world.sim import FRAME_SIZE, sample_batch
+
+CLEAN_CONTEXTS = ("strategy", "causal")
+WORLD_FILE = "world-model-pf.safetensors"
+COMPRESSOR_FILE = "compressor-hr.safetensors"
+RUN_ONLY = ("steps", "ckpt_every", "log_every", "eval_every", "out", "export", "threads",
+            "device")  # settings a resumed run may change without a warning
+
+
+@dataclass
+class PFTrainConfig:
+    """Hyperparameters of ``rollbench train packforcing`` (mirrored in ablations/train/).
+
+    Attributes:
+        init: world weights to start from ("": the shipped ones, via ``load_world``).
+        sink_frames / recent_frames: partitions inside the clip (block multiples); a mid must
+            exist: sink + recent <= clip - 2 blocks.
+        compressor: ``hr`` or ``dual`` (learned); compress_time / compress_space / hr_channels
+            as the strategy's (the saved weights fit only that rate and width).
+        kv / spatial: as the strategy's (its defaults: transformer / centres).
+        clean_context: ``strategy`` (clean blocks see what their cache-fill pass sees at
+            inference) or ``causal`` (full clean history, as the world recipe).
+        lr / compressor_lr: peak learning rates of the generator and the compressor (AdamW,
+            linear warm-up, cosine to ``min_lr_ratio``).
+        ema: EMA decay of both modules (0: off); the EMA copies are exported.
+        eval_every: steps between context-use diagnostics (0: only at the end).
+    """
+
+    init: str = ""
+    steps: int = 2500
+    batch: int = 8
+    clip_frames: int = 20
+    max_sprites: int = 1
+    sink_frames: int = 4
+    recent_frames: int = 4
+    compressor: str = "dual"
+    compress_time: int = 2
+    compress_space: int | None = None
+    hr_channels: int = 16
+    kv: str = "transformer"
+    spatial: str = "centres"
+    clean_context: str = "strategy"
+    lr: float = 5e-5
+    compressor_lr: float = 1e-3
+    warmup: int = 100
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    ema: float = 0.99
+    min_sigma_weight: float = 0.1
+    sigma_shift: float = 2.0
+    seed: int = 0
+    ckpt_every: int = 100
+    log_every: int = 50
+    eval_every: int = 250
+    out: str = "runs/train/packforcing"
+    export: str = ""  # directory of the final weights; empty: <out>/final
+    threads: int = 2
+    device: str = "cpu"
+
+
+# -- partitions and layout ---------------------------------------------------------------------
+def contexts(blocks: int, sink_blocks: int, recent_blocks: int
+             ) -> list[tuple[list[int], list[int], list[int]]]:
+    """(sink, mid, recent) block indices the cached rollout gives each block of a clip.
+
+    The strategy's bookkeeping without evictions or top-k drops: the first ``sink_blocks``
+    blocks enter the sink; every later one enters recent, and ages into the (compressed) mid
+    once more than ``recent_blocks`` newer non-sink blocks exist.
+    """
+    out = []
+    for b in range(blocks):
+        if b < sink_blocks:
+            out.append((list(range(b)), [], []))
+            continue
+        first_recent = max(sink_blocks, b - recent_blocks)
+        out.append((list(range(sink_blocks)), list(range(sink_blocks, first_recent)),
+                    list(range(first_recent, b))))
+    return out
+
+
+@dataclass
+class Layout:
+    """Token layout of one packforcing teacher-forcing pass.
+
+    Queries: [clean clip (N) | noisy clip (N)] at ``pos`` (2N, 3). Keys: the same, then the
+    compressed tokens of the ``mid_blocks`` (``per_block`` each, at ``mid_pos``). ``mask``
+    (2N, 2N + M): True = may attend.
+    """
+
+    pos: Tensor
+    mask: Tensor
+    mid_blocks: list[int]
+    mid_pos: list[Tensor]  # per mid block: (per_block, 3)
+    per_block: int
+    has_mid: Tensor  # (blocks,) bool: the block's history holds compressed mid blocks
+    ctx: list[tuple[list[int], list[int], list[int]]]
+
+    def without_mid(self) -> Tensor:
+        """The mask with every compressed column hidden (the context-use ablation)."""
+        n = self.pos.shape[0]
+        mask = self.mask.clone()
+        mask[:, n:] = False
+        return mask
+
+
+def pack_layout(spec, compressor: Compressor, frames: int, sink_frames: int,
+                recent_frames: int, spatial: str = "centres",
+                clean_context: str = "strategy") -> Layout:
+    """Positions and mask of [clean | noisy | compressed-mid] for a clip of ``frames``."""
+    bf, tpb = spec.block_frames, spec.tokens_per_block
+    nb = frames // bf
+    ctx = contexts(nb, sink_frames // bf, recent_frames // bf)
+    mid_blocks = sorted({m for _, mid, _ in ctx for m in mid})
+    per = compressor.tokens(spec)
+    n = nb * tpb
+    mask = torch.zeros(2 * n, 2 * n + per * len(mid_blocks), dtype=torch.bool)
+
+    def cols(blocks: list[int], offset: int = 0) -> list[int]:
+        return [offset + i for b in blocks for i in range(b * tpb, (b + 1) * tpb)]
+
+    def mid_cols(blocks: list[int]) -> list[int]:
+        return [2 * n + mid_blocks.index(m) * per + i for m in blocks for i in range(per)]
+
+    for b, (sink, mid, recent) in enumerate(ctx):
+        clean_rows = slice(b * tpb, (b + 1) * tpb)
+        noisy_rows = slice(n + b * tpb, n + (b + 1) * tpb)
+        full = sink + recent
+        mask[noisy_rows, cols(full) + cols([b], n) + mid_cols(mid)] = True
+        if clean_context == "strategy":
+            mask[clean_rows, cols(full + [b]) + mid_cols(mid)] = True
+        else:
+            mask[clean_rows, cols(list(range(b + 1)))] = True
+    pos = grid_positions(spec, 0.0, frames)
+    cell = compressor.positions(spatial)
+    mid_pos = []
+    for m in mid_blocks:
+        p = cell.clone()
+        p[:, 0] += m * bf  # the block's generation position (shift/repack/absolute agree here)
+        mid_pos.append(p)
+    has_mid = torch.tensor([len(mid) > 0 for _, mid, _ in ctx])
+    return Layout(torch.cat([pos, pos]), mask, mid_blocks, mid_pos, per, has_mid, ctx)
+
+
+class PackPlan:
+    """Masked attention over the pass's own tokens plus per-layer compressed K/V."""
+
+    def __init__(self, mask: Tensor, keys: Tensor | None, values: Tensor | None) -> None:
+        self.mask, self.keys, self.values = mask, keys, values
+
+    def attend(self, layer: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        if self.keys is not None and self.keys.shape[-2]:
+            k = torch.cat([k, self.keys[layer].to(k.dtype)], dim=2)
+            v = torch.cat([v, self.values[layer].to(v.dtype)], dim=2)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=self.mask.to(q.device))
+
+
+def compressed_kv(model: WorldModel, compressor: Compressor, layout: Layout, x0: Tensor,
+                  cond: Tensor, kv: str) -> tuple[Tensor | None, Tensor | None]:
+    """Per-layer K/V (L, B, H, M, D) of the mid blocks' compressed tokens, as the strategy
+    makes them at commit (``PackForcing._compress``): compress the clean latents, then
+    ``token_kv`` (timestep 0, attending only to themselves) or ``project_kv``."""
+    if not layout.mid_blocks:
+        return None, None
+    bf = model.spec.block_frames
+    keys, values = [], []
+    for m, pos in zip(layout.mid_blocks, layout.mid_pos, strict=True):
+        tokens = compressor.compress(x0[:, :, m * bf:(m + 1) * bf], model)
+        k, v = (model.token_kv(tokens, pos, cond) if kv == "transformer"
+                else model.project_kv(tokens, pos))
+        keys.append(k)
+        values.append(v)
+    return torch.cat(keys, dim=3), torch.cat(values, dim=3)
+
+
+# -- one pass ----------------------------------------------------------------------------------
+def make_batch(cfg: PFTrainConfig, model: WorldModel, step: int, gen: torch.Generator):
+    """Clean latents, noisy latents, per-block sigmas and prompts (the world recipe's sampling,
+    on a data stream of its own)."""
+    videos, prompts = sample_batch(cfg.batch, cfg.clip_frames,
+                                   (cfg.seed + 7919) * 1_000_003 + step,
+                                   max_sprites=cfg.max_sprites)
+    x0 = model.vae.encode(videos.to(model.device))
+    nb = cfg.clip_frames // model.spec.block_frames
+    u = torch.rand(cfg.batch, nb, generator=gen)
+    s = cfg.sigma_shift
+    sigma = s * u / (1 + (s - 1) * u)  # shifted toward high noise, as at sampling
+    sig_f = sigma.repeat_interleave(model.spec.block_frames, 1)[:, None, :, None, None]
+    noise = torch.randn(x0.shape, generator=gen)
+    sig_f, noise = sig_f.to(x0.device), noise.to(x0.device)
+    return x0, (1 - sig_f) * x0 + sig_f * noise, sigma.to(x0.device), prompts
+
+
+def predict(model: WorldModel, compressor: Compressor, layout: Layout, x0: Tensor, xt: Tensor,
+            sigma: Tensor, cond: Tensor, kv: str = "transformer",
+            mask: Tensor | None = None) -> Tensor:
+    """x0 predictions (B, C, F, H, W) of the noisy clip in one packforcing-masked pass."""
+    spec = model.spec
+    b = x0.shape[0]
+    keys, values = compressed_kv(model, compressor, layout, x0, cond, kv)
+    t_clean = torch.zeros(b, x0.shape[2] * spec.tokens_per_frame, device=x0.device)
+    t_noisy = (1000 * sigma).repeat_interleave(spec.tokens_per_block, 1)
+    model._slot.plan = PackPlan(layout.mask if mask is None else mask, keys, values)
+    out = model.forward_tokens(torch.cat([x0, xt], 2), torch.cat([t_clean, t_noisy], 1),
+                               layout.pos, cond)
+    return out[:, :, x0.shape[2]:].float()  # the world model predicts x0
+
+
+def block_errors(model: WorldModel, pred: Tensor, x0: Tensor) -> Tensor:
+    """Per-sample-per-block x0 errors (B, blocks)."""
+    err = (pred - x0).pow(2).mean(1)  # (B, F, h, w)
+    return err.unflatten(1, (-1, model.spec.block_frames)).mean((2, 3, 4))
+
+
+def weights_of(sigma: Tensor, min_sigma_weight: float) -> Tensor:
+    """The world recipe's 1/max(sigma, min)^2 weights, normalised to mean 1."""
+    w = 1.0 / sigma.clamp_min(min_sigma_weight) ** 2
+    return w / w.mean()
+
+
+def context_use(model: WorldModel, compressor: Compressor, cfg: PFTrainConfig,
+                layout: Layout) -> dict[str, float]:
+    """Losses at full noise on a fixed batch (below 1: the context is used).
+
+    ``gap_mid``: blocks with compressed mid in their history over the first block;
+    ``gap_nomid``: blocks with history but no mid over the first block; ``mid_use``: the mid
+    blocks' loss with their compressed tokens over the same loss with the tokens hidden.
+    """
+    gen = torch.Generator().manual_seed(99)
+    x0, _, _, prompts = make_batch(cfg, model, 10**7, gen)
+    nb = x0.shape[2] // model.spec.block_frames
+    sigma = torch.full((x0.shape[0], nb), 0.999, device=x0.device)
+    noise = torch.randn(x0.shape, generator=gen).to(x0.device)
+    xt = 0.001 * x0 + 0.999 * noise
+    with torch.no_grad():
+        cond = model.encode_prompt(prompts)
+        err = block_errors(model, predict(model, compressor, layout, x0, xt, sigma, cond,
+                                          cfg.kv), x0).mean(0)
+        dropped = block_errors(model, predict(model, compressor, layout, x0, xt, sigma, cond,
+                                              cfg.kv, layout.without_mid()), x0).mean(0)
+    first = err[0]
+    hist = torch.tensor([len(s) + len(m) + len(r) > 0 for s, m, r in layout.ctx])
+    nomid = hist & ~layout.has_mid.to(hist.device)
+    mid = layout.has_mid.to(err.device)
+    row = {"gap_mid": (err[mid].mean() / first).item(),
+           "mid_use": (err[mid].mean() / dropped[mid].mean()).item()}
+    if nomid.any():
+        row["gap_nomid"] = (err[nomid.to(err.device)].mean() / first).item()
+    return row
+
+
+# -- the recipe --------------------------------------------------------------------------------
+def lr_scale(cfg: PFTrainConfig, step: int) -> float:
+    """Linear warm-up, then cosine to ``min_lr_ratio`` (a factor on both peak rates)."""
+    if step < cfg.warmup:
+        return (step + 1) / cfg.warmup
+    p = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * p))
+
+
+def validate(cfg: PFTrainConfig, spec) -> None:
+    """Raise ValueError for settings the in-clip partitions cannot realise."""
+    if not compressor_class(cfg.compressor).learned:
+        raise ValueError(f"compressor={cfg.compressor!r} has no parameters: its zero-shot use "
+                         "needs no training (rollbench run strategy=packforcing "
+                         f"+compressor={cfg.compressor}); train 'hr' or 'dual'")
+    for name, value, allowed in (("kv", cfg.kv, KV_MODES), ("spatial", cfg.spatial, SPATIAL),
+                                 ("clean_context", cfg.clean_context, CLEAN_CONTEXTS)):
+        if value not in allowed:
+            raise ValueError(f"{name}={value!r}: allowed {list(allowed)}")
+    bf = spec.block_frames
+    for name in ("clip_frames", "sink_frames", "recent_frames"):
+        value = getattr(cfg, name)
+        if value < 0 or value % bf:
+            raise ValueError(f"{name}={value}: must be a non-negative multiple of the block "
+                             f"size {bf}")
+    nb = cfg.clip_frames // bf
+    if not any(mid for _, mid, _ in contexts(nb, cfg.sink_frames // bf, cfg.recent_frames // bf)):
+        raise ValueError(f"sink_frames={cfg.sink_frames} + recent_frames={cfg.recent_frames} "
+                         f"leave no mid partition inside a {cfg.clip_frames}-frame clip: they "
+                         f"must total at most clip_frames - 2 blocks ({cfg.clip_frames - 2 * bf})")
+    if cfg.batch < 1 or cfg.steps < 1:
+        raise ValueError("batch and steps must be >= 1")
+
+
+def command(cfg: PFTrainConfig) -> str:
+    """The ``rollbench train packforcing`` line re-creating this run (overrides of the
+    defaults, which ablations/train/packforcing.yaml mirrors)."""
+    default = PFTrainConfig()
+    parts = ["rollbench", "train", "packforcing"]
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        if value != getattr(default, f.name):
+            parts.append(f"{f.name}={'null' if value is None else value}")
+    return shlex.join(parts)
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _device_name(device: torch.device, threads: int) -> str:
+    if device.type == "cuda":
+        return f"cuda: {torch.cuda.get_device_name(device)}"
+    return f"cpu: {platform.processor() or platform.machine()}, {threads} thread(s)"
+
+
+def build_modules(cfg: PFTrainConfig) -> tuple[WorldModel, Compressor]:
+    """The world model to fine-tune (``init`` or the shipped weights) and a seeded compressor."""
+    model = load_world(cfg.init or None, device=cfg.device)
+    compressor = build_compressor(cfg.compressor, model.spec, cfg.compress_time,
+                                  cfg.compress_space, cfg.hr_channels, seed=cfg.seed)
+    return model.train(), compressor.to(model.device).train()
+
+
+def train_packforcing(cfg: PFTrainConfig, log=print) -> Path:
+    """Fine-tune (or resume) world model + compressor; returns the exported world weights."""
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    model, compressor = build_modules(cfg)
+    validate(cfg, model.spec)
+    init_path = Path(cfg.init) if cfg.init else WEIGHTS_DIR / "world-model.safetensors"
+    init_card = dict(model.card)
+    world_cfg = WorldConfig(**init_card["config"])
+    ema_model, ema_comp = copy.deepcopy(model).eval(), copy.deepcopy(compressor).eval()
+    for p in [*ema_model.parameters(), *ema_comp.parameters()]:
+        p.requires_grad_(False)
+    opt = torch.optim.AdamW(
+        [{"params": list(model.parameters()), "lr": cfg.lr, "peak": cfg.lr},
+         {"params": list(compressor.parameters()), "lr": cfg.compressor_lr,
+          "peak": cfg.compressor_lr}],
+        weight_decay=cfg.weight_decay)
+    params = [*model.parameters(), *compressor.parameters()]
+    gen, start, history = torch.Generator().manual_seed(cfg.seed), 0, []
+    ckpt = out / "checkpoint.pt"
+    if ckpt.exists():
+        state = torch.load(ckpt, weights_only=False, map_location=model.device)
+        model.load_state_dict(state["model"])
+        compressor.load_state_dict(state["compressor"])
+        ema_model.load_state_dict(state["ema_model"])
+        ema_comp.load_state_dict(state["ema_compressor"])
+        opt.load_state_dict(state["opt"])
+        gen.set_state(state["gen"])
+        start, history = state["step"], state["history"]
+        log(f"resumed from {ckpt} at step {start}")
+        changed = sorted(k for k, v in state.get("config", {}).items()
+                         if k not in RUN_ONLY and getattr(cfg, k, v) != v)
+        if changed:
+            log(f"warning: resuming with changed settings {changed} (checkpoint: "
+                f"{ {k: state['config'][k] for k in changed} })")
+    layout = pack_layout(model.spec, compressor, cfg.clip_frames, cfg.sink_frames,
+                         cfg.recent_frames, cfg.spatial, cfg.clean_context)
+    log(json.dumps({"layout": {"blocks": [{"block": b, "sink": s, "mid": m, "recent": r}
+                                          for b, (s, m, r) in enumerate(layout.ctx)],
+                               "compressed_tokens_per_block": layout.per_block,
+                               "queries": int(layout.mask.shape[0]),
+                               "keys": int(layout.mask.shape[1])}}))
+    began = time.time() - (history[-1]["elapsed"] if history else 0.0)
+    has_mid = layout.has_mid.to(model.device)
+    acc: dict[str, list[float]] = {"loss": [], "err_mid": [], "err_nomid": []}
+    with model.attach(), ema_model.attach():
+        bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="packforcing")
+        for step in bar:
+            scale = lr_scale(cfg, step)
+            for g in opt.param_groups:
+                g["lr"] = g["peak"] * scale
+            x0, xt, sigma, prompts = make_batch(cfg, model, step, gen)
+            cond = model.encode_prompt(prompts)
+            err = block_errors(model, predict(model, compressor, layout, x0, xt, sigma, cond,
+                                              cfg.kv), x0)
+            loss = (err * weights_of(sigma, cfg.min_sigma_weight)).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            opt.step()
+            if cfg.ema > 0:
+                with torch.no_grad():
+                    for src, dst in ((model, ema_model), (compressor, ema_comp)):
+                        for pe, pm in zip(dst.parameters(), src.parameters(), strict=True):
+                            pe.lerp_(pm, 1 - cfg.ema)
+            acc["loss"].append(loss.item())
+            acc["err_mid"].append(err[:, has_mid].mean().item())
+            acc["err_nomid"].append(err[:, ~has_mid].mean().item())
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+            done = step + 1 == cfg.steps
+            if (step + 1) % cfg.log_every == 0 or done:
+                row: dict[str, Any] = {"step": step + 1}
+                row.update({k: sum(v) / len(v) for k, v in acc.items()})
+                row["elapsed"] = time.time() - began
+                acc = {k: [] for k in acc}
+                if (cfg.eval_every and (step + 1) % cfg.eval_every == 0) or done:
+                    eval_model, eval_comp = ((ema_model, ema_comp) if cfg.ema > 0
+                                             else (model, compressor))
+                    row.update(context_use(eval_model, eval_comp, cfg, layout))
+                history.append(row)
+                log(json.dumps(row))
+            if (step + 1) % cfg.ckpt_every == 0 or done:
+                torch.save({"model": model.state_dict(), "compressor": compressor.state_dict(),
+                            "ema_model": ema_model.state_dict(),
+                            "ema_compressor": ema_comp.state_dict(), "opt": opt.state_dict(),
+                            "gen": gen.get_state(), "step": step + 1, "history": history,
+                            "config": asdict(cfg)}, ckpt)
+    final_model, final_comp = (ema_model, ema_comp) if cfg.ema > 0 else (model, compressor)
+    return export(cfg, final_model.eval(), final_comp.eval(), world_cfg, history, init_path,
+                  init_card)
+
+
+def export(cfg: PFTrainConfig, model: WorldModel, compressor: Compressor, world_cfg: WorldConfig,
+           history: list[dict[str, Any]], init_path: Path, init_card: dict[str, Any]) -> Path:
+    """Write world-model-pf.safetensors (+ card) and compressor-hr.safetensors (+ card)."""
+    folder = Path(cfg.export) if cfg.export else Path(cfg.out) / "final"
+    folder.mkdir(parents=True, exist_ok=True)
+    comp_path = compressor.save(folder / COMPRESSOR_FILE)
+    strategy = {"_target_": "packforcing", "sink_frames": cfg.sink_frames,
+                "recent_frames": cfg.recent_frames, "compressor": cfg.compressor,
+                "compress_time": cfg.compress_time, "compress_space": cfg.compress_space,
+                "hr_channels": cfg.hr_channels, "kv": cfg.kv, "spatial": cfg.spatial,
+                "compressor_weights": COMPRESSOR_FILE}
+    last = history[-1] if history else {}
+    evals = [r for r in history if "mid_use" in r]
+    card = {
+        "recipe": "packforcing",
+        "command": command(cfg),
+        "seed": cfg.seed,
+        "steps": cfg.steps,
+        "train": asdict(cfg),
+        "final_losses": {k: last.get(k) for k in ("loss", "err_mid", "err_nomid")},
+        "context_use": {k: evals[-1][k] for k in ("gap_mid", "gap_nomid", "mid_use")
+                        if evals and k in evals[-1]},
+        "history": history[-20:],
+        "wall_seconds": last.get("elapsed"),
+        "device": _device_name(next(model.parameters()).device, cfg.threads),
+        "exported": "EMA weights" if cfg.ema > 0 else "raw weights",
+        "init": {"file": str(init_path), "sha256": init_card.get("sha256"),
+                 "steps": init_card.get("steps"),
+                 "provisional": init_card.get("provisional", False)},
+        "strategy": strategy,
+        "compressor": {"file": COMPRESSOR_FILE, "sha256": _sha256(comp_path),
+                       "name": cfg.compressor, "saved_branch": "hr"},
+        "frame_size": FRAME_SIZE,
+    }
+    world_path = save_world(model, world_cfg, folder / WORLD_FILE, card)
+    world_card = json.loads(world_path.with_suffix(".json").read_text())
+    comp_card = {**{k: v for k, v in card.items() if k != "compressor"},
+                 "file": COMPRESSOR_FILE, "sha256": card["compressor"]["sha256"],
+                 "world": {"file": WORLD_FILE, "sha256": world_card["sha256"]}}
+    comp_path.with_suffix(".json").write_text(json.dumps(comp_card, indent=1))
+    return world_path

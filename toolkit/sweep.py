@@ -1,0 +1,259 @@
+"""``rollbench sweep sweep=NAME``: Optuna studies driven by rollbench itself.
+
+A sweep is ``ablations/sweep/NAME.yaml``: a question, base overrides, a search space, and the
+objectives (metric names: their directions come from the metric registry, so a two-metric
+sweep is a Pareto search). Storage: a journal file under the run root by default, or any RDB
+URL (``storage=postgresql://...``) so workers on many machines share one study. ``workers=N``
+starts N processes on the study; a study resumes where it stopped; a trial whose config is
+impossible is pruned, one that raises (or runs out of memory) is failed, and the study goes
+on. Every trial is an MLflow run nested under the study's run.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+from omegaconf import OmegaConf
+
+from toolkit.config import ConfigError, compose_config
+
+SWEEPS = Path(__file__).resolve().parent.parent / "ablations" / "sweep"
+KINDS = ("int", "float", "categorical")
+
+
+@dataclass
+class SweepSpec:
+    """A search space and its objectives (the schema of ablations/sweep/NAME.yaml)."""
+
+    name: str
+    question: str
+    base: list[str]
+    objectives: list[str]
+    params: dict[str, dict[str, Any]]
+    n_trials: int = 20
+    seed: int = 0
+    pruner: str | None = None
+    overrides: list[str] = field(default_factory=list)
+
+    @property
+    def directions(self) -> list[str]:
+        from toolkit.metrics import METRICS
+
+        return [METRICS.get(m).optuna_direction for m in self.objectives]
+
+
+def load_sweep(name: str) -> SweepSpec:
+    """Read and check a sweep (a name in ablations/sweep/ or a .yaml path)."""
+    path = Path(name) if name.endswith(".yaml") else SWEEPS / f"{name}.yaml"
+    name = path.stem
+    if not path.exists():
+        names = sorted(p.stem for p in SWEEPS.glob("*.yaml"))
+        raise ConfigError(f"unknown sweep {name!r}; available: {', '.join(names)}")
+    data = OmegaConf.to_container(OmegaConf.load(path))
+    question = next((ln.lstrip("# ").strip() for ln in path.read_text().splitlines()
+                     if ln.startswith("#")), "")
+    allowed = {"base", "objectives", "params", "n_trials", "seed", "pruner"}
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        raise ConfigError(f"sweep {name!r}: unknown keys {unknown}; allowed {sorted(allowed)}")
+    spec = SweepSpec(name=name, question=question, **data)
+    for key, space in spec.params.items():
+        if space.get("type") not in KINDS:
+            raise ConfigError(f"sweep {name!r}: {key} has type={space.get('type')!r}; "
+                              f"allowed {list(KINDS)}")
+    _ = spec.directions  # unknown objective metrics fail here, with "did you mean"
+    if spec.pruner not in (None, "median"):
+        raise ConfigError(f"sweep {name!r}: pruner={spec.pruner!r}; allowed null, median")
+    if spec.pruner and len(spec.objectives) > 1:
+        raise ConfigError(f"sweep {name!r}: pruning needs a single objective "
+                          f"(got {spec.objectives})")
+    return spec
+
+
+def suggest(trial: optuna.Trial, spec: SweepSpec) -> list[str]:
+    """Overrides for one trial, sampled from the search space."""
+    out = []
+    for key, s in spec.params.items():
+        if s["type"] == "int":
+            value = trial.suggest_int(key, s["low"], s["high"], step=s.get("step", 1),
+                                      log=s.get("log", False))
+        elif s["type"] == "float":
+            value = trial.suggest_float(key, s["low"], s["high"], log=s.get("log", False))
+        else:
+            value = trial.suggest_categorical(key, s["choices"])
+        out.append(f"{key}={'null' if value is None else value}")
+    return out
+
+
+def storage_url(storage: str | None, run_root: str, name: str) -> str:
+    """The study's storage: a journal file under the run root unless a URL is given."""
+    if storage:
+        return storage
+    path = Path(run_root).resolve() / "optuna" / f"{name}.journal"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return f"journal:{path}"
+
+
+def open_storage(url: str) -> Any:
+    """An Optuna storage from a URL; a clear error when it cannot be reached."""
+    try:
+        if url.startswith("journal:"):
+            from optuna.storages.journal import JournalFileBackend
+
+            return optuna.storages.JournalStorage(JournalFileBackend(url[len("journal:"):]))
+        return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+    except Exception as err:
+        raise ConfigError(f"cannot open the sweep storage {url!r}: {type(err).__name__}: "
+                          f"{str(err).splitlines()[0][:300]}") from err
+
+
+class Objective:
+    """One trial = one tracked job; returns the objectives' values from its metrics."""
+
+    def __init__(self, spec: SweepSpec, parent: str | None) -> None:
+        self.spec, self.parent = spec, parent
+
+    def __call__(self, trial: optuna.Trial) -> float | list[float]:
+        from toolkit.jobs import run_job
+
+        overrides = [*self.spec.base, *self.spec.overrides, *suggest(trial, self.spec),
+                     f"experiment_name=sweep-{self.spec.name}", "progress=false",
+                     f"variant=trial {trial.number}"]
+        try:
+            cfg = compose_config(overrides)
+            from toolkit.config import build
+
+            built = build(cfg)
+        except (ConfigError, ValueError) as err:  # impossible partitions: not a crash
+            trial.set_user_attr("invalid", str(err))
+            raise optuna.TrialPruned(f"invalid config: {err}") from err
+        callbacks = [self._reporter(trial)] if self.spec.pruner else []
+        result = run_job(cfg, parent=self.parent, built=built, skip_finished=False,
+                         callbacks=callbacks)
+        trial.set_user_attr("run_id", result.run_id)
+        if result.status != "finished":
+            raise RuntimeError(f"trial {trial.number} failed: {result.error}")
+        missing = [m for m in self.spec.objectives if m not in result.scalars]
+        if missing:
+            raise RuntimeError(f"trial {trial.number}: objectives {missing} were not computed")
+        values = [float(result.scalars[m]) for m in self.spec.objectives]
+        return values[0] if len(values) == 1 else values
+
+    @staticmethod
+    def _reporter(trial: optuna.Trial):
+        """Report the running KV footprint per block; prune when the pruner says so."""
+
+        def report(record: Any) -> None:
+            trial.report(float(record.total_bytes), step=record.index)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"pruned at block {record.index}")
+
+        return report
+
+
+def _worker(name: str, url: str, overrides: list[str], parent: str | None, total: int,
+            share: int, rank: int = 0) -> None:
+    spec = load_sweep(name)
+    spec.overrides = overrides
+    sampler = optuna.samplers.TPESampler(seed=spec.seed + rank)  # distinct, reproducible
+    study = optuna.load_study(study_name=spec.name, storage=open_storage(url), sampler=sampler)
+    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED,
+              optuna.trial.TrialState.FAIL)
+    stop = optuna.study.MaxTrialsCallback(total, states=states)
+    study.optimize(Objective(spec, parent), n_trials=share, catch=(Exception,),
+                   callbacks=[stop])
+
+
+def parse(args: list[str]) -> tuple[str, dict[str, str], list[str]]:
+    """Split ``sweep=NAME``, sweep options (workers, n_trials, storage) and run overrides."""
+    opts, rest = {}, []
+    for a in args:
+        key = a.split("=", 1)[0]
+        if key in ("sweep", "workers", "n_trials", "storage"):
+            opts[key] = a.split("=", 1)[1]
+        else:
+            rest.append(a)
+    if "sweep" not in opts:
+        names = sorted(p.stem for p in SWEEPS.glob("*.yaml"))
+        raise ConfigError(f"rollbench sweep needs sweep=NAME; available: {', '.join(names)}")
+    return opts.pop("sweep"), opts, rest
+
+
+def study_run(spec: SweepSpec, url: str, cfg: Any) -> str | None:
+    """The MLflow run all trials nest under (found again when a study resumes)."""
+    from toolkit.tracking import _client, _experiment, resolve_uri
+
+    try:
+        uri = resolve_uri(cfg.tracking.uri, cfg.run_root)
+        client = _client(uri)
+        exp = _experiment(client, f"sweep-{spec.name}", uri)
+        found = client.search_runs([exp], filter_string=f"tags.study = '{spec.name}' and "
+                                                        f"tags.storage = '{url}'", max_results=1)
+        if found:
+            return found[0].info.run_id
+        run = client.create_run(exp, run_name=f"study {spec.name}",
+                                tags={"study": spec.name, "storage": url,
+                                      "question": spec.question[:4000],
+                                      "objectives": ",".join(spec.objectives)})
+        return run.info.run_id
+    except Exception as err:  # tracking down: trials still run and keep local results
+        import warnings
+
+        warnings.warn(f"no study run in the tracking store ({err}); trials are not nested",
+                      stacklevel=2)
+        return None
+
+
+def cmd_sweep(args: list[str]) -> int:
+    """Create or resume the study, run ``workers`` processes on it, print the best trials."""
+    from rich.table import Table
+
+    from toolkit.jobs import console
+
+    source, opts, overrides = parse(args)
+    spec = load_sweep(source)
+    spec.overrides, name = overrides, spec.name
+    cfg = compose_config([*spec.base, *overrides])  # typos in the overrides fail here
+    url = storage_url(opts.get("storage"), cfg.run_root, name)
+    total = int(opts.get("n_trials", spec.n_trials))
+    workers = int(opts.get("workers", 1))
+    pruner = optuna.pruners.MedianPruner(n_warmup_steps=4) if spec.pruner else None
+    study = optuna.create_study(study_name=name, storage=open_storage(url),
+                                directions=spec.directions, load_if_exists=True,
+                                sampler=optuna.samplers.TPESampler(seed=spec.seed),
+                                pruner=pruner)
+    parent = study_run(spec, url, cfg)
+    console.print(f"sweep {name}: {spec.question}\nstorage {url}; {total} trials, "
+                  f"{workers} worker(s); {len(study.trials)} trials already in the study")
+    done = sum(t.state.is_finished() for t in study.trials)
+    share = -(-max(0, total - done) // max(1, workers))  # trials per worker, rounded up
+    if workers <= 1:
+        _worker(source, url, overrides, parent, total, share)
+    else:
+        ctx = mp.get_context("spawn")
+        procs = [ctx.Process(target=_worker,
+                             args=(source, url, overrides, parent, total, share, rank))
+                 for rank in range(workers)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join()
+    study = optuna.load_study(study_name=name, storage=open_storage(url))
+    counts = {}
+    for t in study.trials:
+        counts[t.state.name.lower()] = counts.get(t.state.name.lower(), 0) + 1
+    console.print("trials: " + ", ".join(f"{k}={v}" for k, v in sorted(counts.items())))
+    table = Table(title=f"{name}: best trials (Pareto front)" if len(spec.objectives) > 1
+                  else f"{name}: best trial")
+    for col in ("trial", *spec.objectives, "params"):
+        table.add_column(col)
+    best = study.best_trials if any(t.state.name == "COMPLETE" for t in study.trials) else []
+    for t in best:
+        table.add_row(str(t.number), *[f"{v:.4g}" for v in t.values],
+                      " ".join(f"{k}={v}" for k, v in t.params.items()))
+    console.print(table)
+    return 0
