@@ -20,8 +20,8 @@ test: $(STAMP) lint
 	$(PY) -m pytest
 
 demo: $(STAMP)
-	$(VENV)/bin/rollbench bench video.latent_frames=480
-	$(VENV)/bin/rollbench run strategy=sink video.latent_frames=480
+	$(VENV)/bin/rollbench grid experiment=strategies_24x
+	$(VENV)/bin/rollbench report experiment=strategies_24x
 
 bench: $(STAMP)
 	$(VENV)/bin/rollbench bench video.latent_frames=480

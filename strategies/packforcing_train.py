@@ -28,7 +28,15 @@ K/V projection (``model.project_kv``). Their positions are the strategy's: the c
 positions (``spatial``) at the block's generation time. Inside a 5-block clip nothing is ever
 evicted and every mid block is selected (top_k >= 2), so ``shift``, ``repack`` and ``absolute``
 all place every block at its generation position. Gradients reach the compressor only through
-those K/V. No separate compressor loss.
+those K/V. No separate compressor loss. The compressed tokens' K/V come from their own small
+passes (one per mid block, the strategy's code path) appended to every layer's keys by
+``PackPlan``: the same numbers as putting the tokens in the sequence with a self-only mask, but
+``kv=project`` works too.
+
+Not matched to inference: history is ground truth, not generated (teacher forcing, as the world
+recipe); top-k selection, archive evictions and the sink shift never occur inside one clip
+(weights are meant for any sink / recent / top-k at inference; the compressor's rate, width, kv
+and spatial must match the training run's).
 
 Seeded; resumable (``<out>/checkpoint.pt`` every ``ckpt_every`` steps, resumed when present);
 JSON-line log rows with the context-use diagnostic; exports the fine-tuned world weights
@@ -188,7 +196,7 @@ def pack_layout(spec, compressor: Compressor, frames: int, sink_frames: int,
         full = sink + recent
         mask[noisy_rows, cols(full) + cols([b], n) + mid_cols(mid)] = True
         if clean_context == "strategy":
-            mask[clean_rows, cols(full + [b]) + mid_cols(mid)] = True
+            mask[clean_rows, cols([*full, b]) + mid_cols(mid)] = True
         else:
             mask[clean_rows, cols(list(range(b + 1)))] = True
     pos = grid_positions(spec, 0.0, frames)
@@ -359,6 +367,15 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def _shown(path: Path) -> str:
+    """A path relative to the repository when it lies inside it."""
+    root = WEIGHTS_DIR.parents[2]
+    try:
+        return str(path.resolve().relative_to(root))
+    except ValueError:
+        return str(path)
+
+
 def _device_name(device: torch.device, threads: int) -> str:
     if device.type == "cuda":
         return f"cuda: {torch.cuda.get_device_name(device)}"
@@ -379,6 +396,13 @@ def train_packforcing(cfg: PFTrainConfig, log=print) -> Path:
     torch.manual_seed(cfg.seed)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
+
+    def emit(line: str) -> None:  # log, and keep the JSON rows in <out>/log.jsonl
+        log(line)
+        if line.startswith("{"):
+            with (out / "log.jsonl").open("a") as f:
+                f.write(line + "\n")
+
     model, compressor = build_modules(cfg)
     validate(cfg, model.spec)
     init_path = Path(cfg.init) if cfg.init else WEIGHTS_DIR / "world-model.safetensors"
@@ -397,6 +421,10 @@ def train_packforcing(cfg: PFTrainConfig, log=print) -> Path:
     ckpt = out / "checkpoint.pt"
     if ckpt.exists():
         state = torch.load(ckpt, weights_only=False, map_location=model.device)
+        if state.get("init_sha256", init_card.get("sha256")) != init_card.get("sha256"):
+            raise ValueError(f"{ckpt} continues a fine-tune of other world weights (sha256 "
+                             f"{state['init_sha256'][:12]}...) than {_shown(init_path)} "
+                             f"({init_card.get('sha256', '')[:12]}...): remove it, or set out=")
         model.load_state_dict(state["model"])
         compressor.load_state_dict(state["compressor"])
         ema_model.load_state_dict(state["ema_model"])
@@ -404,19 +432,19 @@ def train_packforcing(cfg: PFTrainConfig, log=print) -> Path:
         opt.load_state_dict(state["opt"])
         gen.set_state(state["gen"])
         start, history = state["step"], state["history"]
-        log(f"resumed from {ckpt} at step {start}")
+        emit(f"resumed from {ckpt} at step {start}")
         changed = sorted(k for k, v in state.get("config", {}).items()
                          if k not in RUN_ONLY and getattr(cfg, k, v) != v)
         if changed:
-            log(f"warning: resuming with changed settings {changed} (checkpoint: "
-                f"{ {k: state['config'][k] for k in changed} })")
+            was = {k: state["config"][k] for k in changed}
+            emit(f"warning: resuming with changed settings {changed} (checkpoint: {was})")
     layout = pack_layout(model.spec, compressor, cfg.clip_frames, cfg.sink_frames,
                          cfg.recent_frames, cfg.spatial, cfg.clean_context)
-    log(json.dumps({"layout": {"blocks": [{"block": b, "sink": s, "mid": m, "recent": r}
-                                          for b, (s, m, r) in enumerate(layout.ctx)],
-                               "compressed_tokens_per_block": layout.per_block,
-                               "queries": int(layout.mask.shape[0]),
-                               "keys": int(layout.mask.shape[1])}}))
+    emit(json.dumps({"layout": {"blocks": [{"block": b, "sink": s, "mid": m, "recent": r}
+                                           for b, (s, m, r) in enumerate(layout.ctx)],
+                                "compressed_tokens_per_block": layout.per_block,
+                                "queries": int(layout.mask.shape[0]),
+                                "keys": int(layout.mask.shape[1])}}))
     began = time.time() - (history[-1]["elapsed"] if history else 0.0)
     has_mid = layout.has_mid.to(model.device)
     acc: dict[str, list[float]] = {"loss": [], "err_mid": [], "err_nomid": []}
@@ -456,13 +484,14 @@ def train_packforcing(cfg: PFTrainConfig, log=print) -> Path:
                                              else (model, compressor))
                     row.update(context_use(eval_model, eval_comp, cfg, layout))
                 history.append(row)
-                log(json.dumps(row))
+                emit(json.dumps(row))
             if (step + 1) % cfg.ckpt_every == 0 or done:
                 torch.save({"model": model.state_dict(), "compressor": compressor.state_dict(),
                             "ema_model": ema_model.state_dict(),
                             "ema_compressor": ema_comp.state_dict(), "opt": opt.state_dict(),
                             "gen": gen.get_state(), "step": step + 1, "history": history,
-                            "config": asdict(cfg)}, ckpt)
+                            "config": asdict(cfg), "init_sha256": init_card.get("sha256")},
+                           ckpt)
     final_model, final_comp = (ema_model, ema_comp) if cfg.ema > 0 else (model, compressor)
     return export(cfg, final_model.eval(), final_comp.eval(), world_cfg, history, init_path,
                   init_card)
@@ -494,7 +523,7 @@ def export(cfg: PFTrainConfig, model: WorldModel, compressor: Compressor, world_
         "wall_seconds": last.get("elapsed"),
         "device": _device_name(next(model.parameters()).device, cfg.threads),
         "exported": "EMA weights" if cfg.ema > 0 else "raw weights",
-        "init": {"file": str(init_path), "sha256": init_card.get("sha256"),
+        "init": {"file": _shown(init_path), "sha256": init_card.get("sha256"),
                  "steps": init_card.get("steps"),
                  "provisional": init_card.get("provisional", False)},
         "strategy": strategy,

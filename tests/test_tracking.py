@@ -11,8 +11,9 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from toolkit.cli import main, save_rollout
+from toolkit.cli import main
 from toolkit.config import compose_config
+from toolkit.jobs import save_rollout
 from toolkit.rollout import Rollout
 from toolkit.spec import ModelSpec
 from toolkit.trace import BlockRecord, Trace
@@ -66,7 +67,7 @@ def test_cli_run_480_frames_is_an_mlflow_run(tmp_path, store):
     assert len(df) == 1 and df.status[0] == "FINISHED"
     row = df.iloc[0]
     assert row["tags.strategy"] == "sink" and row["params.video.latent_frames"] == "480"
-    assert row["tags.run_key"] == run_key(compose_config(["strategy=sink",
+    assert row["tags.run_key"] == run_key(compose_config(["model=tiny-random", "strategy=sink",
                                                           "video.latent_frames=480"]))
     for tag in ("git_revision", "git_dirty", "version.torch", "version.diffusers",
                 "version.rollbench"):

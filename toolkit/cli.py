@@ -53,6 +53,13 @@ def cmd_sweep(overrides: list[str]) -> int:
     return sweep(overrides)
 
 
+def cmd_report(overrides: list[str]) -> int:
+    """``rollbench report experiment=NAME [out=DIR]``: the compare-strategies report."""
+    from reports.compare import cmd_report as report
+
+    return report(overrides)
+
+
 def cmd_memory(overrides: list[str]) -> int:
     """``rollbench memory model=wan-t2v-1.3b strategy=... video.seconds=N`` (meta tensors)."""
     from toolkit.memory import cmd_memory as memory
@@ -137,7 +144,7 @@ def cmd_bench_any(overrides: list[str]) -> int:
 
 COMMANDS = {"run": cmd_run, "ls": cmd_ls, "bench": cmd_bench_any, "train": cmd_train,
             "grid": cmd_grid, "sweep": cmd_sweep, "memory": cmd_memory, "relog": cmd_relog,
-            "realbench": cmd_realbench}
+            "realbench": cmd_realbench, "report": cmd_report}
 
 
 def main(argv: list[str] | None = None) -> int:

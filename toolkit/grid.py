@@ -106,7 +106,7 @@ def print_summary(overrides: list[str]) -> None:
     done = runs[runs["status"] == "FINISHED"]
     if done.empty:
         return
-    cols = [c for c in ("fidelity_mean", "vde", "dynamic_degree", "discontinuity",
+    cols = [c for c in ("vde", "start_end_fidelity_drop", "dynamic_degree", "discontinuity",
                         "peak_kv_bytes", "seconds_per_block") if c in done]
     table = Table(title=f"experiment {cfg.tracking.experiment}: mean over seeds")
     for c in ("strategy", "frames", "n", *cols):

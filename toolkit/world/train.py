@@ -45,6 +45,7 @@ class TrainConfig:
     log_every: int = 50
     out: str = "runs/train/world-model"
     export: str = ""  # where to write the final weights (.safetensors); empty: <out>/final
+    export_from: str = "ema"  # which weights to export: ema | model (the raw weights)
     threads: int = 2
     device: str = "cpu"
 
@@ -186,4 +187,23 @@ def train(cfg: TrainConfig, log=print) -> Path:
         "frame_size": FRAME_SIZE,
         "latent": "pixel_unshuffle(2), per-channel normalised (exactly invertible)",
     }
-    return save_world(ema, cfg.model, export, card)
+    if cfg.export_from not in ("ema", "model"):
+        raise ValueError(f"export_from={cfg.export_from!r}: allowed ['ema', 'model']")
+    card["exported"] = cfg.export_from
+    final = ema if cfg.export_from == "ema" else model
+    card["command"] = f"rollbench train world-model export_from={cfg.export_from}"
+    card["eval_1x"] = quality(final, cfg)
+    log(json.dumps({"eval_1x": card["eval_1x"]}))
+    return save_world(final, cfg.model, export, card)
+
+
+def quality(model: WorldModel, cfg: TrainConfig, seeds: int = 8) -> dict[str, float]:
+    """Analyser scores at 1x (full history, held-out prompts) beside real clips'."""
+    from toolkit.registry import STRATEGIES
+    from toolkit.world.evaluate import evaluate
+
+    model.eval()
+    with torch.no_grad():
+        res = evaluate(model, STRATEGIES.get("full")(), list(range(seeds)), cfg.clip_frames)
+    return {**{f"generated_{k}": v for k, v in res["generated"].items()},
+            **{f"real_{k}": v for k, v in res["real"].items()}, "seeds": seeds}

@@ -1,0 +1,230 @@
+"""``rollbench report experiment=NAME``: the compare-strategies report of stored runs.
+
+A pure function of the tracking store (it never re-runs a model): the headline tables at the
+length marks (``reports.tables``), curves over the rollout and Optuna plots
+(``reports.figures``), filmstrips and links to the videos (the runs' artifacts), and a
+provenance footer. Written as one self-contained HTML page (images embedded) and a Markdown
+twin with its images beside it (``reports.render``).
+
+    rollbench report experiment=strategies_24x [out=DIR] [baseline=full] [test=wilcoxon]
+                     [run_root=runs] [tracking.uri=URI] [storage=OPTUNA_URL]
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pandas as pd
+
+from reports import data, figures, sections, tables
+from reports.sections import Image, Report, Strip, Sweep
+from reports.tables import Table
+from toolkit.tracking import resolve_uri
+
+OPTIONS = ("experiment", "out", "baseline", "test", "run_root", "tracking.uri", "storage")
+#: Curves drawn over the rollout: metric, title, log y axis.
+CURVE_FIGURES = (("drift", "drift", False), ("fidelity", "prompt fidelity", False),
+                 ("self_similarity", "repetition (long-lag self-similarity)", False),
+                 ("motion", "motion", False), ("kv_bytes", "KV cache held", True),
+                 ("block_seconds", "latency per block", False))
+
+
+def slug(text: str) -> str:
+    """A file-name-safe form of a label."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "run"
+
+
+def _question(name: str) -> str:
+    from toolkit.grid import experiments
+
+    return experiments().get(name, "")
+
+
+def _legend(baseline: str | None, requested: str | None, test: str, summary: pd.DataFrame) -> str:
+    parts = ["Columns: multiples of the training length (in latent frames). Cells: the mean "
+             "over seeds with its 95% CI [low, high]; **bold**: the best in its column; "
+             "(n=k): only k of the variant's runs (seeds x prompts) have the value; —: missing."]
+    if baseline:
+        parts.append(f"▲ / ▼: significantly better / worse than `{baseline}` (paired {test} "
+                     "test over seeds and prompts, p < 0.05).")
+        pairs = summary["n_pairs"].max() if "n_pairs" in summary and len(summary) else 0
+        if test == "wilcoxon" and pairs < 6:
+            parts.append(f"With at most {int(pairs)} pair(s) the Wilcoxon test cannot reach "
+                         "p < 0.05; `test=ttest` uses the paired t-test.")
+    elif requested and requested != "none":
+        parts.append(f"No variant is the baseline `{requested}`: no paired tests "
+                     "(pass `baseline=VARIANT`).")
+    return " ".join(parts)
+
+
+def _curve_images(exp: data.Experiment, variants: list[str], marks: list[tables.Mark],
+                  train: int | None) -> list[Image]:
+    longest = exp.runs.sort_values(["latent_frames", "run_name"], ascending=[False, False])
+    longest = longest.drop_duplicates(["variant", "seed", "prompt"])
+    lines = [(m.label, m.frames) for m in marks if m.frames and m.frames != train]
+    out = []
+    for metric, title, log in CURVE_FIGURES:
+        got = exp.curves.get(metric, {})
+        per = {v: [got[i] for i in longest.loc[longest["variant"] == v, "run_id"] if i in got]
+               for v in variants}
+        per = {v: s for v, s in per.items() if any(len(c[0]) for c in s)}
+        if not per:
+            continue
+        scale, _ = tables.unit_of(metric)
+        label = tables.heading(metric, "")
+        png = figures.curve_figure(title, label + (" (log)" if log else ""), per, scale,
+                                   train, lines, log)
+        out.append(Image(f"figures/{metric}.png", png, tables.heading(metric, title)))
+    return out
+
+
+def _strips(exp: data.Experiment, variants: list[str], out: Path) -> list[Strip]:
+    strips, used = [], set()
+    for v in variants:
+        runs = exp.runs[exp.runs["variant"] == v].sort_values(
+            ["seed", "latent_frames", "run_name"], ascending=[True, False, False])
+        run = runs.iloc[0]
+        name = slug(v)
+        while name in used:
+            name += "-"
+        used.add(name)
+        marks = data.artifact(exp, run["run_id"], "marks.png", out / "artifacts")
+        video = data.artifact(exp, run["run_id"], "video.mp4", out / "artifacts")
+        train, frames = run["train_frames"], run["latent_frames"]
+        reached = [f"{m}x" for m in tables.MARKS if pd.notna(train) and m * train <= frames]
+        caption = f"last frame of {', '.join(reached)}" if reached else "last frame"
+        image = Image(f"filmstrips/{name}.png", figures.upscale(marks), f"{v}: {caption}") \
+            if marks else None
+        strips.append(Strip(v, sections.whole(run["seed"]), image, caption,
+                            os.path.relpath(video, out) if video else None))
+    return strips
+
+
+def _sweep(exp: data.Experiment, run_root: Path, storage: str | None) -> tuple[Sweep | None, str]:
+    found, note = data.find_study(exp.name, exp.uri, run_root, storage)
+    if found is None:
+        return None, note
+    study = found.study
+    counts: dict[str, int] = {}
+    for t in study.trials:
+        counts[t.state.name.lower()] = counts.get(t.state.name.lower(), 0) + 1
+    front, front_note = figures.front_figure(study, found.objectives)
+    imp, imp_note = figures.importance_figure(study, found.objectives)
+    done = [t for t in study.trials if t.state.name == "COMPLETE"]
+    best = study.best_trials if len(study.directions) > 1 else \
+        ([study.best_trial] if done else [])
+    names = sorted({k for t in best for k in t.params})
+    table = Table("Best trials" + (" (the Pareto front)" if len(study.directions) > 1 else ""),
+                  ["trial", *[tables.heading(o) for o in found.objectives], *names], [])
+    scales = [tables.unit_of(o)[0] for o in found.objectives]
+    for t in sorted(best, key=lambda t: t.number):
+        table.rows.append([f"trial {t.number}", *[tables.num(v * k) for v, k in
+                                                  zip(t.values, scales, strict=True)],
+                           *[str(t.params.get(k, "—")) for k in names]])
+    return Sweep(found.name, found.question, ", ".join(f"{n} {s}" for s, n in
+                                                      sorted(counts.items())),
+                 Image("figures/pareto.png", front, "Pareto front") if front else None,
+                 front_note, Image("figures/importances.png", imp, "parameter importances")
+                 if imp else None, imp_note, table), ""
+
+
+def build_report(uri: str, experiment: str, out: str | Path, run_root: str | Path = "runs",
+                 baseline: str | None = "full", test: str = "wilcoxon",
+                 storage: str | None = None,
+                 machine: list[tuple[str, str]] | None = None) -> Report:
+    """Compute every section of the report of one experiment (nothing is written).
+
+    Args:
+        uri: the tracking URI.
+        experiment: the MLflow experiment.
+        out: where the report will be written (links to artifacts are relative to it).
+        run_root: the run root (the Optuna journals are under ``<run_root>/optuna``).
+        baseline: the variant (or strategy) the paired tests compare with; None: no tests.
+        test: ``wilcoxon`` or ``ttest``.
+        storage: the sweep's Optuna storage URL when it is not the default journal.
+        machine: the machine lines of the footer (default: this machine's).
+    """
+    exp = data.load_experiment(uri, experiment, list(tables.CURVES))
+    out = Path(out)
+    base = tables.resolve_baseline(exp.runs, baseline)
+    variants = tables.order(list(exp.runs["variant"]), base) if len(exp.runs) else []
+    marks = tables.marks_of(exp.runs) if len(exp.runs) else []
+    trains = sorted({int(t) for t in exp.runs.get("train_frames", pd.Series()).dropna()})
+    train = trains[0] if len(trains) == 1 else None
+    headline, summary = tables.headline_tables(exp, marks, base, test) if variants \
+        else ([], pd.DataFrame())
+    sweep, sweep_note = _sweep(exp, Path(run_root), storage)
+    notes = [sweep_note] if sweep_note else []
+    if not variants:
+        notes.append("No finished runs in this experiment yet.")
+    if len(trains) > 1:
+        notes.append(f"The runs' models have different training lengths {trains}: each "
+                     "run's marks use its own.")
+    lengths = sorted({int(f) for f in exp.runs.get("latent_frames", pd.Series()).dropna()})
+    summary_line = (f"{len(exp.runs)} finished runs ({len(exp.others)} not finished) of "
+                    f"{len(variants)} variant(s); latent frames "
+                    f"{', '.join(map(str, lengths)) or '—'}; training length "
+                    f"{train if train else 'unknown'}; baseline "
+                    f"{'`' + base + '`' if base else 'none'}.")
+    return Report(
+        experiment=experiment,
+        question=_question(experiment) or (sweep.question if sweep else ""),
+        summary=summary_line, legend=_legend(base, baseline, test, summary),
+        runs=tables.runs_table(exp, base), headline=headline,
+        scalars=tables.scalar_table(exp, base, test) if variants else None,
+        curves=_curve_images(exp, variants, marks, train) if variants else [],
+        strips=_strips(exp, variants, out) if variants else [], sweep=sweep,
+        provenance=sections.provenance(exp, machine or sections.machine_info()), notes=notes)
+
+
+def write_report(report: Report, out: str | Path) -> tuple[Path, Path]:
+    """Write ``report.html`` (self-contained) and ``report.md`` (+ its PNGs) under ``out``."""
+    from reports.render import to_html, to_markdown
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for sub in ("figures", "filmstrips"):  # this report's own images only
+        for old in (out / sub).glob("*.png"):
+            old.unlink()
+    images = [*report.curves, *[s.image for s in report.strips if s.image]]
+    if report.sweep:
+        images += [i for i in (report.sweep.front, report.sweep.importances) if i]
+    for image in images:
+        (out / image.path).parent.mkdir(parents=True, exist_ok=True)
+        (out / image.path).write_bytes(image.data)
+    html, md = out / "report.html", out / "report.md"
+    html.write_text(to_html(report), encoding="utf-8")
+    md.write_text(to_markdown(report), encoding="utf-8")
+    return html, md
+
+
+def parse(args: list[str]) -> dict[str, str]:
+    """``key=value`` options of ``rollbench report``; unknown keys fail with the allowed ones."""
+    opts = {}
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        if not sep or key not in OPTIONS:
+            raise ValueError(f"rollbench report: unknown option {arg!r}; allowed: "
+                             f"{', '.join(k + '=' for k in OPTIONS)}")
+        opts[key] = value
+    if not opts.get("experiment"):
+        raise ValueError("rollbench report needs experiment=NAME (an MLflow experiment)")
+    if opts.get("test", "wilcoxon") not in ("wilcoxon", "ttest"):
+        raise ValueError(f"test={opts['test']!r}: allowed wilcoxon, ttest")
+    return opts
+
+
+def cmd_report(overrides: list[str]) -> int:
+    """Render the report of ``experiment=NAME`` and print where it is."""
+    opts = parse(overrides)
+    run_root = Path(opts.get("run_root", "runs"))
+    uri = resolve_uri(opts.get("tracking.uri"), run_root)
+    name = opts["experiment"]
+    out = Path(opts.get("out") or run_root / "reports" / name)
+    report = build_report(uri, name, out, run_root, opts.get("baseline", "full"),
+                          opts.get("test", "wilcoxon"), opts.get("storage"))
+    html, md = write_report(report, out)
+    print(f"report of {name}: {html}\n{' ' * (11 + len(name))}{md}")
+    return 0

@@ -1,0 +1,173 @@
+"""The report's figures as PNG bytes (matplotlib on the non-interactive Agg backend).
+
+Curves: one line per variant, the mean over its seeds, with a band of the Student t 95%
+interval of the mean at every latent frame (no band where a frame has one run); a dashed line
+at the training length and dotted ones at the other length marks. Sweeps: Optuna's own
+matplotlib plots of the Pareto front (or the optimisation history of a single objective) and
+of the parameter importances.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from scipy import stats
+
+Curve = tuple[np.ndarray, np.ndarray]
+
+
+def png(fig: Any) -> bytes:
+    """A figure's PNG bytes (no software/date metadata)."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, metadata={"Software": None})
+    return buf.getvalue()
+
+
+def band(series: Sequence[Curve]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(steps, mean, low, high) over runs at every step any run has; t interval of the mean."""
+    frames = [pd.DataFrame({"step": s, "value": v}) for s, v in series if len(s)]
+    if not frames:
+        empty = np.array([])
+        return empty, empty, empty, empty
+    df = pd.concat(frames)
+    df = df[np.isfinite(df["value"])]
+    g = df.groupby("step")["value"].agg(["mean", "std", "count"])
+    n = g["count"].to_numpy(float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        half = stats.t.ppf(0.975, np.maximum(n - 1, 1)) * g["std"].to_numpy() / np.sqrt(n)
+    half = np.where(n > 1, half, np.nan)
+    mean = g["mean"].to_numpy()
+    return g.index.to_numpy(), mean, mean - half, mean + half
+
+
+def colours(n: int) -> list[Any]:
+    """n distinct, stable colours (tab10, tab20 beyond ten)."""
+    cmap = matplotlib.colormaps["tab10" if n <= 10 else "tab20"]
+    return [cmap(i % cmap.N) for i in range(n)]
+
+
+def curve_figure(title: str, ylabel: str, per_variant: dict[str, Sequence[Curve]],
+                 scale: float = 1.0, train_frames: int | None = None,
+                 marks: Sequence[tuple[str, int]] = (), log: bool = False) -> bytes:
+    """One metric over the rollout: a line and CI band per variant.
+
+    Args:
+        title: the figure's title.
+        ylabel: the y axis label (with its unit).
+        per_variant: ``variant -> [(steps, values) of each run]`` in legend order.
+        scale: multiplies the values (bytes to MiB, seconds to ms).
+        train_frames: latent frames of the training length (a dashed line), if known.
+        marks: ``(label, latent frame)`` of the other length marks (dotted lines).
+        log: a log y axis (used only when every value is positive).
+    """
+    fig = Figure(figsize=(5.8, 3.2))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    positive = True
+    for colour, (variant, series) in zip(colours(len(per_variant)), per_variant.items(),
+                                         strict=True):
+        x, mean, low, high = band(series)
+        if not len(x):
+            continue
+        positive &= bool(np.all(mean > 0))
+        ax.plot(x, mean * scale, color=colour, lw=1.3, label=variant)
+        ok = np.isfinite(low) & np.isfinite(high)
+        if ok.any():
+            ax.fill_between(x, np.where(ok, low, np.nan) * scale,
+                            np.where(ok, high, np.nan) * scale, color=colour, alpha=0.2, lw=0)
+    for label, frame in marks:
+        ax.axvline(frame, color="0.55", ls=":", lw=0.8)
+        ax.text(frame, 1.0, f" {label}", transform=ax.get_xaxis_transform(), va="bottom",
+                fontsize=7, color="0.4")
+    if train_frames:
+        ax.axvline(train_frames, color="k", ls="--", lw=1.0)
+        ax.text(train_frames, 0.98, " training length", transform=ax.get_xaxis_transform(),
+                va="top", fontsize=7)
+    if log and positive and ax.lines:
+        ax.set_yscale("log")
+    ax.set_title(title, fontsize=10, loc="left")
+    ax.set_xlabel("latent frame")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    if ax.lines:
+        ax.legend(fontsize=7, ncol=max(1, len(per_variant) // 8),
+                  loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    fig.tight_layout()
+    return png(fig)
+
+
+def _axes_png(ax: Any) -> bytes:
+    import matplotlib.pyplot as plt
+
+    fig = (ax.flat[0] if hasattr(ax, "flat") else ax).figure
+    fig.set_size_inches(7.2, 4.0)
+    fig.tight_layout()
+    data = png(fig)
+    plt.close(fig)
+    return data
+
+
+def front_figure(study: Any, objectives: list[str]) -> tuple[bytes | None, str]:
+    """Optuna's Pareto front (two or three objectives) or optimisation history (one)."""
+    import optuna.visualization.matplotlib as ov
+
+    done = [t for t in study.trials if t.state.name == "COMPLETE"]
+    if not done:
+        return None, "no completed trials: nothing to plot"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        n = len(study.directions)
+        if n in (2, 3):
+            return _axes_png(ov.plot_pareto_front(study, target_names=objectives)), \
+                f"Pareto front of {' vs '.join(objectives)} over {len(done)} completed trials"
+        if n == 1:
+            return _axes_png(ov.plot_optimization_history(study, target_name=objectives[0])), \
+                f"single objective ({objectives[0]}): no Pareto front; the optimisation history"
+    return None, f"{n} objectives: no Pareto plot"
+
+
+def importance_figure(study: Any, objectives: list[str]) -> tuple[bytes | None, str]:
+    """Optuna's parameter importances (fANOVA, seeded), or why there are none."""
+    import optuna.visualization.matplotlib as ov
+    from optuna.importance import FanovaImportanceEvaluator
+
+    done = [t for t in study.trials if t.state.name == "COMPLETE"]
+    varied = {k for k in {k for t in done for k in t.params}
+              if len({repr(t.params.get(k)) for t in done}) > 1}
+    if len(done) < 2 or not varied:
+        return None, (f"parameter importances need at least 2 completed trials with varying "
+                      f"parameters; this study has {len(done)} completed trial(s)"
+                      + ("" if varied or len(done) < 2 else " and no parameter varies"))
+    target = (lambda t: t.values[0]) if len(study.directions) > 1 else None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ax = ov.plot_param_importances(study, evaluator=FanovaImportanceEvaluator(seed=0),
+                                           target=target, target_name=objectives[0])
+    except Exception as err:  # Optuna's own refusal, said plainly
+        return None, f"parameter importances unavailable: {type(err).__name__}: {err}"
+    return _axes_png(ax), f"importance of each parameter for {objectives[0]} (fANOVA)"
+
+
+def upscale(path: str | Path, factor: int = 2) -> bytes:
+    """A PNG enlarged by nearest neighbour (pixels stay sharp), as PNG bytes."""
+    from PIL import Image
+
+    with Image.open(path) as img:
+        img = img.convert("RGB")
+        big = img.resize((img.width * factor, img.height * factor), Image.Resampling.NEAREST)
+    buf = io.BytesIO()
+    big.save(buf, format="PNG")
+    return buf.getvalue()

@@ -1,0 +1,297 @@
+"""The compare-strategies report: golden Markdown, a real browser, partial data, sweeps, errors.
+
+The fixture store is built at test time from committed JSON
+(``tests/fixtures/report_store/runs.json``, made by ``tests/fixtures/make_report_store.py``).
+The golden file ``tests/golden/report.md`` is the Markdown of the ``fixture`` experiment with
+MLflow's random run ids replaced by ``<run-id>``; after an intended change, regenerate it with
+
+    ROLLBENCH_UPDATE_GOLDEN=1 OMP_NUM_THREADS=1 .venv/bin/python -m pytest tests/test_report.py
+
+and review the diff. The browser test needs Debian's ``chromium`` (``.ci/run`` installs it) and
+skips without it; it keeps a screenshot of the page in pytest's temporary folder.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from reports.compare import build_report, cmd_report, write_report
+from reports.data import Experiment, train_frames_of, variant_label, world_card_path
+from reports.sections import provenance
+from reports.tables import Mark, at_marks, marks_of, reduce
+from toolkit.cli import main
+
+HERE = Path(__file__).resolve().parent
+GOLDEN = HERE / "golden" / "report.md"
+MACHINE = [("platform", "fixture-os"), ("python", "3.x"), ("CPUs", "2"), ("torch", "2.x")]
+RUN_ID = re.compile(r"\b[0-9a-f]{32}\b")
+
+
+def _fixture_module():
+    spec = importlib.util.spec_from_file_location(
+        "make_report_store", HERE / "fixtures" / "make_report_store.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+FX = _fixture_module()
+
+
+def _variant(spec: dict, experiment: str, keep) -> dict:
+    """A copy of the fixture spec as another experiment, with runs filtered / edited."""
+    spec = copy.deepcopy(spec)
+    spec["experiment"] = experiment
+    spec["runs"] = [r for r in (keep(r) for r in spec["runs"]) if r is not None]
+    for r in spec["runs"]:
+        r["name"] = f"{experiment}-{r['name']}"
+    return spec
+
+
+def _partial(run: dict) -> dict | None:
+    """full and sink seeds 0-1; sink never has fidelity / dynamic_degree; sink s0 stops at 12x."""
+    if run["strategy"] == "window" or run["config"]["seed"] > 1 or run["status"] != "FINISHED":
+        return None
+    if run["strategy"] == "sink":
+        run["curves"].pop("fidelity", None)
+        run["scalars"].pop("dynamic_degree", None)
+        if run["config"]["seed"] == 0:
+            run["config"]["video"]["latent_frames"] = 24
+            for c in run["curves"].values():
+                c["values"] = c["values"][: 24 // c["every"]]
+    return run
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """One run root holding: the fixture, its partial and single-strategy twins, two sweeps."""
+    root = tmp_path_factory.mktemp("report-store")
+    spec = FX.json.loads(FX.SPEC_PATH.read_text())
+    uri = FX.build_store(root, spec)
+    FX.build_store(root, _variant(spec, "partial", _partial))
+    FX.build_store(root, _variant(spec, "single", lambda r: r if r["strategy"] == "window"
+                                  and r["status"] == "FINISHED" and r["config"]["seed"] < 3
+                                  else None))
+    FX.build_sweep(root, "budget")
+    FX.build_sweep(root, "one", FX.SWEEP_TRIALS[:1])
+    return root, uri
+
+
+def _render(store, experiment: str, **kw) -> tuple[Path, str, str]:
+    root, uri = store
+    out = root / "reports" / experiment
+    report = build_report(uri, experiment, out, root, machine=MACHINE, **kw)
+    html, md = write_report(report, out)
+    return out, html.read_text(), md.read_text()
+
+
+def _md_table(md: str, title: str) -> list[list[str]]:
+    """Body rows (cells) of the first Markdown table after the heading ``title``."""
+    rows = []
+    for line in md.split(f"### {title}\n", 1)[1].splitlines():
+        if line.startswith("|"):
+            rows.append([c.strip() for c in line.strip("|").split(" | ")])
+        elif rows:
+            break
+    assert len(rows) > 2, f"no table under {title!r}"
+    return rows[2:]
+
+
+def test_golden_markdown(store):
+    """The fixture's Markdown equals tests/golden/report.md (ROLLBENCH_UPDATE_GOLDEN=1 rewrites)."""
+    root, _ = store
+    out, _, md = _render(store, "fixture")
+    text = RUN_ID.sub("<run-id>", md)
+    assert str(root) not in text and "/tmp" not in text  # no absolute paths
+    assert RUN_ID.sub("<run-id>", _render(store, "fixture")[2]) == text  # deterministic
+    if os.environ.get("ROLLBENCH_UPDATE_GOLDEN") == "1":
+        GOLDEN.parent.mkdir(exist_ok=True)
+        GOLDEN.write_text(text)
+    assert GOLDEN.is_file(), "no golden file: run with ROLLBENCH_UPDATE_GOLDEN=1"
+    assert text == GOLDEN.read_text(), "the report changed; see the test docstring"
+    for name in re.findall(r"\]\(((?:figures|filmstrips)/[^)]+\.png)\)", md):
+        assert (out / name).stat().st_size > 200, name  # every image the Markdown names
+    for link in re.findall(r"\[video\.mp4\]\(([^)]+)\)", md):
+        assert (out / link).is_file(), link  # relative links reach the artifacts
+
+
+def test_headline_values_come_from_the_curves(store):
+    _, _, md = _render(store, "fixture")
+    spec = FX.json.loads(FX.SPEC_PATH.read_text())
+    full = [r for r in spec["runs"] if r["strategy"] == "full"]
+    kv_24x = np.mean([max(r["curves"]["kv_bytes"]["values"]) for r in full]) / 2**20
+    drift_6x = np.mean([r["curves"]["drift"]["values"][5] for r in full])  # frames 10-11
+    rows = {r[0]: r for r in _md_table(md, "KV ↓ (MiB)")}
+    assert rows["full"][4] == f"{kv_24x:.1f}"
+    assert rows["window"][4].startswith("**") and rows["window"][4].endswith("▲**")
+    drift = {r[0]: r for r in _md_table(md, "drift ↓ (feature distance)")}
+    assert drift["full"][2].startswith(f"**{drift_6x:.3g} [")
+    assert drift["window"][4].endswith("▼")  # drifts significantly more than full at 24x
+
+
+def _chromium() -> str | None:
+    return shutil.which("chromium") or (
+        "/usr/bin/chromium" if os.access("/usr/bin/chromium", os.X_OK) else None)
+
+
+PROBE = """<script>window.addEventListener("load", () => {
+  const imgs = [...document.images];
+  const p = document.createElement("pre"); p.id = "probe";
+  p.textContent = `images=${imgs.length} broken=${imgs.filter(i => !i.complete ||
+    i.naturalWidth === 0).length} inline=${imgs.filter(i => i.src.startsWith("data:image/png;"))
+    .length} tables=${document.querySelectorAll("table").length}`;
+  document.body.appendChild(p);
+});</script>"""
+
+
+@pytest.mark.skipif(_chromium() is None, reason="needs Debian's chromium (/usr/bin/chromium); "
+                    ".ci/run installs it")
+def test_html_opens_in_headless_chromium(store, tmp_path):
+    out, page, _ = _render(store, "fixture")
+    probe = out / "probe.html"
+    probe.write_text(page.replace("</body>", PROBE + "</body>"))
+    flags = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+             "--no-first-run", "--disable-background-networking", "--disable-component-update",
+             "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}",
+             "--virtual-time-budget=5000"]
+    dom = subprocess.run([*flags, "--dump-dom", probe.as_uri()], capture_output=True,
+                         text=True, timeout=120).stdout
+    found = re.search(r"images=(\d+) broken=(\d+) inline=(\d+) tables=(\d+)", dom)
+    assert found, f"the probe did not run; DOM starts {dom[:300]!r}"
+    images, broken, inline, tables = map(int, found.groups())
+    assert images == 6 + 3 and broken == 0 and inline == images  # 6 curves, 3 filmstrips
+    assert tables == 1 + 7 + 1 + 1 + 3  # runs, headline, scalars, filmstrips, provenance
+    for heading in ("Headline: the length marks", "Whole-run scalars", "Provenance"):
+        assert heading in dom
+    shot = tmp_path / "report.png"
+    subprocess.run([*flags, "--window-size=1280,2400", f"--screenshot={shot}",
+                    (out / "report.html").as_uri()], capture_output=True, timeout=120)
+    assert shot.is_file() and shot.stat().st_size > 10_000
+    print(f"screenshot of the report: {shot}")
+
+
+def test_partial_data_shows_missing_never_zero(store):
+    _, html, md = _render(store, "partial")
+    fidelity = {r[0]: r for r in _md_table(md, "prompt fidelity ↑ (fraction)")}
+    assert fidelity["sink"][1:] == ["—"] * 4  # no sink run has the curve
+    assert fidelity["full"][4] not in ("—", "0")
+    kv = {r[0]: r for r in _md_table(md, "KV ↓ (MiB)")}
+    assert kv["sink"][4].strip("*").endswith("(n=1)")  # the 24-frame sink run ends at 12x
+    assert "(n=1)" not in kv["sink"][3]  # ...but reaches 12x
+    scalars = md.split("## Whole-run scalars", 1)[1].split("##", 1)[0]
+    sink_48 = next(ln for ln in scalars.splitlines() if ln.startswith("| sink | 48 |"))
+    head = next(ln for ln in scalars.splitlines() if ln.startswith("| variant"))
+    col = [c.strip() for c in head.split("|")].index("dynamic_degree ↑ (fraction of frames)")
+    assert [c.strip() for c in sink_48.split("|")][col] == "—"
+    assert "| sink | 24 |" in scalars  # each length its own row
+    assert "<td>—</td>" in html
+
+
+def test_single_strategy(store):
+    _, html, md = _render(store, "single")
+    assert "of 1 variant(s)" in md and "baseline none" in md
+    assert "No variant is the baseline `full`" in md
+    drift = _md_table(md, "drift ↓ (feature distance)")
+    assert [r[0] for r in drift] == ["window"]
+    assert "**" not in "".join(drift[0]) and "▲" not in md and "▼" not in md
+    assert md.count("](figures/") == 6 and md.count("](filmstrips/") == 1
+    assert "<table>" in html
+
+
+def test_sweep_report_has_front_importances_and_best_trials(store):
+    out, html, md = _render(store, "sweep-budget")
+    assert "## Sweep: study `budget`" in md and "Trials: 4 complete, 1 pruned." in md
+    assert (out / "figures" / "pareto.png").stat().st_size > 1000
+    assert (out / "figures" / "importances.png").stat().st_size > 1000
+    best = _md_table(md, "Best trials (the Pareto front)")
+    assert [r[0] for r in best] == ["trial 0", "trial 1", "trial 2"]  # trial 3 is dominated
+    assert best[1][1:3] == ["0.12", "4.00"]  # vde, peak KV in MiB
+    assert "No variant is the baseline" in md and html.count("data:image/png") >= 8
+
+
+def test_sweep_with_one_trial_says_why_there_are_no_importances(store):
+    out, _, md = _render(store, "sweep-one")
+    assert "parameter importances need at least 2 completed trials" in md
+    assert not (out / "figures" / "importances.png").exists()
+    assert (out / "figures" / "pareto.png").is_file()
+
+
+def test_cli_report_and_its_errors(store, capsys, tmp_path):
+    root, _ = store
+    assert main(["report", "experiment=fixture", f"run_root={root}",
+                 f"out={tmp_path / 'cli'}"]) == 0
+    assert (tmp_path / "cli" / "report.html").is_file()
+    assert str(tmp_path / "cli" / "report.md") in capsys.readouterr().out
+    assert main(["report", "experiment=fixtur", f"run_root={root}"]) == 2
+    err = " ".join(capsys.readouterr().out.split())
+    assert "unknown experiment 'fixtur'" in err and "Did you mean fixture" in err
+    assert "sweep-budget" in err and "partial" in err  # lists the store's experiments
+    empty = tmp_path / "empty"
+    assert main(["report", "experiment=fixture", f"run_root={empty}"]) == 2
+    assert "no tracking store" in capsys.readouterr().out and not empty.exists()
+    assert main(["report", "experiment=fixture", "colour=red"]) == 2
+    assert "allowed: experiment=" in " ".join(capsys.readouterr().out.split())
+    with pytest.raises(ValueError, match="needs experiment"):
+        cmd_report([f"run_root={root}"])
+
+
+def _toy(runs: list[dict], curves: dict) -> Experiment:
+    df = pd.DataFrame(runs)
+    return Experiment("toy", "sqlite:///unused", df, df.iloc[:0], curves)
+
+
+def test_marks_prefer_runs_of_the_marks_length_and_reduce_curves():
+    run = {"variant": "full", "strategy": "full", "seed": 0, "prompt": "p", "train_frames": 2}
+    runs = [{**run, "run_id": "short", "run_name": "a", "latent_frames": 12},
+            {**run, "run_id": "long", "run_name": "b", "latent_frames": 48}]
+    steps = np.arange(0, 48, 2)
+    curves = {"drift": {"short": (steps[:6], np.full(6, 5.0)), "long": (steps, steps * 1.0)},
+              "kv_bytes": {"long": (steps, steps * 10.0)}}
+    exp = _toy(runs, curves)
+    marks = marks_of(exp.runs)
+    assert [m.label for m in marks] == ["1x", "6x", "12x", "24x"]
+    got = at_marks(exp, marks).set_index("mark")
+    assert got.loc["6x", "run_id"] == "short" and got.loc["6x", "drift"] == 5.0
+    assert got.loc["24x", "run_id"] == "long" and got.loc["24x", "drift"] == 46.0
+    assert got.loc["12x", "kv_bytes"] == 220.0 and np.isnan(got.loc["6x", "kv_bytes"])
+    assert reduce((steps, steps * 1.0), 12, "mean") == 5.0
+    assert np.isnan(reduce(None, 12, "at"))
+    assert marks_of(exp.runs.assign(train_frames=pd.NA)) == [Mark("end", None, None)]
+
+
+def test_labels_and_training_length():
+    assert variant_label("full video.latent_frames=120", "full") == "full"
+    assert variant_label(None, "sink") == "sink"
+    assert variant_label("packforcing strategy.top_k=4", "x") == "packforcing strategy.top_k=4"
+    assert train_frames_of({"params.model.train_frames": "8"}) == 8
+    card = FX.json.loads(world_card_path().read_text())
+    world = {"params.model._target_": "toolkit.world.model.load_world"}
+    assert train_frames_of(world) == card["config"]["train_frames"]
+    assert train_frames_of({"params.model._target_": "toolkit.specmodel.wan_spec_model"}) is None
+
+
+def test_provenance_shows_the_world_card_and_what_differs():
+    run = {"variant": "sink", "seed": 0, "latent_frames": 40, "prompt": "p", "status": "FINISHED",
+           "params.model._target_": "toolkit.world.model.load_world", "params.model.path": "None",
+           "tags.git_revision": "abc", "tags.git_dirty": "true"}
+    exp = _toy([{**run, "run_id": "a", "run_key": "k" * 64, "params.strategy.sink_frames": "4"},
+                {**run, "run_id": "b", "run_key": "j" * 64, "params.strategy.sink_frames": "8"}],
+               {})
+    prov = provenance(exp, MACHINE)
+    card = FX.json.loads(world_card_path().read_text())
+    assert len(prov.cards) == 1 and card["sha256"] in prov.cards[0][1]
+    assert "toolkit/world/weights/world-model.json" in prov.cards[0][0]
+    assert ("model._target_", "toolkit.world.model.load_world") in prov.common
+    assert [r[-1] for r in prov.runs.rows] == ["strategy.sink_frames=4", "strategy.sink_frames=8"]
+    assert [r[4] for r in prov.runs.rows] == ["k" * 12, "j" * 12]
+    assert prov.revisions.rows == [["abc", "true", "2"]] and prov.machine == MACHINE
