@@ -13,7 +13,13 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from toolkit.cache import BlockKV, FinishedBlock, KeepBlocksStrategy
+from toolkit.cache import (
+    BlockKV,
+    FinishedBlock,
+    KeepBlocksStrategy,
+    require_block_multiples,
+    require_non_negative,
+)
 from toolkit.registry import STRATEGIES
 from toolkit.spec import ModelSpec
 
@@ -42,15 +48,10 @@ class DeepSink(KeepBlocksStrategy):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name in ("sink_frames", "window_frames", "middle_tokens"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name}={getattr(self, name)}: must be >= 0")
+        require_non_negative(self, 'sink_frames', 'window_frames', 'middle_tokens')
 
     def check(self, spec: ModelSpec) -> None:
-        for name in ("sink_frames", "window_frames"):
-            if getattr(self, name) % spec.block_frames:
-                raise ValueError(f"{name}={getattr(self, name)}: must be a multiple of the "
-                                 f"block size {spec.block_frames}")
+        require_block_multiples(self, spec, "sink_frames", "window_frames")
 
     def reset(self) -> None:
         super().reset()

@@ -46,7 +46,15 @@ import torch
 from torch import Tensor
 
 from strategies.compressors import SPATIAL, Compressor, build_compressor, compressor_class
-from toolkit.cache import BlockKV, CacheStrategy, FinishedBlock, Usage, usage
+from toolkit.cache import (
+    BlockKV,
+    CacheStrategy,
+    FinishedBlock,
+    Usage,
+    require_block_multiples,
+    require_non_negative,
+    usage,
+)
 from toolkit.registry import STRATEGIES
 from toolkit.rope import apply_rope, grid_positions
 from toolkit.spec import ModelSpec
@@ -113,9 +121,7 @@ class PackForcing(CacheStrategy):
                               ("scope", SCOPES), ("kv", KV_MODES), ("spatial", SPATIAL)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}={getattr(self, name)!r}: allowed {list(allowed)}")
-        for name in ("sink_frames", "recent_frames", "capacity"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name}={getattr(self, name)}: must be >= 0")
+        require_non_negative(self, 'sink_frames', 'recent_frames', 'capacity')
         if self.selection != "all":
             if self.capacity == 0:
                 raise ValueError(f"capacity=0 with selection={self.selection!r}: no archive to "
@@ -134,11 +140,7 @@ class PackForcing(CacheStrategy):
         self._module_key: tuple = ()
 
     def check(self, spec: ModelSpec) -> None:
-        for name in ("sink_frames", "recent_frames"):
-            value = getattr(self, name)
-            if value % spec.block_frames:
-                raise ValueError(f"{name}={value}: must be a multiple of the block size "
-                                 f"{spec.block_frames}")
+        require_block_multiples(self, spec, "sink_frames", "recent_frames")
         self._build(spec, meta=True)  # rate checks only; no weights are read
 
     def _build(self, spec: ModelSpec, meta: bool) -> Compressor:

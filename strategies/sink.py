@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from toolkit.cache import KeepBlocksStrategy
+from toolkit.cache import KeepBlocksStrategy, require_block_multiples, require_non_negative
 from toolkit.registry import STRATEGIES
 from toolkit.spec import ModelSpec
 
@@ -26,16 +26,10 @@ class Sink(KeepBlocksStrategy):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name in ("sink_frames", "window_frames"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name}={getattr(self, name)}: must be >= 0")
+        require_non_negative(self, 'sink_frames', 'window_frames')
 
     def check(self, spec: ModelSpec) -> None:
-        for name in ("sink_frames", "window_frames"):
-            value = getattr(self, name)
-            if value % spec.block_frames:
-                raise ValueError(f"{name}={value}: must be a multiple of the block size "
-                                 f"{spec.block_frames}")
+        require_block_multiples(self, spec, "sink_frames", "window_frames")
 
     def assign(self, index: int, upcoming: int) -> str | None:
         bf = self.spec.block_frames

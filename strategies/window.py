@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from toolkit.cache import KeepBlocksStrategy
+from toolkit.cache import KeepBlocksStrategy, require_block_multiples, require_non_negative
 from toolkit.registry import STRATEGIES
 from toolkit.spec import ModelSpec
 
@@ -24,14 +24,10 @@ class Window(KeepBlocksStrategy):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.window_frames < 0:
-            raise ValueError(f"window_frames={self.window_frames}: must be >= 0")
+        require_non_negative(self, "window_frames")
 
     def check(self, spec: ModelSpec) -> None:
-        if self.window_frames % spec.block_frames:
-            raise ValueError(f"window_frames={self.window_frames}: must be a multiple of the "
-                             f"block size {spec.block_frames} (e.g. "
-                             f"{self.window_frames // spec.block_frames * spec.block_frames})")
+        require_block_multiples(self, spec, "window_frames")
 
     def assign(self, index: int, upcoming: int) -> str | None:
         keep = self.window_frames // self.spec.block_frames

@@ -1,61 +1,19 @@
 """Strategies pinned to exact references on a tiny seeded Wan (fp32, CPU)."""
 
 import torch
-from diffusers.models.transformers.transformer_wan import WanAttnProcessor, WanRotaryPosEmbed
+from diffusers.models.transformers.transformer_wan import WanRotaryPosEmbed
 
 from strategies import Full, Sink, Window
 from toolkit.rollout import rollout
 from toolkit.rope import Rope, apply_rope, grid_positions, shift_time
-from toolkit.sampling import BlockSampler
+from toolkit.testing import block_causal_reference
 
 FRAMES = 16
 
 
-class MaskedWanProcessor:
-    """diffusers' own Wan processor, given a fixed attention mask."""
-
-    def __init__(self, mask):
-        self.mask, self.inner = mask, WanAttnProcessor()
-
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None,
-                 rotary_emb=None):
-        return self.inner(attn, hidden_states, encoder_hidden_states, self.mask, rotary_emb)
-
-
-def reference_rollout(model, prompts, frames, seed):
-    """Uncached chunk-wise sampling: every step re-runs diffusers' forward over the prefix."""
-    spec, tf = model.spec, model.transformer
-    bf, tpf = spec.block_frames, spec.tokens_per_frame
-    raw = model.prompt_encoder(prompts)
-    gen = torch.Generator().manual_seed(seed)
-    sampler = BlockSampler(model.sampler)
-    shape = (len(prompts), spec.latent_channels, bf, spec.latent_height, spec.latent_width)
-    done = []
-    originals = [b.attn1.processor for b in tf.blocks]
-    for n in range(frames // bf):
-        noise = torch.randn(shape, generator=gen)
-        f = (n + 1) * bf
-        block_of_token = torch.arange(f).repeat_interleave(tpf) // bf
-        mask = block_of_token[None, :] <= block_of_token[:, None]
-        for b in tf.blocks:
-            b.attn1.set_processor(MaskedWanProcessor(mask))
-
-        def predict(x, sigma, step, n=n, f=f):
-            seq = torch.cat([*done, x], dim=2)
-            t = torch.zeros(seq.shape[0], f * tpf)
-            t[:, n * bf * tpf:] = 1000.0 * sigma
-            out = tf(seq, t, raw, return_dict=False)[0][:, :, n * bf:]
-            return x - sigma * out
-
-        done.append(sampler.sample(predict, noise, gen))
-    for b, p in zip(tf.blocks, originals, strict=True):
-        b.attn1.set_processor(p)
-    return torch.cat(done, dim=2)
-
-
 def test_full_cache_equals_block_causal_forward(tiny):
     with torch.no_grad():
-        ref = reference_rollout(tiny, ["a", "b"], FRAMES, seed=1)
+        ref = block_causal_reference(tiny, ["a", "b"], FRAMES, seed=1)
     got = rollout(tiny, Full(), ["a", "b"], FRAMES, seed=1).latents
     diff = (got - ref).abs().max().item()
     print(f"full vs block-causal forward: max abs diff {diff:.2e}")

@@ -9,16 +9,13 @@ import torch
 
 from strategies.compressors import build_compressor
 from strategies.packforcing import PackForcing
+from strategies.packforcing_layout import block_errors, contexts, pack_layout, predict
 from strategies.packforcing_train import (
     COMPRESSOR_FILE,
     PFTrainConfig,
-    block_errors,
     build_modules,
     command,
-    contexts,
     make_batch,
-    pack_layout,
-    predict,
     train_packforcing,
     validate,
 )

@@ -11,7 +11,6 @@ from types import SimpleNamespace
 import pytest
 import torch
 from diffusers import AutoencoderKLWan, WanTransformer3DModel
-from diffusers.models.transformers.transformer_wan import WanAttnProcessor
 
 from strategies import Full
 from toolkit.config import ConfigError
@@ -29,6 +28,7 @@ from toolkit.real import (
 )
 from toolkit.rollout import rollout
 from toolkit.sampling import BlockSampler
+from toolkit.testing import block_causal_reference
 from toolkit.zoo import wan_t2v_1_3b_spec
 
 TINY = {"patch_size": (1, 2, 2), "num_attention_heads": 2, "attention_head_dim": 24,
@@ -215,53 +215,12 @@ def test_missing_directory_and_subfolders_are_named(tmp_path):
         wan_t2v(None)
 
 
-class MaskedWanProcessor:
-    """diffusers' own Wan processor, given a fixed attention mask."""
-
-    def __init__(self, mask):
-        self.mask, self.inner = mask, WanAttnProcessor()
-
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None,
-                 rotary_emb=None):
-        return self.inner(attn, hidden_states, encoder_hidden_states, self.mask, rotary_emb)
-
-
-def reference_rollout(model, prompts, frames, seed):
-    """Uncached chunk-wise sampling with diffusers' own forward, processor and a block mask
-    (as tests/test_invariants.py), at the model's own sampler settings."""
-    spec, tf = model.spec, model.transformer
-    bf, tpf = spec.block_frames, spec.tokens_per_frame
-    raw = model.prompt_encoder(prompts)
-    gen = torch.Generator().manual_seed(seed)
-    sampler = BlockSampler(model.sampler)
-    shape = (len(prompts), spec.latent_channels, bf, spec.latent_height, spec.latent_width)
-    done, originals = [], [b.attn1.processor for b in tf.blocks]
-    try:
-        for n in range(frames // bf):
-            noise = torch.randn(shape, generator=gen)
-            f = (n + 1) * bf
-            block = torch.arange(f).repeat_interleave(tpf) // bf
-            mask = block[None, :] <= block[:, None]
-            for b in tf.blocks:
-                b.attn1.set_processor(MaskedWanProcessor(mask))
-
-            def predict(x, sigma, step, n=n, f=f):
-                t = torch.zeros(x.shape[0], f * tpf)
-                t[:, n * bf * tpf:] = 1000.0 * sigma
-                out = tf(torch.cat([*done, x], dim=2), t, raw, return_dict=False)[0]
-                return x - sigma * out[:, :, n * bf:]
-
-            done.append(sampler.sample(predict, noise, gen))
-    finally:
-        for b, p in zip(tf.blocks, originals, strict=True):
-            b.attn1.set_processor(p)
-    return torch.cat(done, dim=2)
 
 
 def test_full_cache_equals_block_causal_forward_at_self_forcing_settings(real):
     prompts = ["a red fox runs", "rain at night"]
     with torch.no_grad():
-        ref = reference_rollout(real, prompts, 9, seed=1)
+        ref = block_causal_reference(real, prompts, 9, seed=1)
     got = rollout(real, Full(), prompts, 9, seed=1, decode=False).latents
     diff = (got - ref).abs().max().item()
     print(f"full vs block-causal forward (renoise, 4 steps, blocks of 3): max abs diff {diff:.2e}")

@@ -136,6 +136,24 @@ class CacheStrategy(ABC):
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init}
 
 
+def require_non_negative(obj: Any, *names: str) -> None:
+    """Raise ValueError naming the first of the fields ``names`` that is negative."""
+    for name in names:
+        value = getattr(obj, name)
+        if value < 0:
+            raise ValueError(f"{name}={value}: must be >= 0")
+
+
+def require_block_multiples(obj: Any, spec: ModelSpec, *names: str) -> None:
+    """Raise ValueError naming the first field that is not a multiple of the block size."""
+    bf = spec.block_frames
+    for name in names:
+        value = getattr(obj, name)
+        if value % bf:
+            raise ValueError(f"{name}={value}: must be a multiple of the block size {bf} "
+                             f"(e.g. {value // bf * bf} or {(value // bf + 1) * bf})")
+
+
 def gather(blocks: Iterable[BlockKV], like: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Concatenate blocks' K/V along tokens: (L, B, H, sum N, D) each."""
     blocks = list(blocks)

@@ -15,10 +15,12 @@ import gc
 from typing import Any
 
 import torch
+from diffusers.models.transformers.transformer_wan import WanAttnProcessor
 from torch import Tensor
 
 from toolkit.cache import CacheStrategy
 from toolkit.rollout import rollout
+from toolkit.sampling import BlockSampler
 
 
 def held_tensors(obj: Any, skip: tuple[str, ...] = ()) -> list[Tensor]:
@@ -115,3 +117,47 @@ class StrategyContract:
         first = rollout(model, strategy, ["contract"], self.latent_frames, decode=False)
         second = rollout(model, strategy, ["contract"], self.latent_frames, decode=False)
         assert torch.equal(first.latents, second.latents)
+
+
+class MaskedWanProcessor:
+    """diffusers' own Wan processor, given a fixed attention mask."""
+
+    def __init__(self, mask: Tensor) -> None:
+        self.mask, self.inner = mask, WanAttnProcessor()
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None,
+                 rotary_emb=None):
+        return self.inner(attn, hidden_states, encoder_hidden_states, self.mask, rotary_emb)
+
+
+def block_causal_reference(model: Any, prompts: list[Any], frames: int, seed: int) -> Tensor:
+    """Chunk-wise sampling WITHOUT a cache: every step re-runs diffusers' own forward (its RoPE,
+    its Wan processor) over the prefix with a block-causal mask, at the model's sampler
+    settings. Cached generation under ``full`` must equal it (the harness's reference)."""
+    spec, tf = model.spec, model.transformer
+    bf, tpf = spec.block_frames, spec.tokens_per_frame
+    raw = model.prompt_encoder(prompts)
+    gen = torch.Generator().manual_seed(seed)
+    sampler = BlockSampler(model.sampler)
+    shape = (len(prompts), spec.latent_channels, bf, spec.latent_height, spec.latent_width)
+    done, originals = [], [b.attn1.processor for b in tf.blocks]
+    try:
+        for n in range(frames // bf):
+            noise = torch.randn(shape, generator=gen)
+            f = (n + 1) * bf
+            block = torch.arange(f).repeat_interleave(tpf) // bf
+            mask = block[None, :] <= block[:, None]
+            for b in tf.blocks:
+                b.attn1.set_processor(MaskedWanProcessor(mask))
+
+            def predict(x, sigma, step, n=n, f=f):
+                t = torch.zeros(x.shape[0], f * tpf)
+                t[:, n * bf * tpf:] = 1000.0 * sigma
+                out = tf(torch.cat([*done, x], dim=2), t, raw, return_dict=False)[0]
+                return x - sigma * out[:, :, n * bf:]
+
+            done.append(sampler.sample(predict, noise, gen))
+    finally:
+        for b, p in zip(tf.blocks, originals, strict=True):
+            b.attn1.set_processor(p)
+    return torch.cat(done, dim=2)

@@ -164,6 +164,12 @@ class Compressor(torch.nn.Module):
         """Read parameters written by ``save`` (shapes must match this configuration)."""
         from safetensors.torch import load_file
 
+        from toolkit.world.model import shipped
+
+        path = shipped(path)
+        if not path.exists():
+            raise FileNotFoundError(f"compressor weights {path} not found (train them with "
+                                    "`rollbench train packforcing`)")
         state = load_file(str(path))
         try:
             self.load_state_dict(state)

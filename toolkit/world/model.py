@@ -131,6 +131,14 @@ def build_world(cfg: WorldConfig, vae: PixelVAE | None = None, seed: int = 0) ->
     )
 
 
+def shipped(path: str | Path) -> Path:
+    """A weights path as given, or, when relative and absent, the file shipped under that name."""
+    path = Path(path)
+    if not path.is_absolute() and not path.exists() and (WEIGHTS_DIR / path).exists():
+        return WEIGHTS_DIR / path
+    return path
+
+
 def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -156,7 +164,7 @@ def load_world(
     """Load shipped (or given) world weights, checking the card's hash and config."""
     from safetensors.torch import load_file
 
-    path = Path(path) if path else WEIGHTS_DIR / "world-model.safetensors"
+    path = shipped(path) if path else WEIGHTS_DIR / "world-model.safetensors"
     card_path = path.with_suffix(".json")
     if not path.exists() or not card_path.exists():
         raise FileNotFoundError(
