@@ -48,7 +48,7 @@ class DeepSink(KeepBlocksStrategy):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        require_non_negative(self, 'sink_frames', 'window_frames', 'middle_tokens')
+        require_non_negative(self, "sink_frames", "window_frames", "middle_tokens")
 
     def check(self, spec: ModelSpec) -> None:
         require_block_multiples(self, spec, "sink_frames", "window_frames")

@@ -121,7 +121,7 @@ class PackForcing(CacheStrategy):
                               ("scope", SCOPES), ("kv", KV_MODES), ("spatial", SPATIAL)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}={getattr(self, name)!r}: allowed {list(allowed)}")
-        require_non_negative(self, 'sink_frames', 'recent_frames', 'capacity')
+        require_non_negative(self, "sink_frames", "recent_frames", "capacity")
         if self.selection != "all":
             if self.capacity == 0:
                 raise ValueError(f"capacity=0 with selection={self.selection!r}: no archive to "

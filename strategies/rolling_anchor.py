@@ -31,7 +31,7 @@ class RollingAnchor(KeepBlocksStrategy):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        require_non_negative(self, 'anchor_frames', 'window_frames')
+        require_non_negative(self, "anchor_frames", "window_frames")
 
     def check(self, spec: ModelSpec) -> None:
         require_block_multiples(self, spec, "anchor_frames", "window_frames")

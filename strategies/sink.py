@@ -26,7 +26,7 @@ class Sink(KeepBlocksStrategy):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        require_non_negative(self, 'sink_frames', 'window_frames')
+        require_non_negative(self, "sink_frames", "window_frames")
 
     def check(self, spec: ModelSpec) -> None:
         require_block_multiples(self, spec, "sink_frames", "window_frames")
