@@ -107,3 +107,15 @@ def test_parallel_and_cluster_launchers(tmp_path, launcher, capsys):
     assert main(grid(tmp_path, *extra)) == 0
     df = runs(tmp_path)
     assert (df["status"] == "FINISHED").sum() == 2
+
+
+@pytest.mark.parametrize("group", ["strategy", "compressor", "model"])
+def test_every_preset_composes(group):
+    root = Path(__file__).parents[1] / "ablations" / group
+    for path in sorted(root.glob("*.yaml")):
+        extra = ["strategy=packforcing"] if group == "compressor" else []
+        cfg = compose_config([*extra, f"{'+' if group == 'compressor' else ''}{group}={path.stem}"])
+        if group in ("strategy", "compressor"):
+            build_strategy(cfg.strategy)
+        else:
+            assert cfg.model._target_

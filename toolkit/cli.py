@@ -81,20 +81,41 @@ def cmd_realbench(overrides: list[str]) -> int:
     return realbench(overrides)
 
 
+def _table(title: str, columns: tuple[str, ...], rows: list[tuple[str, ...]]) -> Table:
+    table = Table(title=title)
+    for col in columns:
+        table.add_column(col)
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
 def cmd_ls(_: list[str]) -> int:
-    table = Table(title="strategies")
-    table.add_column("name")
-    table.add_column("defined in")
-    table.add_column("hyperparameters")
-    for name, cls in STRATEGIES.items().items():
-        params = ", ".join(f"{k}={v!r}" for k, v in build_strategy({"_target_": name})
-                           .hparams().items())
-        table.add_row(name, where(cls), params)
-    console.print(table)
+    """Strategies, compressors, metrics, experiments, sweeps and recipes, with where each lives."""
+    from strategies.compressors import COMPRESSORS
+    from toolkit.grid import experiments
+    from toolkit.metrics import METRICS
+    from toolkit.recipes import RECIPES
+    from toolkit.sweep import SWEEPS
+
+    console.print(_table("strategies", ("name", "defined in", "hyperparameters"), [
+        (name, where(cls), ", ".join(f"{k}={v!r}" for k, v in
+                                     build_strategy({"_target_": name}).hparams().items()))
+        for name, cls in STRATEGIES.items().items()]))
+    console.print(_table("compressors (strategy.compressor)", ("name", "defined in"),
+                         [(n, where(c)) for n, c in COMPRESSORS.items().items()]))
+    console.print(_table("metrics", ("name", "better", "unit", "kind"), [
+        (n, m.direction, m.unit, m.kind) for n, m in METRICS.items().items()]))
+    console.print(_table("experiments (rollbench grid experiment=NAME)", ("name", "question"),
+                         list(experiments().items())))
+    console.print(_table("sweeps (rollbench sweep sweep=NAME)", ("name",),
+                         [(p.stem,) for p in sorted(SWEEPS.glob("*.yaml"))]))
+    console.print(_table("training recipes (rollbench train NAME)", ("name", "function"),
+                         [(n, where(r.run)) for n, r in RECIPES.items().items()]))
     configs = Path(__file__).resolve().parent.parent / "ablations"
-    for group in sorted(p for p in configs.iterdir() if p.is_dir() and not p.name.startswith("_")):
-        names = sorted(f.stem for f in group.glob("*.yaml"))
-        console.print(f"[bold]{group.name}[/bold]: {', '.join(names)}")
+    for group in ("model", "strategy", "compressor"):
+        names = sorted(f.stem for f in (configs / group).glob("*.yaml"))
+        console.print(f"[bold]{group} presets[/bold]: {', '.join(names)}")
     return 0
 
 
