@@ -27,8 +27,9 @@ def summarise(videos: torch.Tensor, prompts: list[Prompt], block_frames: int) ->
         for t in range(block_frames, len(ok), block_frames):
             boundary.append(bool(ok[t - 1] and ok[t]))
     out = {f"{k}_frac": float(v.mean()) for k, v in cat.items()}
-    out["speed_px"] = float(np.nanmean(speed))
-    out["frozen_frac"] = float(np.nanmean(speed < FROZEN_SPEED))
+    seen = speed[np.isfinite(speed)]  # frames where a sprite was found twice
+    out["speed_px"] = float(seen.mean()) if seen.size else float("nan")
+    out["frozen_frac"] = float((seen < FROZEN_SPEED).mean()) if seen.size else float("nan")
     out["boundary_kept_frac"] = float(np.mean(boundary)) if boundary else float("nan")
     return out
 
