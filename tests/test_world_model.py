@@ -79,3 +79,14 @@ def test_a_few_training_steps_run_and_resume(tmp_path):
     second = train(cfg, log=logs.append)
     assert first.exists() and second.exists()
     assert any("resumed" in line and "step 2" in line for line in logs)
+
+
+def test_shipped_packforcing_weights_drive_their_strategy():
+    from toolkit.config import build_strategy, compose_config
+
+    cfg = compose_config(["model=world-pf", "strategy=packforcing-world"])
+    model = load_world(cfg.model.path)
+    assert model.card["recipe"] == "packforcing" and model.card["init"]["steps"] > 0
+    out = rollout(model, build_strategy(cfg.strategy), [prompt_for_seed(1, "heldout")], 24)
+    assert torch.isfinite(out.latents).all()
+    assert out.trace.blocks[-1].tokens["mid"] > 0  # compressed blocks in the archive

@@ -45,7 +45,7 @@ class TrainConfig:
     log_every: int = 50
     out: str = "runs/train/world-model"
     export: str = ""  # where to write the final weights (.safetensors); empty: <out>/final
-    export_from: str = "ema"  # which weights to export: ema | model (the raw weights)
+    export_from: str = "model"  # which weights to export: ema | model (the raw weights)
     threads: int = 2
     device: str = "cpu"
 
