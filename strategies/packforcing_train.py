@@ -49,7 +49,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import math
 import platform
 import shlex
 import time
@@ -58,7 +57,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor
 from tqdm.auto import tqdm
 
 from strategies.compressors import SPATIAL, Compressor, build_compressor, compressor_class
@@ -66,6 +64,7 @@ from strategies.packforcing import KV_MODES
 from strategies.packforcing_layout import Layout, block_errors, contexts, pack_layout, predict
 from toolkit.world.model import WEIGHTS_DIR, WorldConfig, WorldModel, load_world, save_world
 from toolkit.world.sim import FRAME_SIZE, sample_batch
+from toolkit.world.train import cosine_factor, loss_weights, noise_blocks
 
 CLEAN_CONTEXTS = ("strategy", "causal")
 WORLD_FILE = "world-model-pf.safetensors"
@@ -133,20 +132,8 @@ def make_batch(cfg: PFTrainConfig, model: WorldModel, step: int, gen: torch.Gene
                                    (cfg.seed + 7919) * 1_000_003 + step,
                                    max_sprites=cfg.max_sprites)
     x0 = model.vae.encode(videos.to(model.device))
-    nb = cfg.clip_frames // model.spec.block_frames
-    u = torch.rand(cfg.batch, nb, generator=gen)
-    s = cfg.sigma_shift
-    sigma = s * u / (1 + (s - 1) * u)  # shifted toward high noise, as at sampling
-    sig_f = sigma.repeat_interleave(model.spec.block_frames, 1)[:, None, :, None, None]
-    noise = torch.randn(x0.shape, generator=gen)
-    sig_f, noise = sig_f.to(x0.device), noise.to(x0.device)
-    return x0, (1 - sig_f) * x0 + sig_f * noise, sigma.to(x0.device), prompts
-
-
-def weights_of(sigma: Tensor, min_sigma_weight: float) -> Tensor:
-    """The world recipe's 1/max(sigma, min)^2 weights, normalised to mean 1."""
-    w = 1.0 / sigma.clamp_min(min_sigma_weight) ** 2
-    return w / w.mean()
+    xt, sigma = noise_blocks(x0, model.spec.block_frames, cfg.sigma_shift, gen)
+    return x0, xt, sigma, prompts
 
 
 def context_use(model: WorldModel, compressor: Compressor, cfg: PFTrainConfig,
@@ -183,10 +170,7 @@ def context_use(model: WorldModel, compressor: Compressor, cfg: PFTrainConfig,
 # -- the recipe --------------------------------------------------------------------------------
 def lr_scale(cfg: PFTrainConfig, step: int) -> float:
     """Linear warm-up, then cosine to ``min_lr_ratio`` (a factor on both peak rates)."""
-    if step < cfg.warmup:
-        return (step + 1) / cfg.warmup
-    p = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
-    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * p))
+    return cosine_factor(step, cfg.warmup, cfg.steps, cfg.min_lr_ratio)
 
 
 def validate(cfg: PFTrainConfig, spec) -> None:
@@ -321,7 +305,7 @@ def train_packforcing(cfg: PFTrainConfig, log=print) -> Path:
             cond = model.encode_prompt(prompts)
             err = block_errors(model, predict(model, compressor, layout, x0, xt, sigma, cond,
                                               cfg.kv), x0)
-            loss = (err * weights_of(sigma, cfg.min_sigma_weight)).mean()
+            loss = (err * loss_weights(sigma, cfg.min_sigma_weight)).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip > 0:

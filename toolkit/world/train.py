@@ -70,19 +70,42 @@ def teacher_forcing_layout(model: WorldModel, frames: int) -> tuple[torch.Tensor
     return torch.cat([pos, pos]), torch.cat([top, bottom])
 
 
+def noise_blocks(x0: torch.Tensor, block_frames: int, shift: float,
+                 gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Noise each block of clean latents x0 (B, C, F, h, w) at its own level.
+
+    Returns the noisy latents and the per-block sigmas (B, blocks), drawn uniformly and shifted
+    toward high noise as at sampling.
+    """
+    u = torch.rand(x0.shape[0], x0.shape[2] // block_frames, generator=gen)
+    sigma = shift * u / (1 + (shift - 1) * u)
+    sig_f = sigma.repeat_interleave(block_frames, 1)[:, None, :, None, None].to(x0.device)
+    noise = torch.randn(x0.shape, generator=gen).to(x0.device)
+    return (1 - sig_f) * x0 + sig_f * noise, sigma.to(x0.device)
+
+
+def loss_weights(sigma: torch.Tensor, min_sigma: float) -> torch.Tensor:
+    """x0-error weights 1 / max(sigma, min)^2, normalised to mean 1."""
+    weight = 1.0 / sigma.clamp_min(min_sigma) ** 2
+    return weight / weight.mean()
+
+
+def cosine_factor(step: int, warmup: int, steps: int, min_ratio: float) -> float:
+    """Linear warm-up, then cosine decay to ``min_ratio`` of the peak learning rate."""
+    if step < warmup:
+        return (step + 1) / warmup
+    p = (step - warmup) / max(1, steps - warmup)
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * p))
+
+
 def make_batch(cfg: TrainConfig, model: WorldModel, step: int, gen: torch.Generator):
     """Clean latents, noisy latents, per-block sigmas and prompts for one step."""
     videos, prompts = sample_batch(
         cfg.batch, cfg.clip_frames, cfg.seed * 1_000_003 + step, max_sprites=cfg.max_sprites
     )
     x0 = model.vae.encode(videos)
-    nb = cfg.clip_frames // model.spec.block_frames
-    u = torch.rand(cfg.batch, nb, generator=gen)
-    s = cfg.sigma_shift
-    sigma = s * u / (1 + (s - 1) * u)  # shifted toward high noise, as at sampling
-    sig_f = sigma.repeat_interleave(model.spec.block_frames, 1)[:, None, :, None, None]
-    noise = torch.randn(x0.shape, generator=gen)
-    return x0, (1 - sig_f) * x0 + sig_f * noise, sigma, prompts
+    xt, sigma = noise_blocks(x0, model.spec.block_frames, cfg.sigma_shift, gen)
+    return x0, xt, sigma, prompts
 
 
 def losses(model: WorldModel, cfg: TrainConfig, x0, xt, sigma, prompts, pos, mask):
@@ -98,8 +121,7 @@ def losses(model: WorldModel, cfg: TrainConfig, x0, xt, sigma, prompts, pos, mas
     pred = out[:, :, x0.shape[2] :]  # x0 prediction of the noisy copy
     err = (pred - x0).pow(2).mean(1)  # (B, F, h, w)
     err = err.unflatten(1, (-1, spec.block_frames)).mean((2, 3, 4))  # (B, blocks)
-    weight = 1.0 / sigma.clamp_min(cfg.min_sigma_weight) ** 2
-    return err, weight / weight.mean()
+    return err, loss_weights(sigma, cfg.min_sigma_weight)
 
 
 def context_gap(model: WorldModel, cfg: TrainConfig, pos, mask) -> float:
@@ -114,10 +136,7 @@ def context_gap(model: WorldModel, cfg: TrainConfig, pos, mask) -> float:
 
 
 def lr_at(cfg: TrainConfig, step: int) -> float:
-    if step < cfg.warmup:
-        return cfg.lr * (step + 1) / cfg.warmup
-    p = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
-    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * p)))
+    return cfg.lr * cosine_factor(step, cfg.warmup, cfg.steps, cfg.min_lr_ratio)
 
 
 def train(cfg: TrainConfig, log=print) -> Path:
