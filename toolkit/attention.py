@@ -104,9 +104,3 @@ def install(transformer: torch.nn.Module) -> Iterator[PlanSlot]:
         for b, (p1, p2) in zip(blocks, originals, strict=True):
             b.attn1.set_processor(p1)
             b.attn2.set_processor(p2)
-
-
-def block_causal_mask(frames_per_token_block: Tensor) -> Tensor:
-    """Mask (N, N), True where token i may attend token j: block(j) <= block(i)."""
-    b = frames_per_token_block
-    return b[None, :] <= b[:, None]
