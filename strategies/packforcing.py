@@ -203,8 +203,9 @@ class PackForcing(CacheStrategy):
                     end = (kept[0].index if kept else index) * bf
                 else:  # repack: before the selected mid blocks, before the recent window
                     end = self._anchor() - self._n_selected() * bf
+                start = end - len(self._sink) * bf  # the blocks in it: it may still fill
                 for j, b in enumerate(self._sink):
-                    b.move_to(float(end - self.sink_frames + j * bf), self.rope)
+                    b.move_to(float(start + j * bf), self.rope)
         return float(index * bf)
 
     def _anchor(self) -> int:

@@ -114,6 +114,15 @@ def test_frozen_video_has_zero_motion(gt):
     assert np.nanmin(curve(gt, "motion")) > 0 and np.nanmin(curve(gt, "sprite_speed")) > 0
 
 
+def test_moving_is_dynamic_degree_over_time(gt):
+    frozen_tail = torch.cat([clip()[:240], clip()[239:240].repeat(240, 1, 1, 1)])
+    res = run(frozen_tail, ["moving", "dynamic_degree"])
+    moving = curve(res, "moving")
+    assert moving[:50].mean() > 0.9 and np.all(moving[-55:] == 0)  # motion window: 3 frames
+    assert np.isclose(np.nanmean(moving), res.values["dynamic_degree"])
+    assert np.isclose(np.nanmean(curve(gt, "moving")), gt.values["dynamic_degree"])
+
+
 def test_empty_scene_keeps_its_identity():
     navy = torch.tensor(BACKGROUNDS["navy"])[None, :, None, None].expand(40, 3, 16, 16)
     res = run(navy.clone(), ["identity_drift", "fidelity"])

@@ -165,3 +165,22 @@ def test_same_seed_gives_identical_metrics(tmp_path, store):
     assert ka == kb
     assert len(search(store)) == 2 and find_finished(ka, store, "default") is not None
     assert np.isfinite(a["kv_bytes"]["values"]).all()
+
+
+def _first_writer(uri: str) -> str:
+    from toolkit.tracking import _client, _experiment
+
+    return _experiment(_client(uri), "race", uri)
+
+
+def test_parallel_first_writers_share_one_new_store(tmp_path):
+    """Two workers opening a store in a folder that does not exist yet both get it, at once."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    uri = f"sqlite:///{tmp_path / 'new' / 'deeper' / 'mlflow.db'}"
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(2, mp_context=ctx) as pool:
+        ids = list(pool.map(_first_writer, [uri] * 4))
+    assert len(set(ids)) == 1
+    assert not list((tmp_path / "new" / "deeper").glob(".*.tmp"))

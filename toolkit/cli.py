@@ -6,6 +6,7 @@
     rollbench grid experiment=strategies_24x
     rollbench sweep sweep=packforcing_budget
     rollbench report experiment=strategies_24x
+    rollbench findings workers=2
     rollbench memory model=wan-t2v-1.3b strategy=packforcing video.seconds=120
     rollbench train world-model
 """
@@ -58,6 +59,13 @@ def cmd_report(overrides: list[str]) -> int:
     from reports.compare import cmd_report as report
 
     return report(overrides)
+
+
+def cmd_findings(args: list[str]) -> int:
+    """``rollbench findings [quick=true] [workers=2]``: the paper's claims, re-measured."""
+    from toolkit.findings import cmd_findings as findings
+
+    return findings(args)
 
 
 def cmd_memory(overrides: list[str]) -> int:
@@ -165,7 +173,7 @@ def cmd_bench_any(overrides: list[str]) -> int:
 
 COMMANDS = {"run": cmd_run, "ls": cmd_ls, "bench": cmd_bench_any, "train": cmd_train,
             "grid": cmd_grid, "sweep": cmd_sweep, "memory": cmd_memory, "relog": cmd_relog,
-            "realbench": cmd_realbench, "report": cmd_report}
+            "realbench": cmd_realbench, "report": cmd_report, "findings": cmd_findings}
 
 
 def main(argv: list[str] | None = None) -> int:

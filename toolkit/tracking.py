@@ -212,9 +212,10 @@ def _new_sqlite_store(uri: str) -> None:
     ``~/.cache/rollbench``). Any failure leaves the store to MLflow's own initialisation.
     """
     path = Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
-    if path is None or path.exists() or not path.parent.is_dir():
+    if path is None or path.exists():
         return
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         import mlflow
         from mlflow.store.db.utils import _initialize_tables
         from sqlalchemy import create_engine
@@ -228,7 +229,14 @@ def _new_sqlite_store(uri: str) -> None:
             _initialize_tables(engine)
             engine.dispose()
             os.replace(tmp, template)
-        shutil.copyfile(template, path)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        shutil.copyfile(template, tmp)
+        try:  # create-if-absent, atomically: parallel workers never see a half-copied file
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink()
     except Exception:  # MLflow initialises the store itself
         return
 

@@ -243,6 +243,18 @@ def dynamic_degree(inp: MetricInput) -> float:
     return float((c > float(inp.options.get("moving_fraction", 0.01))).mean())
 
 
+@metric("moving", "higher", "fraction of frames", "curve_frame", ["frames"])
+def moving(inp: MetricInput) -> np.ndarray:
+    """Per latent frame, the share of its pixel frames that moved: dynamic degree over time.
+
+    Its mean over a window of latent frames is that window's dynamic degree (the scalar
+    ``dynamic_degree`` is the whole video's).
+    """
+    c = inp.cached("changed", lambda: _changed(inp))
+    moved = np.where(np.isfinite(c), c > float(inp.options.get("moving_fraction", 0.01)), np.nan)
+    return _frame_curve(inp, moved)
+
+
 @metric("sprite_speed", "higher", "px/frame", "curve_frame", ["frames", "world"])
 def sprite_speed(inp: MetricInput) -> np.ndarray:
     """Mean sprite speed read by the analysers (NaN where no sprite is seen)."""

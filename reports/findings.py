@@ -1,0 +1,252 @@
+"""The findings section: each claim of the paper, its measured effect, CI, test and verdict.
+
+A pure function of the tracking store and ``ablations/findings.yaml`` (it never runs a model):
+``collect`` finds each planned (arm, seed) run by its run key, ``toolkit.findings`` computes
+the measures and verdicts, and ``write`` renders Markdown with its figures beside it:
+
+- curves of each claim's figure measure over the rollout (mean over seeds, 95% t band), with
+  the training length marked;
+- per test, every seed's value, the mean and its 95% CI against the pre-stated threshold.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from reports import figures
+from reports.tables import heading, num, unit_of
+from toolkit.findings import Claim, Job, Result, Spec, claim_verdict, evaluate, measure_runs
+
+MARK = {"holds": "✅ holds", "fails": "❌ fails", "inconclusive": "❔ inconclusive",
+        "partly holds": "◐ partly holds"}
+BIN = 10  # latent frames per point of the curve figures
+FIGURES = "figures/findings"  # beside the page
+
+
+@dataclass
+class Findings:
+    """Everything the page shows: the spec, the per-run measures and the tests' results."""
+
+    spec: Spec
+    table: pd.DataFrame
+    results: dict[str, list[Result]]
+    missing: list[tuple[str, int]]
+    runs: pd.DataFrame
+    uri: str
+
+
+def collect(jobs: list[Job], uri: str) -> tuple[pd.DataFrame, list[tuple[str, int]]]:
+    """The latest finished run of every planned job (arm, seed, run_id), and the missing jobs."""
+    from toolkit.aggregate import load_runs
+    from toolkit.findings import EXPERIMENT
+
+    stored = load_runs(uri, EXPERIMENT)
+    rows, missing = [], []
+    for job in jobs:
+        hit = stored[stored["run_key"] == job.key] if len(stored) else stored
+        if len(hit):
+            run = hit.iloc[0]
+            rev = str(run.get("tags.git_revision", "unknown"))[:12]
+            dirty = str(run.get("tags.git_dirty", "unknown")) == "true"
+            rows.append({"arm": job.arm, "seed": job.seed, "run_id": run["run_id"],
+                         "revision": rev + (" (uncommitted changes)" if dirty else "")})
+        else:
+            missing.append((job.arm, job.seed))
+    return pd.DataFrame(rows, columns=["arm", "seed", "run_id", "revision"]), missing
+
+
+def provenance(f: Findings, head: str) -> list[str]:
+    """Which code made the runs; a warning when it is not the code rendering them.
+
+    A run key hashes the config, not the code, so runs stored before a fix are reused by a
+    re-run: this line is what shows it.
+    """
+    counts = f.runs["revision"].value_counts()
+    line = "- Runs made at: " + ", ".join(f"`{r}` ({n} runs)" for r, n in counts.items())
+    if any(r != head for r in counts.index):
+        line += (f". ⚠ Not all at this revision (`{head}`): runs made by other code are "
+                 "reused by run key; use a fresh `run_root` to re-run them all.")
+    return [line]
+
+
+def analyse(spec: Spec, jobs: list[Job], uri: str) -> Findings:
+    runs, missing = collect(jobs, uri)
+    if runs.empty:
+        from toolkit.config import ConfigError
+
+        raise ConfigError(f"no finished findings runs in {uri}: run `rollbench findings` "
+                          "without render_only first")
+    table = measure_runs(spec, runs, uri)
+    results = {c.id: [evaluate(t, table) for t in c.tests] for c in spec.claims}
+    return Findings(spec, table, results, missing, runs, uri)
+
+
+# --- figures ---------------------------------------------------------------------------------
+def _binned(steps: np.ndarray, values: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    df = pd.DataFrame({"bin": steps // size, "v": values})
+    g = df[np.isfinite(df["v"])].groupby("bin")["v"].mean()
+    return g.index.to_numpy() * size + size / 2, g.to_numpy()
+
+
+def curve_png(f: Findings, measure: str, arms: list[str]) -> bytes:
+    from toolkit.aggregate import curves
+
+    per = {}
+    for arm in arms:
+        ids = f.runs.loc[f.runs["arm"] == arm, "run_id"]
+        got = curves(ids, measure, f.uri)
+        size = 1 if measure.startswith("kv_") else BIN
+        per[arm] = [_binned(s, v, size) for s, v in got.values() if len(s)]
+    scale, _ = unit_of(measure)
+    log = measure.startswith("kv_")
+    label = heading(measure, "") + (" (log)" if log else "")
+    title = f"{measure} over the rollout (mean of {BIN}-frame bins over seeds, 95% band)" \
+        if not log else f"{measure} held per block (mean over seeds)"
+    return figures.curve_figure(title, label, per, scale, f.spec.window, (), log)
+
+
+def effects_png(f: Findings, claim: Claim) -> bytes:
+    """Per test: every seed's value (dots), the mean and 95% CI (bar), the rule's band."""
+    res = f.results[claim.id]
+    fig = Figure(figsize=(3.3 * len(res), 2.6))
+    FigureCanvasAgg(fig)
+    for i, r in enumerate(res):
+        ax = fig.add_subplot(1, len(res), i + 1)
+        t = r.test
+        if t.margin:
+            ax.axhspan(t.than - t.margin, t.than + t.margin, color="0.9", lw=0,
+                       label=f"±{t.margin:g}")
+        ax.axhline(t.than, color="k", lw=0.8, ls="--")
+        x = np.linspace(-0.15, 0.15, max(1, len(r.values)))
+        ax.scatter(x, r.values, s=12, color="tab:blue", zorder=3)
+        if np.isfinite(r.low):
+            ax.errorbar([0.45], [r.mean], yerr=[[r.mean - r.low], [r.high - r.mean]], fmt="o",
+                        color="tab:red", capsize=4, zorder=3)
+        ax.set_xlim(-0.5, 0.8)
+        ax.set_xticks([])
+        vs = f" − {t.baseline}" if t.baseline else ""
+        ax.set_title(f"{t.arm}{vs}\n{t.measure}: {r.verdict}", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    return figures.png(fig)
+
+
+# --- Markdown --------------------------------------------------------------------------------
+def _ci(mean: float, low: float, high: float) -> str:
+    if not np.isfinite(low):
+        return num(mean)
+    return f"{num(mean)} [{num(low)}, {num(high)}]"
+
+
+def _rule(r: Result) -> str:
+    t = r.test
+    if t.expect == "within":
+        return f"within {t.than:g} ± {t.margin:g}"
+    word = ">" if t.expect == "greater" else "<"
+    return f"{word} {t.than:g}" + (f" (margin {t.margin:g})" if t.margin else "")
+
+
+def _effect(t) -> str:
+    return f"{t.arm} − {t.baseline}" if t.baseline else t.arm
+
+
+def verdict_table(f: Findings) -> list[str]:
+    lines = ["| claim | test | effect: measure | 24x: mean [95% CI] | 1x | p | rule | verdict |",
+             "|---|---|---|---|---|---|---|---|"]
+    for claim in f.spec.claims:
+        for r in f.results[claim.id]:
+            t = r.test
+            one = _ci(*r.at_1x) if r.at_1x else "—"
+            lines.append(f"| [{claim.id}](#{claim.id}) | {t.name} | `{_effect(t)}`: "
+                         f"`{t.measure}` | {_ci(r.mean, r.low, r.high)} | {one} | "
+                         f"{r.p:.2g} | {_rule(r)} | {MARK[r.verdict]} |")
+    return lines
+
+
+ARM_COLUMNS = ("fidelity@first", "fidelity@last", "identity_drift@last", "moving@last",
+               "boundary_change@last", "kv_growth")
+
+
+def arms_table(f: Findings) -> list[str]:
+    cols = [c for c in ARM_COLUMNS if c in f.table]
+    lines = ["| arm | config | n | " + " | ".join(f"`{c}`" for c in cols) + " |",
+             "|---|---|---|" + "---|" * len(cols)]
+    from toolkit.aggregate import mean_ci
+
+    for arm in f.spec.arms_used():
+        sub = f.table[f.table["arm"] == arm]
+        cells = [_ci(*mean_ci(sub[c].to_numpy(float))) for c in cols]
+        config = " ".join(f"`{o}`" for o in f.spec.arms[arm])
+        lines.append(f"| {arm} | {config} | {len(sub)} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def claim_section(f: Findings, claim: Claim, images: dict[str, bytes]) -> list[str]:
+    res = f.results[claim.id]
+    out = [f"## {claim.id}", "", f"**Claim.** {claim.claim}", "",
+           f"**Paper.** {claim.paper}", ""]
+    if claim.note:
+        out += [f"**Note.** {claim.note}", ""]
+    out += [f"**Verdict: {MARK[claim_verdict(res)]}.**", ""]
+    for r in res:
+        t = r.test
+        one = f"; at 1x {_ci(*r.at_1x)}" if r.at_1x else ""
+        out.append(f"- {t.name}: `{_effect(t)}` on `{t.measure}` = "
+                   f"{_ci(r.mean, r.low, r.high)} (n={len(r.values)}{one}), p = {r.p:.2g}; "
+                   f"rule {_rule(r)} → **{r.verdict}** ({r.reason}).")
+    out.append("")
+    for fig in claim.figures:
+        name = f"{FIGURES}/{claim.id}-{fig['measure']}.png"
+        images[name] = curve_png(f, fig["measure"], list(fig["arms"]))
+        out += [f"![{claim.id}: {fig['measure']}]({name})", ""]
+    name = f"{FIGURES}/{claim.id}-effects.png"
+    images[name] = effects_png(f, claim)
+    out += [f"![{claim.id}: per-seed effects]({name})", ""]
+    return out
+
+
+def to_markdown(f: Findings, header: list[str]) -> tuple[str, dict[str, bytes]]:
+    """The page and its images (relative path -> PNG bytes)."""
+    images: dict[str, bytes] = {}
+    counts = {w: sum(claim_verdict(f.results[c.id]) == w for c in f.spec.claims)
+              for w in ("holds", "partly holds", "fails", "inconclusive")}
+    out = ["# Findings: the paper's claims, re-measured on the built-in world", "", *header, "",
+           "Each claim of PackForcing (arXiv 2603.25730, summarised in ../shared/PAPER.md) is "
+           "tested on the built-in world model with paired runs (same held-out prompt, same "
+           "noise) of 480 latent frames: 24x the 20-frame training clips. The measures, "
+           "comparisons, thresholds and verdict rules were written down before these runs, in "
+           f"[`ablations/findings.yaml`](../ablations/findings.yaml). The 1x column is the same "
+           f"effect in the first {f.spec.window} latent frames (a causal rollout's prefix is its "
+           "1x video); '24x' is the last "
+           f"{f.spec.window}.", "",
+           "Claims: " + ", ".join(f"{n} {w}" for w, n in counts.items() if n) + ".", ""]
+    if f.missing:
+        out += [f"**Missing runs** ({len(f.missing)}): " + ", ".join(
+            f"{a} seed {s}" for a, s in f.missing) + ". Their tests use the runs present.", ""]
+    out += ["## Verdicts", "", *verdict_table(f), "",
+            "p: two-sided Wilcoxon signed-rank test over seeds against the threshold (for "
+            "'within', the larger of the two one-sided tests against the band's edges). "
+            "CI: 95% bootstrap (BCa) of the mean over seeds.", "",
+            "## Arms (mean over seeds, 95% CI)", "", *arms_table(f), ""]
+    for claim in f.spec.claims:
+        out += claim_section(f, claim, images)
+    return "\n".join(out).rstrip() + "\n", images
+
+
+def write(f: Findings, out: Path, header: list[str]) -> Path:
+    """Write the Markdown page to ``out`` and its figures under ``out``'s folder."""
+    text, images = to_markdown(f, header)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for name, data in images.items():
+        path = out.parent / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    out.write_text(text)
+    return out
