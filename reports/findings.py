@@ -226,6 +226,7 @@ def to_markdown(f: Findings, header: list[str]) -> tuple[str, dict[str, bytes]]:
            f"effect in the first {f.spec.window} latent frames (a causal rollout's prefix is its "
            "1x video); '24x' is the last "
            f"{f.spec.window}.", "",
+           *([f"**Record.** {' '.join(f.spec.record)}", ""] if f.spec.record else []),
            "Claims: " + ", ".join(f"{n} {w}" for w, n in counts.items() if n) + ".", ""]
     if f.missing:
         out += [f"**Missing runs** ({len(f.missing)}): " + ", ".join(

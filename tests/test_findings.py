@@ -186,6 +186,10 @@ def test_findings_command_end_to_end_reproduces_its_numbers(tmp_path, capsys):
     def numbers(text):
         return [ln for ln in text.splitlines() if ln.startswith("| [toy]")]
     assert numbers(first) == numbers(second) and len(numbers(first)) == 2
+    assert main(["findings", *args, "render_only=true"]) == 0
+    third = out.read_text()
+    assert "re-rendered from the store" in third and "0 runs executed, 6 reused" in third
+    assert numbers(third) == numbers(first)
 
 
 def test_findings_options_are_checked(tmp_path):

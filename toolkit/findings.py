@@ -16,6 +16,7 @@ result; both read only the tracking store once the runs exist.
 from __future__ import annotations
 
 import difflib
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -80,6 +81,7 @@ class Spec:
     window: int
     quick_seeds: int
     arms: dict[str, list[str]]
+    record: tuple[str, ...]
     claims: tuple[Claim, ...]
     path: Path = SPEC
 
@@ -118,10 +120,11 @@ def load_spec(path: str | Path = SPEC) -> Spec:
     if not path.exists():
         raise ConfigError(f"findings file {path} does not exist")
     raw = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
-    unknown = set(raw) - {"seeds", "latent_frames", "window", "quick", "arms", "claims"}
+    keys = ("seeds", "latent_frames", "window", "quick", "record", "arms", "claims")
+    unknown = set(raw) - set(keys)
     if unknown:
-        raise ConfigError(f"{path.name}: unknown keys {sorted(unknown)}; allowed: seeds, "
-                          "latent_frames, window, quick, arms, claims")
+        raise ConfigError(f"{path.name}: unknown keys {sorted(unknown)}; allowed: "
+                          f"{', '.join(keys)}")
     arms = {str(k): [str(o) for o in v] for k, v in (raw.get("arms") or {}).items()}
     claims = []
     for c in raw.get("claims") or []:
@@ -151,6 +154,7 @@ def load_spec(path: str | Path = SPEC) -> Spec:
     quick = raw.get("quick") or {}
     spec = Spec(seeds=int(raw.get("seeds", 8)), latent_frames=int(raw["latent_frames"]),
                 window=int(raw["window"]), quick_seeds=int(quick.get("seeds", 3)), arms=arms,
+                record=tuple(str(r) for r in raw.get("record") or ()),
                 claims=tuple(claims), path=path)
     if spec.latent_frames < 2 * spec.window:
         raise ConfigError(f"latent_frames={spec.latent_frames} must be at least twice the "
@@ -409,6 +413,19 @@ OPTIONS = {"seeds": "held-out prompts per arm (default: the file's)",
            "render_only": "true: only re-render from the stored runs"}
 
 
+def _wall(wall: float, render_only: bool, last: dict[str, Any] | None) -> list[str]:
+    """The wall-time line: this invocation's, and for a re-render the one that ran the jobs."""
+    if last is None:
+        return [f"- Wall time: {wall / 60:.1f} min (rendering only; no record of the runs' "
+                "own invocation)"]
+    ran = (f"{last['wall_s'] / 60:.1f} min on this machine for `{last['command']}` at "
+           f"`{last['revision']}` ({last['executed']} runs executed, {last['reused']} reused "
+           f"from the store, {last['workers']} worker(s))")
+    if render_only:
+        return [f"- Wall time: {ran}; this page re-rendered from the store in {wall:.0f} s"]
+    return [f"- Wall time: {ran}"]
+
+
 def _truth(key: str, value: str) -> bool:
     if value.lower() not in ("true", "false"):
         raise ConfigError(f"{key}={value!r}: allowed true or false")
@@ -448,24 +465,27 @@ def cmd_findings(args: list[str]) -> int:
     base = compose_config(overrides)  # a typo'd override fails here, before any run
     uri = resolve_uri(base.tracking.uri, base.run_root)
     jobs = plan(spec, seeds, overrides)
-    executed = 0
-    if not _truth("render_only", opts.get("render_only", "false")):
+    git = git_state()
+    head = git["git_revision"][:12] + (" (uncommitted changes)" if git["git_dirty"] == "true"
+                                       else "")
+    command = ("rollbench findings " + " ".join(args)).strip()
+    timing = Path(base.run_root) / "findings-run.json"
+    render_only = _truth("render_only", opts.get("render_only", "false"))
+    if not render_only:
         console.print(f"findings: {len(jobs)} runs ({len(spec.arms_used())} arms x {seeds} "
                       f"seeds, {spec.latent_frames} latent frames), {workers} worker(s); "
                       f"tracking {uri}")
         outcomes = run_jobs(jobs, workers)
         executed = sum(o["status"] == "finished" for o in outcomes)
+        timing.parent.mkdir(parents=True, exist_ok=True)
+        timing.write_text(json.dumps({
+            "command": command, "revision": head, "workers": workers, "executed": executed,
+            "reused": sum(o["status"] == "skipped" for o in outcomes),
+            "wall_s": round(time.perf_counter() - start, 1)}, indent=1))
     findings = analyse(spec, jobs, uri)
     wall = time.perf_counter() - start
-    git = git_state()
-    head = git["git_revision"][:12] + (" (uncommitted changes)" if git["git_dirty"] == "true"
-                                       else "")
-    command = "rollbench findings " + " ".join(args)
-    header = [f"- Command: `{command.strip()}`",
-              f"- Git revision: `{head}`",
-              f"- Wall time: {wall / 60:.1f} min on this machine ({executed} runs executed, "
-              f"{len(jobs) - executed - len(findings.missing)} reused from the store, "
-              f"{workers} worker(s))",
+    header = [f"- Command: `{command}`", f"- Git revision: `{head}`", *_wall(
+        wall, render_only, json.loads(timing.read_text()) if timing.exists() else None),
               *provenance(findings, head),
               f"- Seeds: {seeds} held-out prompts per arm"
               + (" (the quick variant)" if seeds < spec.seeds else "")
