@@ -233,7 +233,9 @@ def to_markdown(f: Findings, header: list[str]) -> tuple[str, dict[str, bytes]]:
             f"{a} seed {s}" for a, s in f.missing) + ". Their tests use the runs present.", ""]
     out += ["## Verdicts", "", *verdict_table(f), "",
             "p: two-sided Wilcoxon signed-rank test over seeds against the threshold (for "
-            "'within', the larger of the two one-sided tests against the band's edges). "
+            "'within', the larger of the two one-sided tests against the band's edges); "
+            "pairs with a zero difference are dropped (scipy's default), so with ties fewer "
+            "than 8 pairs are tested and p cannot fall below 2^(1-n) for n pairs. "
             "CI: 95% bootstrap (BCa) of the mean over seeds.", "",
             "## Arms (mean over seeds, 95% CI)", "", *arms_table(f), ""]
     for claim in f.spec.claims:

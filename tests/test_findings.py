@@ -76,6 +76,7 @@ def _t(expect="greater", than=0.0, margin=0.05):
     ("greater", (-0.2, -0.3, -0.1), 0.008, "fails"),       # the opposite effect
     ("greater", (0.0, -0.01, 0.02), 0.6, "fails"),         # inside the margin: no effect
     ("greater", (0.05, -0.01, 0.12), 0.1, "inconclusive"),
+    ("greater", (-0.1, -0.18, -0.03), 0.09, "inconclusive"),  # opposite, not significant
     ("less", (-0.2, -0.3, -0.1), 0.008, "holds"),
     ("less", (0.2, 0.1, 0.3), 0.008, "fails"),
     ("within", (0.02, -0.03, 0.04), 0.01, "holds"),
@@ -199,3 +200,16 @@ def test_findings_options_are_checked(tmp_path):
     assert main(["findings", "workers", f"run_root={tmp_path}"]) == 2
     assert main(["findings", "quick=maybe", f"run_root={tmp_path}"]) == 2
     assert main(["findings", "render_only=true", f"run_root={tmp_path}"]) == 2  # nothing stored
+
+
+def test_runs_made_by_other_code_are_flagged():
+    """Run keys hash the config, not the code: reused runs of older code must show."""
+    from types import SimpleNamespace
+
+    from reports.findings import provenance
+
+    same = SimpleNamespace(runs=pd.DataFrame({"revision": ["abc"] * 3}))
+    assert "⚠" not in provenance(same, "abc")[0] and "`abc` (3 runs)" in provenance(same, "abc")[0]
+    mixed = SimpleNamespace(runs=pd.DataFrame({"revision": ["abc", "old", "old"]}))
+    line = provenance(mixed, "abc")[0]
+    assert "⚠" in line and "`old` (2 runs)" in line and "fresh `run_root`" in line

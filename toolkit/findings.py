@@ -374,6 +374,9 @@ def verdict(test: Check, mean: float, low: float, high: float, p: float,
         return "fails", f"the opposite effect: CI {'<' if sign > 0 else '>'} {x:g}, p = {p:.2g}"
     if beyond:
         return "inconclusive", f"CI {word} {x:g} but p = {p:.2g} >= {ALPHA}"
+    if against:
+        return "inconclusive", (f"CI {'<' if sign > 0 else '>'} {x:g} (the opposite direction) "
+                                f"but p = {p:.2g} >= {ALPHA}")
     return "inconclusive", f"the CI includes {x:g}"
 
 
