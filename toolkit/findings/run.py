@@ -1,0 +1,188 @@
+"""Planning and running the findings' jobs, and the ``rollbench findings`` command."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from toolkit.config import ConfigError
+from toolkit.findings.spec import SPEC, Spec, load_spec
+from toolkit.findings.stats import claim_verdict
+
+EXPERIMENT = "findings"
+
+
+# --- running -------------------------------------------------------------------------------
+@dataclass
+class Job:
+    arm: str
+    seed: int
+    cfg: DictConfig
+    key: str = ""
+
+
+def plan(spec: Spec, seeds: int, overrides: list[str] = ()) -> list[Job]:
+    """One composed run config per (arm, seed); arms no test uses are left out."""
+    from toolkit.config import compose_config
+    from toolkit.tracking import run_key
+
+    jobs = []
+    for seed in range(seeds):  # seed-major: a partial run still has complete pairs
+        for arm in spec.arms_used():
+            cfg = compose_config([*spec.arms[arm], *overrides, f"seed={seed}",
+                                  f"video.latent_frames={spec.latent_frames}",
+                                  f"experiment_name={EXPERIMENT}", f"variant={arm}",
+                                  "progress=false"])
+            jobs.append(Job(arm, seed, cfg, run_key(cfg)))
+    return jobs
+
+
+def _run_one(cfg_yaml: str) -> dict[str, Any]:
+    from toolkit.jobs import describe, run_job
+
+    try:
+        return describe(run_job(OmegaConf.create(cfg_yaml)))
+    except Exception as err:  # e.g. the store unreachable: reported, the other jobs go on
+        return {"status": "failed", "error": f"{type(err).__name__}: {err}"}
+
+
+def open_store(cfg: DictConfig) -> None:
+    """Create the tracking store and experiment once, before parallel workers write to it."""
+    from toolkit.jobs import _where
+    from toolkit.tracking import _client, _experiment
+
+    uri, experiment = _where(cfg)
+    _experiment(_client(uri), experiment, uri)
+
+
+def run_jobs(jobs: list[Job], workers: int = 1) -> list[dict[str, Any]]:
+    """Run the jobs (finished ones are skipped), ``workers`` processes at a time, with progress.
+
+    A failing job is recorded as a FAILED run and reported; the others go on.
+    """
+    from rich.progress import Progress
+
+    from toolkit.jobs import console
+
+    outcomes: list[dict[str, Any]] = []
+    if jobs:
+        open_store(jobs[0].cfg)
+    with Progress(console=console, transient=False) as bar:
+        task = bar.add_task("findings runs", total=len(jobs))
+
+        def done(job: Job, out: dict[str, Any]) -> None:
+            outcomes.append({"arm": job.arm, "seed": job.seed, **out})
+            if out["status"] == "failed":
+                console.print(f"[red]failed[/red] {job.arm} seed={job.seed}: {out['error']}")
+            bar.advance(task)
+
+        if workers <= 1:
+            for job in jobs:
+                done(job, _run_one(OmegaConf.to_yaml(job.cfg)))
+            return outcomes
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+            futures = {pool.submit(_run_one, OmegaConf.to_yaml(j.cfg)): j for j in jobs}
+            for fut in as_completed(futures):
+                done(futures[fut], fut.result())
+    return outcomes
+
+
+# --- the command -----------------------------------------------------------------------------
+OPTIONS = {"seeds": "held-out prompts per arm (default: the file's)",
+           "quick": "true: the file's quick seed count",
+           "workers": "processes running jobs at once (default 1)",
+           "out": "the page to write (default reports/FINDINGS.md)",
+           "spec": "the findings file (default ablations/findings.yaml)",
+           "render_only": "true: only re-render from the stored runs"}
+
+
+def _wall(wall: float, render_only: bool, last: dict[str, Any] | None) -> list[str]:
+    """The wall-time line: this invocation's, and for a re-render the one that ran the jobs."""
+    if last is None:
+        return [f"- Wall time: {wall / 60:.1f} min (rendering only; no record of the runs' "
+                "own invocation)"]
+    ran = (f"{last['wall_s'] / 60:.1f} min on this machine for `{last['command']}` at "
+           f"`{last['revision']}` ({last['executed']} runs executed, {last['reused']} reused "
+           f"from the store, {last['workers']} worker(s))")
+    if render_only:
+        return [f"- Wall time: {ran}; this page re-rendered from the store in {wall:.0f} s"]
+    return [f"- Wall time: {ran}"]
+
+
+def _truth(key: str, value: str) -> bool:
+    if value.lower() not in ("true", "false"):
+        raise ConfigError(f"{key}={value!r}: allowed true or false")
+    return value.lower() == "true"
+
+
+def cmd_findings(args: list[str]) -> int:
+    """``rollbench findings [seeds=N|quick=true] [workers=N] [out=PATH] [render_only=true]
+    [Hydra overrides for every run, e.g. run_root=runs]``."""
+    import time
+
+    from reports.findings import analyse, provenance, write
+    from toolkit.config import compose_config
+    from toolkit.jobs import console
+    from toolkit.tracking import git_state, resolve_uri
+
+    start = time.perf_counter()
+    opts: dict[str, str] = {}
+    overrides = []
+    for arg in args:
+        key = arg.split("=", 1)[0]
+        if key in OPTIONS and "=" in arg:
+            opts[key] = arg.split("=", 1)[1]
+        elif key in OPTIONS:
+            raise ConfigError(f"{arg!r}: write {key}=VALUE ({OPTIONS[key]})")
+        else:
+            overrides.append(arg)
+    spec = load_spec(opts.get("spec", SPEC))
+    quick = _truth("quick", opts.get("quick", "false"))
+    seeds = int(opts["seeds"]) if "seeds" in opts else (spec.quick_seeds if quick
+                                                          else spec.seeds)
+    if seeds < 2:
+        raise ConfigError(f"seeds={seeds}: paired tests need at least 2")
+    workers = int(opts.get("workers", 1))
+    if workers < 1:
+        raise ConfigError(f"workers={workers}: must be >= 1")
+    base = compose_config(overrides)  # a typo'd override fails here, before any run
+    uri = resolve_uri(base.tracking.uri, base.run_root)
+    jobs = plan(spec, seeds, overrides)
+    git = git_state()
+    head = git["git_revision"][:12] + (" (uncommitted changes)" if git["git_dirty"] == "true"
+                                       else "")
+    command = ("rollbench findings " + " ".join(args)).strip()
+    timing = Path(base.run_root) / "findings-run.json"
+    render_only = _truth("render_only", opts.get("render_only", "false"))
+    if not render_only:
+        console.print(f"findings: {len(jobs)} runs ({len(spec.arms_used())} arms x {seeds} "
+                      f"seeds, {spec.latent_frames} latent frames), {workers} worker(s); "
+                      f"tracking {uri}")
+        outcomes = run_jobs(jobs, workers)
+        executed = sum(o["status"] == "finished" for o in outcomes)
+        timing.parent.mkdir(parents=True, exist_ok=True)
+        timing.write_text(json.dumps({
+            "command": command, "revision": head, "workers": workers, "executed": executed,
+            "reused": sum(o["status"] == "skipped" for o in outcomes),
+            "wall_s": round(time.perf_counter() - start, 1)}, indent=1))
+    findings = analyse(spec, jobs, uri)
+    wall = time.perf_counter() - start
+    header = [f"- Command: `{command}`", f"- Git revision: `{head}`", *_wall(
+        wall, render_only, json.loads(timing.read_text()) if timing.exists() else None),
+              *provenance(findings, head),
+              f"- Seeds: {seeds} held-out prompts per arm"
+              + (" (the quick variant)" if seeds < spec.seeds else "")
+              + f"; {spec.latent_frames} latent frames per run"]
+    out = write(findings, Path(opts.get("out", "reports/FINDINGS.md")), header)
+    console.print(f"findings: {out} ({wall / 60:.1f} min)")
+    for claim in spec.claims:
+        console.print(f"  {claim.id}: {claim_verdict(findings.results[claim.id])}")
+    return 0 if not findings.missing else 1
