@@ -11,6 +11,7 @@ the measures and verdicts, and ``write`` renders Markdown with its figures besid
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +27,6 @@ from toolkit.findings import Claim, Job, Result, Spec, claim_verdict, evaluate, 
 MARK = {"holds": "✅ holds", "fails": "❌ fails", "inconclusive": "❔ inconclusive",
         "partly holds": "◐ partly holds"}
 BIN = 10  # latent frames per point of the curve figures
-FIGURES = "figures/findings"  # beside the page
 
 
 @dataclass
@@ -171,7 +171,7 @@ def verdict_table(f: Findings) -> list[str]:
 
 
 ARM_COLUMNS = ("fidelity@first", "fidelity@last", "identity_drift@last", "moving@last",
-               "boundary_change@last", "kv_growth")
+               "sprite_speed@last", "boundary_change@last", "kv_growth")
 
 
 def arms_table(f: Findings) -> list[str]:
@@ -188,7 +188,8 @@ def arms_table(f: Findings) -> list[str]:
     return lines
 
 
-def claim_section(f: Findings, claim: Claim, images: dict[str, bytes]) -> list[str]:
+def claim_section(f: Findings, claim: Claim, images: dict[str, bytes],
+                  folder: str) -> list[str]:
     res = f.results[claim.id]
     out = [f"## {claim.id}", "", f"**Claim.** {claim.claim}", "",
            f"**Paper.** {claim.paper}", ""]
@@ -203,49 +204,58 @@ def claim_section(f: Findings, claim: Claim, images: dict[str, bytes]) -> list[s
                    f"rule {_rule(r)} → **{r.verdict}** ({r.reason}).")
     out.append("")
     for fig in claim.figures:
-        name = f"{FIGURES}/{claim.id}-{fig['measure']}.png"
+        name = f"{folder}/{claim.id}-{fig['measure']}.png"
         images[name] = curve_png(f, fig["measure"], list(fig["arms"]))
         out += [f"![{claim.id}: {fig['measure']}]({name})", ""]
-    name = f"{FIGURES}/{claim.id}-effects.png"
+    name = f"{folder}/{claim.id}-effects.png"
     images[name] = effects_png(f, claim)
     out += [f"![{claim.id}: per-seed effects]({name})", ""]
     return out
 
 
-def to_markdown(f: Findings, header: list[str]) -> tuple[str, dict[str, bytes]]:
-    """The page and its images (relative path -> PNG bytes)."""
+def to_markdown(f: Findings, header: list[str], out: Path) -> tuple[str, dict[str, bytes]]:
+    """The page ``out`` and its images (path relative to the page -> PNG bytes).
+
+    Figures go to ``figures/<page name>/`` beside the page, so pages of different findings
+    files never overwrite each other's.
+    """
     images: dict[str, bytes] = {}
-    counts = {w: sum(claim_verdict(f.results[c.id]) == w for c in f.spec.claims)
+    spec = f.spec
+    counts = {w: sum(claim_verdict(f.results[c.id]) == w for c in spec.claims)
               for w in ("holds", "partly holds", "fails", "inconclusive")}
-    out = ["# Findings: the paper's claims, re-measured on the built-in world", "", *header, "",
-           "Each claim of PackForcing (arXiv 2603.25730, summarised in ../shared/PAPER.md) is "
-           "tested on the built-in world model with paired runs (same held-out prompt, same "
-           "noise) of 480 latent frames: 24x the 20-frame training clips. The measures, "
-           "comparisons, thresholds and verdict rules were written down before these runs, in "
-           f"[`ablations/findings.yaml`](../ablations/findings.yaml). The 1x column is the same "
-           f"effect in the first {f.spec.window} latent frames (a causal rollout's prefix is its "
-           "1x video); '24x' is the last "
-           f"{f.spec.window}.", "",
-           *([f"**Record.** {' '.join(f.spec.record)}", ""] if f.spec.record else []),
-           "Claims: " + ", ".join(f"{n} {w}" for w, n in counts.items() if n) + ".", ""]
+    link = Path(os.path.relpath(spec.path.resolve(), out.parent.resolve())).as_posix()
+    pairs = f.runs["seed"].nunique()
+    lines = [f"# {spec.title}", "", *header, "",
+             "Each claim of PackForcing (arXiv 2603.25730, summarised in ../shared/PAPER.md) is "
+             "tested on the built-in world model with paired runs (same held-out prompt, same "
+             f"noise) of {spec.latent_frames} latent frames: "
+             f"{spec.latent_frames / spec.window:g}x the {spec.window}-frame training clips. The "
+             "measures, comparisons, thresholds and verdict rules were written down before these "
+             f"runs, in [`{spec.path.name}`]({link}). The 1x column is the same effect in the "
+             f"first {spec.window} latent frames (a causal rollout's prefix is its 1x video); "
+             f"'24x' is the last {spec.window}.", "",
+             *([spec.about, ""] if spec.about else []),
+             *([f"**Record.** {' '.join(spec.record)}", ""] if spec.record else []),
+             "Claims: " + ", ".join(f"{n} {w}" for w, n in counts.items() if n) + ".", ""]
     if f.missing:
-        out += [f"**Missing runs** ({len(f.missing)}): " + ", ".join(
+        lines += [f"**Missing runs** ({len(f.missing)}): " + ", ".join(
             f"{a} seed {s}" for a, s in f.missing) + ". Their tests use the runs present.", ""]
-    out += ["## Verdicts", "", *verdict_table(f), "",
-            "p: two-sided Wilcoxon signed-rank test over seeds against the threshold (for "
-            "'within', the larger of the two one-sided tests against the band's edges); "
-            "pairs with a zero difference are dropped (scipy's default), so with ties fewer "
-            "than 8 pairs are tested and p cannot fall below 2^(1-n) for n pairs. "
-            "CI: 95% bootstrap (BCa) of the mean over seeds.", "",
-            "## Arms (mean over seeds, 95% CI)", "", *arms_table(f), ""]
-    for claim in f.spec.claims:
-        out += claim_section(f, claim, images)
-    return "\n".join(out).rstrip() + "\n", images
+    lines += ["## Verdicts", "", *verdict_table(f), "",
+              "p: two-sided Wilcoxon signed-rank test over seeds against the threshold (for "
+              "'within', the larger of the two one-sided tests against the band's edges); "
+              "pairs with a zero difference are dropped (scipy's default), so with ties fewer "
+              f"than {pairs} pairs are tested and p cannot fall below 2^(1-n) for n pairs. "
+              "CI: 95% bootstrap (BCa) of the mean over seeds.", "",
+              "## Arms (mean over seeds, 95% CI)", "", *arms_table(f), ""]
+    folder = f"figures/{out.stem.lower()}"
+    for claim in spec.claims:
+        lines += claim_section(f, claim, images, folder)
+    return "\n".join(lines).rstrip() + "\n", images
 
 
 def write(f: Findings, out: Path, header: list[str]) -> Path:
     """Write the Markdown page to ``out`` and its figures under ``out``'s folder."""
-    text, images = to_markdown(f, header)
+    text, images = to_markdown(f, header, out)
     out.parent.mkdir(parents=True, exist_ok=True)
     for name, data in images.items():
         path = out.parent / name

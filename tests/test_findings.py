@@ -138,7 +138,10 @@ def test_a_causal_rollouts_prefix_is_its_short_video():
 
 
 TINY = """
+title: Toy findings
+about: Two window widths on fresh prompts.
 seeds: 2
+first_seed: 5
 latent_frames: 16
 window: 4
 arms:
@@ -176,6 +179,9 @@ def test_findings_command_end_to_end_reproduces_its_numbers(tmp_path, capsys):
     assert main(["findings", *args]) == 0
     first = out.read_text()
     assert "6 runs executed" in first and "Git revision" in first and "Wall time" in first
+    assert first.startswith("# Toy findings") and "Two window widths on fresh prompts." in first
+    assert "2 held-out prompts per arm (prompts 5..6)" in first
+    assert "[`findings.yaml`](../findings.yaml)" in first  # the spec, relative to the page
     # KV growth is exact, but 2 seeds cannot make a Wilcoxon p below 0.5: never "holds"
     assert "full history grows linearly" in first and "CI > 0.999 but p = 0.5 >= 0.05" in first
     assert (out.parent / "figures/findings/toy-fidelity.png").stat().st_size > 1000
@@ -191,6 +197,17 @@ def test_findings_command_end_to_end_reproduces_its_numbers(tmp_path, capsys):
     third = out.read_text()
     assert "re-rendered from the store" in third and "0 runs executed, 6 reused" in third
     assert numbers(third) == numbers(first)
+
+
+def test_first_seed_moves_every_arm_to_fresh_prompts(tmp_path):
+    path = tmp_path / "findings.yaml"
+    path.write_text(textwrap.dedent(TINY))
+    jobs = plan(load_spec(path), 2)
+    assert sorted({j.seed for j in jobs}) == [5, 6]
+    assert {j.cfg.seed for j in jobs} == {5, 6}
+    path.write_text(textwrap.dedent(TINY).replace("first_seed: 5", "first_seed: -1"))
+    with pytest.raises(ConfigError, match="first_seed=-1 must be >= 0"):
+        load_spec(path)
 
 
 def test_findings_options_are_checked(tmp_path):

@@ -16,6 +16,7 @@ EXPECT = ("greater", "less", "within")
 WINDOWS = ("first", "last", "drop")
 #: Measures computed from a whole curve rather than a window of it.
 WHOLE = {"kv_linearity": "kv_bytes", "kv_growth": "kv_bytes"}
+TITLE = "Findings: the paper's claims, re-measured on the built-in world"
 
 # --- the experiment file -----------------------------------------------------------------
 @dataclass(frozen=True)
@@ -62,6 +63,9 @@ class Spec:
     record: tuple[str, ...]
     claims: tuple[Claim, ...]
     path: Path = SPEC
+    title: str = TITLE
+    about: str = ""      # what this file is for, shown under the page's introduction
+    first_seed: int = 0  # held-out prompts first_seed .. first_seed + seeds - 1
 
     def arms_used(self) -> list[str]:
         """The arms some test or figure needs, in the file's order."""
@@ -98,7 +102,8 @@ def load_spec(path: str | Path = SPEC) -> Spec:
     if not path.exists():
         raise ConfigError(f"findings file {path} does not exist")
     raw = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
-    keys = ("seeds", "latent_frames", "window", "quick", "record", "arms", "claims")
+    keys = ("title", "about", "seeds", "first_seed", "latent_frames", "window", "quick",
+            "record", "arms", "claims")
     unknown = set(raw) - set(keys)
     if unknown:
         raise ConfigError(f"{path.name}: unknown keys {sorted(unknown)}; allowed: "
@@ -133,7 +138,10 @@ def load_spec(path: str | Path = SPEC) -> Spec:
     spec = Spec(seeds=int(raw.get("seeds", 8)), latent_frames=int(raw["latent_frames"]),
                 window=int(raw["window"]), quick_seeds=int(quick.get("seeds", 3)), arms=arms,
                 record=tuple(str(r) for r in raw.get("record") or ()),
-                claims=tuple(claims), path=path)
+                claims=tuple(claims), path=path, title=str(raw.get("title", TITLE)),
+                about=str(raw.get("about", "")), first_seed=int(raw.get("first_seed", 0)))
+    if spec.first_seed < 0:
+        raise ConfigError(f"first_seed={spec.first_seed} must be >= 0 (a held-out prompt index)")
     if spec.latent_frames < 2 * spec.window:
         raise ConfigError(f"latent_frames={spec.latent_frames} must be at least twice the "
                           f"window ({spec.window}) so the 1x and 24x windows do not overlap")
