@@ -106,8 +106,8 @@ def curve_png(f: Findings, measure: str, arms: list[str]) -> bytes:
     scale, _ = unit_of(measure)
     log = measure.startswith("kv_")
     label = heading(measure, "") + (" (log)" if log else "")
-    title = f"{measure} over the rollout (mean of {BIN}-frame bins over seeds, 95% band)" \
-        if not log else f"{measure} held per block (mean over seeds)"
+    title = f"{measure} over the rollout\nmean of {BIN}-frame bins over seeds, 95% band" \
+        if not log else f"{measure} held per block\nmean over seeds"
     return figures.curve_figure(title, label, per, scale, f.spec.window, (), log)
 
 
