@@ -2,6 +2,7 @@
 
 import re
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -208,6 +209,15 @@ def test_first_seed_moves_every_arm_to_fresh_prompts(tmp_path):
     path.write_text(textwrap.dedent(TINY).replace("first_seed: 5", "first_seed: -1"))
     with pytest.raises(ConfigError, match="first_seed=-1 must be >= 0"):
         load_spec(path)
+
+
+def test_each_findings_file_keeps_its_own_wall_time(tmp_path):
+    from toolkit.findings.run import timing_file
+
+    other = tmp_path / "followup.yaml"
+    other.write_text(textwrap.dedent(TINY))
+    assert timing_file("runs", load_spec()) == Path("runs/findings-run.json")
+    assert timing_file("runs", load_spec(other)) == Path("runs/followup-run.json")
 
 
 def test_findings_options_are_checked(tmp_path):

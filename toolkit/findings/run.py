@@ -118,6 +118,12 @@ def _wall(wall: float, render_only: bool, last: dict[str, Any] | None) -> list[s
     return [f"- Wall time: {ran}"]
 
 
+def timing_file(run_root: str | Path, spec: Spec) -> Path:
+    """Where a run of ``spec`` records its wall time: one file per findings file, so that two
+    findings files sharing a run root never show each other's time."""
+    return Path(run_root) / f"{spec.path.stem}-run.json"
+
+
 def _truth(key: str, value: str) -> bool:
     if value.lower() not in ("true", "false"):
         raise ConfigError(f"{key}={value!r}: allowed true or false")
@@ -161,7 +167,7 @@ def cmd_findings(args: list[str]) -> int:
     head = git["git_revision"][:12] + (" (uncommitted changes)" if git["git_dirty"] == "true"
                                        else "")
     command = ("rollbench findings " + " ".join(args)).strip()
-    timing = Path(base.run_root) / "findings-run.json"
+    timing = timing_file(base.run_root, spec)
     render_only = _truth("render_only", opts.get("render_only", "false"))
     if not render_only:
         console.print(f"findings: {len(jobs)} runs ({len(spec.arms_used())} arms x {seeds} "
