@@ -211,6 +211,14 @@ def test_first_seed_moves_every_arm_to_fresh_prompts(tmp_path):
         load_spec(path)
 
 
+def test_the_follow_up_reuses_the_arms_on_fresh_prompts():
+    """The follow-up copies its arms from findings.yaml: they must not drift apart."""
+    main = load_spec()
+    follow = load_spec(main.path.with_name("findings-followup.yaml"))
+    assert follow.arms_used() and all(follow.arms[a] == main.arms[a] for a in follow.arms)
+    assert not set(main.prompts(main.seeds)) & set(follow.prompts(follow.seeds))
+
+
 def test_each_findings_file_keeps_its_own_wall_time(tmp_path):
     from toolkit.findings.run import timing_file
 

@@ -32,7 +32,7 @@ def plan(spec: Spec, seeds: int, overrides: list[str] = ()) -> list[Job]:
 
     jobs = []
     # seed-major: a partial run still has complete pairs
-    for seed in range(spec.first_seed, spec.first_seed + seeds):
+    for seed in spec.prompts(seeds):
         for arm in spec.arms_used():
             cfg = compose_config([*spec.arms[arm], *overrides, f"seed={seed}",
                                   f"video.latent_frames={spec.latent_frames}",
@@ -185,8 +185,8 @@ def cmd_findings(args: list[str]) -> int:
     header = [f"- Command: `{command}`", f"- Git revision: `{head}`", *_wall(
         wall, render_only, json.loads(timing.read_text()) if timing.exists() else None),
               *provenance(findings, head),
-              f"- Seeds: {seeds} held-out prompts per arm (prompts {spec.first_seed}.."
-              f"{spec.first_seed + seeds - 1})"
+              f"- Seeds: {seeds} held-out prompts per arm (prompts {spec.prompts(seeds)[0]}.."
+              f"{spec.prompts(seeds)[-1]})"
               + (" (the quick variant)" if seeds < spec.seeds else "")
               + f"; {spec.latent_frames} latent frames per run"]
     out = write(findings, Path(opts.get("out", "reports/FINDINGS.md")), header)

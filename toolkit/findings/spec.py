@@ -67,6 +67,10 @@ class Spec:
     about: str = ""      # what this file is for, shown under the page's introduction
     first_seed: int = 0  # held-out prompts first_seed .. first_seed + seeds - 1
 
+    def prompts(self, seeds: int) -> range:
+        """The held-out prompts (= run seeds) of a run with ``seeds`` seeds."""
+        return range(self.first_seed, self.first_seed + seeds)
+
     def arms_used(self) -> list[str]:
         """The arms some test or figure needs, in the file's order."""
         used = {a for c in self.claims for t in c.tests for a in (t.arm, t.baseline) if a}
