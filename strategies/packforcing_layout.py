@@ -3,8 +3,13 @@
 ``contexts`` lists, per block, the (sink, mid, recent) blocks the cached rollout would give it;
 ``pack_layout`` turns that into positions and a mask over [clean clip | noisy clip] queries and
 [clean | noisy | compressed mid] keys; ``compressed_kv`` computes the mid blocks' K/V through
-the strategy's own code path; ``predict`` runs the pass. ``strategies.packforcing_train``
-trains through it; its tests pin it to a cached PackForcing rollout.
+the strategy's own code path; ``predict`` runs the pass. The world's PackForcing recipe
+(``toolkit.world.pf_train``) trains through it; its tests pin it to a cached PackForcing
+rollout. Any ``WanCausalModel`` works (nothing here knows a concrete model).
+
+Conditioning ``cond`` is (B, L, C), one prompt for the clip, or (B, blocks, L, C), each block
+under its own prompt (a prompt schedule): a compressed mid block then runs under its own
+block's prompt, as ``FinishedBlock.cond`` gives it at inference.
 """
 
 from __future__ import annotations
@@ -16,8 +21,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from strategies.compressors import Compressor
+from toolkit.model import WanCausalModel
 from toolkit.rope import grid_positions
-from toolkit.world.model import WorldModel
 
 
 # -- partitions and layout ---------------------------------------------------------------------
@@ -116,7 +121,12 @@ class PackPlan:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=self.mask.to(q.device))
 
 
-def compressed_kv(model: WorldModel, compressor: Compressor, layout: Layout, x0: Tensor,
+def block_cond(cond: Tensor, block: int) -> Tensor:
+    """The (B, L, C) conditioning of one block (see the module docstring)."""
+    return cond[:, block] if cond.ndim == 4 else cond
+
+
+def compressed_kv(model: WanCausalModel, compressor: Compressor, layout: Layout, x0: Tensor,
                   cond: Tensor, kv: str) -> tuple[Tensor | None, Tensor | None]:
     """Per-layer K/V (L, B, H, M, D) of the mid blocks' compressed tokens, as the strategy
     makes them at commit (``PackForcing._compress``): compress the clean latents, then
@@ -127,7 +137,7 @@ def compressed_kv(model: WorldModel, compressor: Compressor, layout: Layout, x0:
     keys, values = [], []
     for m, pos in zip(layout.mid_blocks, layout.mid_pos, strict=True):
         tokens = compressor.compress(x0[:, :, m * bf:(m + 1) * bf], model)
-        k, v = (model.token_kv(tokens, pos, cond) if kv == "transformer"
+        k, v = (model.token_kv(tokens, pos, block_cond(cond, m)) if kv == "transformer"
                 else model.project_kv(tokens, pos))
         keys.append(k)
         values.append(v)
@@ -135,8 +145,8 @@ def compressed_kv(model: WorldModel, compressor: Compressor, layout: Layout, x0:
 
 
 # -- one pass ----------------------------------------------------------------------------------
-def predict(model: WorldModel, compressor: Compressor, layout: Layout, x0: Tensor, xt: Tensor,
-            sigma: Tensor, cond: Tensor, kv: str = "transformer",
+def predict(model: WanCausalModel, compressor: Compressor, layout: Layout, x0: Tensor,
+            xt: Tensor, sigma: Tensor, cond: Tensor, kv: str = "transformer",
             mask: Tensor | None = None) -> Tensor:
     """x0 predictions (B, C, F, H, W) of the noisy clip in one packforcing-masked pass."""
     spec = model.spec
@@ -144,13 +154,20 @@ def predict(model: WorldModel, compressor: Compressor, layout: Layout, x0: Tenso
     keys, values = compressed_kv(model, compressor, layout, x0, cond, kv)
     t_clean = torch.zeros(b, x0.shape[2] * spec.tokens_per_frame, device=x0.device)
     t_noisy = (1000 * sigma).repeat_interleave(spec.tokens_per_block, 1)
-    model._slot.plan = PackPlan(layout.mask if mask is None else mask, keys, values)
+    plan = PackPlan(layout.mask if mask is None else mask, keys, values)
+    segments = torch.cat([cond, cond], 1) if cond.ndim == 4 else cond  # clean, then noisy
     out = model.forward_tokens(torch.cat([x0, xt], 2), torch.cat([t_clean, t_noisy], 1),
-                               layout.pos, cond)
-    return out[:, :, x0.shape[2]:].float()  # the world model predicts x0
+                               layout.pos, segments, plan=plan)
+    pred = out[:, :, x0.shape[2]:].float()
+    return model.to_x0(pred, xt, _sigma_frames(sigma, spec.block_frames))
 
 
-def block_errors(model: WorldModel, pred: Tensor, x0: Tensor) -> Tensor:
+def _sigma_frames(sigma: Tensor, block_frames: int) -> Tensor:
+    """Per-block sigmas (B, blocks) broadcast over latents (B, 1, F, 1, 1)."""
+    return sigma.repeat_interleave(block_frames, 1)[:, None, :, None, None]
+
+
+def block_errors(model: WanCausalModel, pred: Tensor, x0: Tensor) -> Tensor:
     """Per-sample-per-block x0 errors (B, blocks)."""
     err = (pred - x0).pow(2).mean(1)  # (B, F, h, w)
     return err.unflatten(1, (-1, model.spec.block_frames)).mean((2, 3, 4))

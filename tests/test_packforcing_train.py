@@ -10,7 +10,11 @@ import torch
 from strategies.compressors import build_compressor
 from strategies.packforcing import PackForcing
 from strategies.packforcing_layout import block_errors, contexts, pack_layout, predict
-from strategies.packforcing_train import (
+from toolkit.cache import FinishedBlock
+from toolkit.rollout import CachePlan, rollout
+from toolkit.rope import grid_positions
+from toolkit.world.model import load_world
+from toolkit.world.pf_train import (
     COMPRESSOR_FILE,
     PFTrainConfig,
     build_modules,
@@ -19,10 +23,6 @@ from strategies.packforcing_train import (
     train_packforcing,
     validate,
 )
-from toolkit.cache import FinishedBlock
-from toolkit.rollout import CachePlan, rollout
-from toolkit.rope import grid_positions
-from toolkit.world.model import load_world
 
 SMALL = {"batch": 2, "threads": 1}
 
@@ -94,7 +94,8 @@ def test_pass_equals_the_cached_rollout(modules, tmp_path, name, kv):
     cfg = PFTrainConfig(compressor=name, kv=kv, **SMALL)
     layout = pack_layout(model.spec, comp, 20, cfg.sink_frames, cfg.recent_frames)
     gen = torch.Generator().manual_seed(0)
-    x0, _, sigma, prompts = make_batch(cfg, model, 0, gen)
+    x0, _, sigma, cond, _ = make_batch(cfg, model, 0, gen)
+    cond = cond.detach()
     sigma = sigma[:1].expand(2, -1).contiguous()  # the rollout uses one sigma per block
     s = sigma.repeat_interleave(4, 1)[:, None, :, None, None]
     xt = (1 - s) * x0 + s * torch.randn(x0.shape, generator=gen)
@@ -103,7 +104,6 @@ def test_pass_equals_the_cached_rollout(modules, tmp_path, name, kv):
                      compressor_weights=str(tmp_path / "c.safetensors"))
     ref = []
     with torch.no_grad(), model.attach() as slot:
-        cond = model.encode_prompt(prompts)
         got = predict(model, comp, layout, x0, xt, sigma, cond, kv)
         pf.bind(model)
         plan = CachePlan(pf, model.spec.num_layers)
@@ -122,7 +122,6 @@ def test_pass_equals_the_cached_rollout(modules, tmp_path, name, kv):
     ref = torch.cat(ref, 2)
     assert torch.allclose(got, ref, atol=2e-5), (got - ref).abs().max()
     with torch.no_grad(), model.attach():  # and hiding the mid changes exactly blocks 3, 4
-        cond = model.encode_prompt(prompts)
         hidden = predict(model, comp, layout, x0, xt, sigma, cond, kv, layout.without_mid())
     changed = (hidden - got).abs().amax((0, 1, 3, 4)).unflatten(0, (5, 4)).amax(1)
     assert (changed[:3] == 0).all() and (changed[3:] > 0).all(), changed
@@ -133,11 +132,10 @@ def test_gradients_reach_the_compressor(modules, name):
     model, comp = modules[name]
     cfg = PFTrainConfig(compressor=name, **SMALL)
     layout = pack_layout(model.spec, comp, 20, 4, 4)
-    x0, xt, sigma, prompts = make_batch(cfg, model, 0, torch.Generator().manual_seed(0))
+    x0, xt, sigma, cond, _ = make_batch(cfg, model, 0, torch.Generator().manual_seed(0))
     comp.zero_grad(set_to_none=True)
     with model.attach():
-        err = block_errors(model, predict(model, comp, layout, x0, xt, sigma,
-                                          model.encode_prompt(prompts)), x0)
+        err = block_errors(model, predict(model, comp, layout, x0, xt, sigma, cond), x0)
     err.mean().backward()
     grads = [p.grad for p in comp.parameters()]
     assert grads and all(g is not None and torch.isfinite(g).all() for g in grads)
@@ -198,7 +196,7 @@ def test_command_yaml_and_validation():
     assert command(PFTrainConfig(steps=5, compress_space=None, export="x y")) == \
         "rollbench train packforcing steps=5 'export=x y'"
     model, _ = build_modules(PFTrainConfig(compressor="hr", **SMALL))
-    for kw, needle in (({"compressor": "lr"}, "zero-shot"),
+    for kw, needle in (({"compressor": "pool_kv"}, "K/V"),
                        ({"sink_frames": 8, "recent_frames": 8}, "no mid"),
                        ({"sink_frames": 3}, "multiple"),
                        ({"kv": "x"}, "kv=")):

@@ -64,7 +64,12 @@ class SelfAttention:
 
 
 class CrossAttention:
-    """Cross-attention to the prompt; K/V are computed once per prompt tensor and reused."""
+    """Cross-attention to the prompt; K/V are computed once per prompt tensor and reused.
+
+    The conditioning is (B, L, C) for the whole pass, or (B, S, L, C): S prompts for S equal
+    consecutive segments of the tokens (one per block in a teacher-forced pass over a prompt
+    schedule). Cross-attention is per token, so segments are attended independently.
+    """
 
     def __init__(self) -> None:
         self._source: Tensor | None = None
@@ -72,13 +77,20 @@ class CrossAttention:
 
     def __call__(self, attn, hidden_states: Tensor, encoder_hidden_states: Tensor,
                  attention_mask=None, rotary_emb=None) -> Tensor:
+        b, n, _ = hidden_states.shape
+        segments = encoder_hidden_states.shape[1] if encoder_hidden_states.ndim == 4 else 1
         if self._source is not encoder_hidden_states:  # a new prompt: project it once
-            k = attn.norm_k(attn.to_k(encoder_hidden_states)).unflatten(2, (attn.heads, -1))
-            v = attn.to_v(encoder_hidden_states).unflatten(2, (attn.heads, -1))
+            cond = encoder_hidden_states.flatten(0, 1) if segments > 1 else encoder_hidden_states
+            cond = cond.squeeze(1) if cond.ndim == 4 else cond  # (B [* S], L, C)
+            k = attn.norm_k(attn.to_k(cond)).unflatten(2, (attn.heads, -1))
+            v = attn.to_v(cond).unflatten(2, (attn.heads, -1))
             self._source, self._kv = encoder_hidden_states, (k.transpose(1, 2), v.transpose(1, 2))
-        q = attn.norm_q(attn.to_q(hidden_states)).unflatten(2, (attn.heads, -1)).transpose(1, 2)
+        if n % segments:
+            raise ValueError(f"{n} tokens cannot be split into {segments} equal prompt segments")
+        x = hidden_states.reshape(b * segments, n // segments, -1)
+        q = attn.norm_q(attn.to_q(x)).unflatten(2, (attn.heads, -1)).transpose(1, 2)
         out = F.scaled_dot_product_attention(q, *self._kv)
-        out = out.transpose(1, 2).flatten(2, 3).type_as(q)
+        out = out.transpose(1, 2).flatten(2, 3).type_as(q).reshape(b, n, -1)
         return attn.to_out[1](attn.to_out[0](out))
 
 

@@ -66,8 +66,9 @@ class BlockKV:
 class FinishedBlock:
     """A block the harness has finished: its clean latents and its cache-fill K/V.
 
-    ``cond`` is the rollout's prompt conditioning (``model.encode_prompt``), for strategies
-    that run more tokens through the model (e.g. compressed stand-ins); None when unknown.
+    ``cond`` is the conditioning the block was made under (``model.encode_prompt`` of the
+    prompt in force at its first frame, see ``toolkit.schedule``), for strategies that run more
+    tokens through the model (e.g. compressed stand-ins); None when unknown.
     """
 
     index: int

@@ -38,9 +38,13 @@ class JobResult:
 
 
 def default_prompts(model, cfg) -> list:
-    """The prompt of a run: the config's, else the model's own default for the seed."""
+    """The prompt of a run: the config's (one prompt, or a schedule of ``[frame, prompt]``
+    pairs, see ``toolkit.schedule``), else the model's own default for the seed."""
+    from toolkit.schedule import PromptSchedule
+
     if cfg.prompt is not None:
-        return [cfg.prompt]
+        schedule = PromptSchedule.of(cfg.prompt)
+        return [schedule if len(schedule.segments) > 1 else schedule.segments[0][1]]
     pick = getattr(model, "default_prompt", None)
     return [pick(cfg.seed) if pick else f"seed {cfg.seed}"]
 

@@ -102,19 +102,25 @@ class WanCausalModel(torch.nn.Module):
                 self._slot = None
 
     def forward_tokens(self, x: Tensor, timestep: Tensor, pos: Tensor, cond: Tensor,
-                       project: bool = True) -> Tensor | None:
+                       project: bool = True, plan: Any = None) -> Tensor | None:
         """One pass of the Wan transformer over latents x (B, C, F, H, W).
 
-        Self-attention goes through the plan currently in the slot yielded by ``attach``.
+        Self-attention goes through ``plan`` when given (it stays installed afterwards), else
+        through the plan currently in the slot yielded by ``attach``.
 
         Args:
             timestep: (B,) or per token (B, N), in [0, 1000].
             pos: token positions (N, 3) for the rotary embedding.
-            cond: projected prompt embeddings from ``encode_prompt``.
+            cond: projected prompt embeddings from ``encode_prompt``: (B, L, C) for every token,
+                or (B, S, L, C), one prompt per equal consecutive segment of the tokens (e.g.
+                one per block of a teacher-forced pass over a prompt schedule).
             project: False skips the output head (the cache-fill pass needs no output).
+            plan: an attention plan for this pass (e.g. ``MaskedPlan(mask)`` in training).
         """
         if self._slot is None:
             raise RuntimeError("forward_tokens needs the processors installed: use model.attach()")
+        if plan is not None:
+            self._slot.plan = plan
         tf = self.transformer
         b, _, f, h, w = x.shape
         # 1. rotary tables at the chosen positions, and patch embedding

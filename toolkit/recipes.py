@@ -25,7 +25,11 @@ def _builtin() -> None:
 
     RECIPES.register("world-model")(Recipe(TrainConfig, train))
 
-    from strategies.packforcing_train import PFTrainConfig, train_packforcing
+    from toolkit.world.memory_train import MemoryTrainConfig, train_memory
+
+    RECIPES.register("world-memory")(Recipe(MemoryTrainConfig, train_memory))
+
+    from toolkit.world.pf_train import PFTrainConfig, train_packforcing
 
     RECIPES.register("packforcing")(Recipe(PFTrainConfig, train_packforcing))
 

@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 from toolkit.cache import BlockKV, CacheStrategy, FinishedBlock
 from toolkit.rope import grid_positions
 from toolkit.sampling import BlockSampler
+from toolkit.schedule import Conditioning
 from toolkit.timing import Timer
 from toolkit.trace import BlockRecord, Trace
 
@@ -75,14 +76,15 @@ def rollout(model: Any, strategy: CacheStrategy, prompts: Sequence[Any], latent_
     Args:
         model: a ``VideoModel``.
         strategy: decides the attention context of every block.
-        prompts: one prompt per video in the batch.
+        prompts: per video in the batch, one prompt or a prompt schedule (a
+            ``PromptSchedule``, or ``[frame, prompt]`` pairs) switching at block boundaries.
         latent_frames: length of the video; a multiple of the model's block size.
         seed: seeds all noise (same seed, same numbers).
         progress: show a progress bar.
         decode: decode frames with the model's VAE when it has one.
         callbacks: called with each block's record as soon as it is finished.
     """
-    # 1. sizes, noise, prompt conditioning (cross-attention K/V are computed once per prompt)
+    # 1. sizes, noise, prompt conditioning (each distinct prompt encoded once, up front)
     spec, device = model.spec, model.device
     bf = spec.block_frames
     if latent_frames < bf or latent_frames % bf:
@@ -91,26 +93,30 @@ def rollout(model: Any, strategy: CacheStrategy, prompts: Sequence[Any], latent_
     timer = Timer(cuda=device.type == "cuda")
     generator = torch.Generator().manual_seed(seed)
     sampler = BlockSampler(model.sampler)
-    cond = model.encode_prompt(list(prompts))
+    conditioning = Conditioning(model.encode_prompt, prompts, bf, latent_frames)
     shape = (len(prompts), spec.latent_channels, bf, spec.latent_height, spec.latent_width)
     strategy.bind(model, timer)
     plan = CachePlan(strategy, spec.num_layers)
     trace = Trace(strategy=type(strategy).__name__, block_frames=bf,
                   meta={"hparams": strategy.hparams(), "latent_frames": latent_frames,
-                        "seed": seed})
+                        "seed": seed, "switches": conditioning.switches()})
+    if trace.meta["switches"]:
+        trace.meta["schedule"] = conditioning.describe()
     out: list[Tensor] = []
     with model.attach() as slot:
         slot.plan = plan
         for index in tqdm(range(latent_frames // bf), disable=not progress, desc=trace.strategy,
                           unit="block"):
             # 2. the strategy prepares the context and says where this block sits
+            cond = conditioning.at(index * bf)
             with timer.section("cache_update"):
                 t0 = float(strategy.begin_block(index))
                 pos = grid_positions(spec, t0, bf)
             # 3. denoise the block
             noise = torch.randn(shape, generator=generator).to(device)
             with timer.section("denoise"):
-                def predict(x: Tensor, sigma: float, step: int, pos: Tensor = pos) -> Tensor:
+                def predict(x: Tensor, sigma: float, step: int, pos: Tensor = pos,
+                            cond: Tensor = cond) -> Tensor:
                     plan.step = step
                     return model.predict_x0(x, sigma, pos, cond)
 

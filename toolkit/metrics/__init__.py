@@ -6,7 +6,7 @@ Importing the package registers the built-ins (video and system metrics, feature
     results = compute(MetricInput(frames=video, trace=trace, prompt=prompt, spec=spec), "world")
 """
 
-from toolkit.metrics import system, video
+from toolkit.metrics import recall, system, video
 from toolkit.metrics.base import (
     DIRECTIONS,
     KINDS,
@@ -44,6 +44,7 @@ __all__ = [
     "metric",
     "metric_names",
     "pool",
+    "recall",
     "system",
     "video",
 ]

@@ -89,6 +89,11 @@ METRIC_SETS: dict[str, list[str]] = {
     "fast": ["drift", "start_end_distance", "self_similarity", "norepeat", "motion",
              "dynamic_degree", "discontinuity", "kv_bytes", "block_seconds", "peak_kv_bytes",
              "seconds_per_block"],
+    "memory": ["recall", "recall_curve", "recall_gap", "recall_chance", "recall_truth",
+               "recall_position", "recall_moments", "continuity", "scene_fidelity", "motion",
+               "dynamic_degree", "discontinuity", "boundary_change", "kv_bytes", "kv_tokens",
+               "context_tokens", "block_seconds", "peak_kv_bytes", "seconds_per_block",
+               "latency_growth", "peak_rss_bytes", "cuda_peak_bytes"],
     "system": ["kv_bytes", "kv_tokens", "context_tokens", "block_seconds", "peak_kv_bytes",
                "seconds_per_block", "latency_growth", "peak_rss_bytes", "cuda_peak_bytes"],
 }
@@ -108,7 +113,7 @@ def metric(name: str, direction: str, unit: str, kind: str, needs: Sequence[str]
 
 
 def metric_names(which: str | Sequence[str]) -> list[str]:
-    """Names of a metric set (``world``, ``fast``, ``system``) or of an explicit list."""
+    """Names of a metric set (``world``, ``memory``, ``fast``, ``system``) or of a list."""
     if isinstance(which, str):
         if which not in METRIC_SETS:
             raise ValueError(f"unknown metric set {which!r}; sets: {sorted(METRIC_SETS)} "

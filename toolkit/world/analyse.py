@@ -98,26 +98,47 @@ def _to_numpy(video: torch.Tensor | np.ndarray) -> np.ndarray:
     return np.asarray(video, dtype=np.float32)
 
 
-def classify_pixels(video: torch.Tensor | np.ndarray) -> np.ndarray:
-    """Per-pixel class ids (T, H, W): palette, then backgrounds, then unknown (last id)."""
+def _centres(backgrounds: dict[str, tuple[float, float, float]]) -> np.ndarray:
+    """Class colours: the palette, then the backgrounds (unknown is the id after them)."""
+    if backgrounds is BACKGROUNDS:
+        return _CENTRES
+    return np.array([PALETTE[c] for c in PALETTE] + list(backgrounds.values()))
+
+
+def classify_pixels(video: torch.Tensor | np.ndarray,
+                    backgrounds: dict[str, tuple[float, float, float]] = BACKGROUNDS
+                    ) -> np.ndarray:
+    """Per-pixel class ids (T, H, W): palette, then backgrounds, then unknown (last id).
+
+    ``backgrounds``: the background classes (the world's by default; the memory world has
+    more, ``toolkit.world.scenes.SCENE_BACKGROUNDS``).
+    """
+    centres = _centres(backgrounds)
     v = np.moveaxis(_to_numpy(video), -3, -1)  # (T, H, W, 3)
-    d2 = ((v[..., None, :] - _CENTRES) ** 2).sum(-1)
+    d2 = ((v[..., None, :] - centres) ** 2).sum(-1)
     cls = d2.argmin(-1)
-    cls[np.take_along_axis(d2, cls[..., None], -1)[..., 0] > COLOUR_THRESHOLD**2] = _UNKNOWN_ID
+    cls[np.take_along_axis(d2, cls[..., None], -1)[..., 0] > COLOUR_THRESHOLD**2] = len(centres)
     return cls
 
 
-def analyse_video(video: torch.Tensor | np.ndarray) -> list[FrameObs]:
-    """Read every frame of a video of shape (T, 3, H, W) with values in [0, 1]."""
+def analyse_video(video: torch.Tensor | np.ndarray,
+                  backgrounds: dict[str, tuple[float, float, float]] = BACKGROUNDS
+                  ) -> list[FrameObs]:
+    """Read every frame of a video of shape (T, 3, H, W) with values in [0, 1].
+
+    ``backgrounds``: the background classes, as ``classify_pixels``.
+    """
     arr = _to_numpy(video)
     if arr.ndim != 4 or arr.shape[1] != 3:
         raise ValueError(f"expected a video of shape (T, 3, H, W), got {tuple(arr.shape)}")
     rgb = np.moveaxis(arr, 1, -1)  # (T, H, W, 3)
-    cls = classify_pixels(arr)
+    centres = _centres(backgrounds)
+    names = tuple(PALETTE) + tuple(backgrounds)
+    cls = classify_pixels(arr, backgrounds)
     t_len = cls.shape[0]
-    bg_counts = np.stack([(cls == _N_SPRITE + b).sum((1, 2)) for b in range(len(BACKGROUNDS))])
+    bg_counts = np.stack([(cls == _N_SPRITE + b).sum((1, 2)) for b in range(len(backgrounds))])
     bg_names = [
-        _NAMES[_N_SPRITE + int(np.argmax(c))] if c.max() > 0 else UNKNOWN for c in bg_counts.T
+        names[_N_SPRITE + int(np.argmax(c))] if c.max() > 0 else UNKNOWN for c in bg_counts.T
     ]
     structure = np.zeros((3, 3, 3), dtype=bool)
     structure[1] = True  # 8-connected within a frame, never across frames
@@ -147,14 +168,15 @@ def analyse_video(video: torch.Tensor | np.ndarray) -> list[FrameObs]:
             for s in (slices[k - 1] for k in keep)
         ]
     )
-    bg_rgb = np.array([BACKGROUNDS.get(b, _CENTRES[_N_SPRITE]) for b in bg_names])
-    sprite_rgb = _CENTRES[[colour_of[k - 1] for k in keep]]
-    shapes = _match_shapes(rgb, cls, comp, keep, boxes, sprite_rgb, bg_rgb[boxes[:, 0]])
+    bg_rgb = np.array([backgrounds.get(b, centres[_N_SPRITE]) for b in bg_names])
+    sprite_rgb = centres[[colour_of[k - 1] for k in keep]]
+    shapes = _match_shapes(rgb, cls, comp, keep, boxes, sprite_rgb, bg_rgb[boxes[:, 0]],
+                           unknown=len(centres))
     for i, k in enumerate(keep):
         t, y0, x0, y1, x1 = (int(v) for v in boxes[i])
         frames[t].sprites.append(
             SpriteObs(
-                colour=_NAMES[colour_of[k - 1]],
+                colour=names[colour_of[k - 1]],
                 shape=shapes[i],
                 centroid=(float(cy[i]), float(cx[i])),
                 area=int(area[k - 1]),
@@ -201,6 +223,7 @@ def _match_shapes(
     boxes: np.ndarray,
     sprite_rgb: np.ndarray,
     bg_rgb: np.ndarray,
+    unknown: int = _UNKNOWN_ID,
 ) -> list[str]:
     """Template-match every kept component (see the module docstring).
 
@@ -220,7 +243,7 @@ def _match_shapes(
     n = len(keep)
     own = (comp_p[t, ys, xs] == keep[:, None, None]).reshape(n, -1).astype(np.float32)
     c = cls_p[t, ys, xs].reshape(n, -1)
-    bgw = ((c >= _N_SPRITE) & (c != _UNKNOWN_ID)).astype(np.float32)
+    bgw = ((c >= _N_SPRITE) & (c != unknown)).astype(np.float32)
     # unmix non-sprite pixels between the sprite's colour and the frame's background
     v = rgb_p[t, ys, xs].reshape(n, -1, 3) - bg_rgb[:, None]
     sb = (sprite_rgb - bg_rgb)[:, None]

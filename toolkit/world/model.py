@@ -19,9 +19,13 @@ from diffusers import WanTransformer3DModel
 
 from toolkit.model import WanCausalModel
 from toolkit.sampling import SamplerConfig
+from toolkit.schedule import PromptSchedule
 from toolkit.spec import ModelSpec
+from toolkit.world.scenes import SCENE_VOCAB_SIZE, Shot, schedule_for_seed
 from toolkit.world.sim import FRAME_SIZE, PROMPT_TOKENS, VOCAB_SIZE, Prompt, prompt_for_seed
 from toolkit.zoo import TokenPromptEncoder
+
+WORLDS = ("sprites", "scenes")
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 
@@ -75,6 +79,15 @@ class WorldConfig:
     sampler_steps: int = 8
     sampler_shift: float = 3.0
     sampler_mode: str = "euler"
+    world: str = "sprites"  # sprites: one prompted sprite; scenes: the memory world
+
+    def __post_init__(self) -> None:
+        if self.world not in WORLDS:
+            raise ValueError(f"world={self.world!r}: allowed {list(WORLDS)}")
+
+    @property
+    def vocab(self) -> int:
+        return VOCAB_SIZE if self.world == "sprites" else SCENE_VOCAB_SIZE
 
     def spec(self) -> ModelSpec:
         grid = FRAME_SIZE // self.vae_factor
@@ -103,7 +116,26 @@ class WorldModel(WanCausalModel):
         return prompt_for_seed(seed, "heldout")
 
 
-def build_world(cfg: WorldConfig, vae: PixelVAE | None = None, seed: int = 0) -> WorldModel:
+class MemoryWorldModel(WanCausalModel):
+    """The memory world's causal Wan: prompts are ``toolkit.world.scenes.Shot`` records (or
+    their text); a run seed's default prompt is a schedule of shots (``schedule_for_seed``)."""
+
+    #: blocks of a default schedule (longer than any rollout the toolkit runs: 1,024 frames)
+    SCHEDULE_BLOCKS = 256
+
+    def encode_prompt(self, prompts: list[Any]) -> torch.Tensor:
+        return super().encode_prompt([Shot.from_text(p) if isinstance(p, str) else p
+                                      for p in prompts])
+
+    def default_prompt(self, seed: int) -> PromptSchedule:
+        """The held-out schedule of a run seed, one shot per block."""
+        bf = self.spec.block_frames
+        sched = schedule_for_seed(seed, self.SCHEDULE_BLOCKS, bf)
+        return PromptSchedule(tuple((b * bf, shot) for b, shot in enumerate(sched.shots)))
+
+
+def build_world(cfg: WorldConfig, vae: PixelVAE | None = None,
+                seed: int = 0) -> WorldModel | MemoryWorldModel:
     """A freshly initialised world model (training starts here)."""
     spec = cfg.spec()
     torch.manual_seed(seed)
@@ -119,9 +151,10 @@ def build_world(cfg: WorldConfig, vae: PixelVAE | None = None, seed: int = 0) ->
         num_layers=cfg.num_layers,
         rope_max_seq_len=1024,
     )
-    encoder = TokenPromptEncoder(vocab=VOCAB_SIZE, length=PROMPT_TOKENS, dim=cfg.text_dim)
+    encoder = TokenPromptEncoder(vocab=cfg.vocab, length=PROMPT_TOKENS, dim=cfg.text_dim)
     sampler = SamplerConfig(steps=cfg.sampler_steps, shift=cfg.sampler_shift, mode=cfg.sampler_mode)
-    return WorldModel(
+    cls = WorldModel if cfg.world == "sprites" else MemoryWorldModel
+    model = cls(
         transformer,
         spec,
         encoder,
@@ -129,6 +162,8 @@ def build_world(cfg: WorldConfig, vae: PixelVAE | None = None, seed: int = 0) ->
         prediction="x0",
         sampler=sampler,
     )
+    model.world_config = cfg
+    return model
 
 
 def shipped(path: str | Path) -> Path:

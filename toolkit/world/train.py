@@ -116,8 +116,8 @@ def losses(model: WorldModel, cfg: TrainConfig, x0, xt, sigma, prompts, pos, mas
     t_clean = torch.zeros(cfg.batch, x0.shape[2] * spec.tokens_per_frame)
     t_noisy = (1000 * sigma).repeat_interleave(tpb, 1)
     timestep = torch.cat([t_clean, t_noisy], 1)
-    model._slot.plan = MaskedPlan(mask)
-    out = model.forward_tokens(torch.cat([x0, xt], 2), timestep, pos, cond)
+    out = model.forward_tokens(torch.cat([x0, xt], 2), timestep, pos, cond,
+                               plan=MaskedPlan(mask))
     pred = out[:, :, x0.shape[2] :]  # x0 prediction of the noisy copy
     err = (pred - x0).pow(2).mean(1)  # (B, F, h, w)
     err = err.unflatten(1, (-1, spec.block_frames)).mean((2, 3, 4))  # (B, blocks)

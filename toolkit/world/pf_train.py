@@ -1,5 +1,9 @@
-"""``rollbench train packforcing``: fine-tune the world model together with PackForcing's
-learned compressor, end-to-end inside the world model's own x0 objective (PAPER.md, Training).
+"""``rollbench train packforcing``: fine-tune a world model together with PackForcing's
+compressor, end-to-end inside the world model's own x0 objective (PAPER.md, Training).
+
+The data follow the starting weights: the sprite world (one prompt per clip), or the memory world
+(``init=world-memory.safetensors``: a shot per block, clips ending in a cut back to a scene whose
+sprite only the mid blocks showed, so the compressed mid history is what the last block needs).
 
 One teacher-forced pass per step, as ``toolkit.world.train``, on 20-latent-frame clips (5 blocks
 of 4), with the three partitions active INSIDE the clip. Queries are [clean clip | noisy clip]
@@ -62,7 +66,16 @@ from tqdm.auto import tqdm
 from strategies.compressors import SPATIAL, Compressor, build_compressor, compressor_class
 from strategies.packforcing import KV_MODES
 from strategies.packforcing_layout import Layout, block_errors, contexts, pack_layout, predict
-from toolkit.world.model import WEIGHTS_DIR, WorldConfig, WorldModel, load_world, save_world
+from toolkit.world.memory_train import colour_recall, encode_shots, return_weights
+from toolkit.world.model import (
+    WEIGHTS_DIR,
+    WorldConfig,
+    WorldModel,
+    load_world,
+    save_world,
+    shipped,
+)
+from toolkit.world.scenes import ClipMix, sample_clips
 from toolkit.world.sim import FRAME_SIZE, sample_batch
 from toolkit.world.train import cosine_factor, loss_weights, noise_blocks
 
@@ -81,8 +94,9 @@ class PFTrainConfig:
         init: world weights to start from ("": the shipped ones, via ``load_world``).
         sink_frames / recent_frames: partitions inside the clip (block multiples); a mid must
             exist: sink + recent <= clip - 2 blocks.
-        compressor: ``hr`` or ``dual`` (learned); compress_time / compress_space / hr_channels
-            as the strategy's (the saved weights fit only that rate and width).
+        compressor: a token compressor: ``hr`` or ``dual`` (learned), or ``lr`` (no
+            parameters: only the generator learns to read it); compress_time / compress_space /
+            hr_channels as the strategy's (the saved weights fit only that rate and width).
         kv / spatial: as the strategy's (its defaults: transformer / centres).
         clean_context: ``strategy`` (clean blocks see what their cache-fill pass sees at
             inference) or ``causal`` (full clean history, as the world recipe).
@@ -90,6 +104,8 @@ class PFTrainConfig:
             linear warm-up, cosine to ``min_lr_ratio``).
         ema: EMA decay of both modules (0: off); the EMA copies are exported.
         eval_every: steps between context-use diagnostics (0: only at the end).
+        memory_share / return_weight: memory world only: share of clips ending in a mid-only
+            return, and the loss weight of returning blocks (as its base recipe).
     """
 
     init: str = ""
@@ -123,17 +139,35 @@ class PFTrainConfig:
     export: str = ""  # directory of the final weights; empty: <out>/final
     threads: int = 1
     device: str = "cpu"
+    memory_share: float = 0.9
+    return_weight: float = 5.0
 
 
-def make_batch(cfg: PFTrainConfig, model: WorldModel, step: int, gen: torch.Generator):
-    """Clean latents, noisy latents, per-block sigmas and prompts (the world recipe's sampling,
-    on a data stream of its own)."""
-    videos, prompts = sample_batch(cfg.batch, cfg.clip_frames,
-                                   (cfg.seed + 7919) * 1_000_003 + step,
-                                   max_sprites=cfg.max_sprites)
+def memory_world(model: WorldModel) -> bool:
+    """Whether a world model is the memory world's (its data are scenes with shots)."""
+    return model.world_config.world == "scenes"
+
+
+def make_batch(cfg: PFTrainConfig, model: WorldModel, step: int, gen: torch.Generator,
+               memory_share: float | None = None):
+    """Clean latents, noisy latents, per-block sigmas, conditioning and (memory world) the
+    clips' schedules: the world's own sampling, on a data stream of its own.
+
+    Conditioning: (B, L, C) for the sprite world; (B, blocks, L, C) for the memory world.
+    """
+    seed, bf = (cfg.seed + 7919) * 1_000_003 + step, model.spec.block_frames
+    if memory_world(model):
+        share = cfg.memory_share if memory_share is None else memory_share
+        mix = ClipMix(share, cfg.sink_frames // bf, cfg.recent_frames // bf)
+        videos, shots, scheds = sample_clips(cfg.batch, cfg.clip_frames, bf, seed, mix=mix)
+        cond = encode_shots(model, shots)
+    else:
+        videos, prompts = sample_batch(cfg.batch, cfg.clip_frames, seed,
+                                       max_sprites=cfg.max_sprites)
+        cond, scheds = model.encode_prompt(prompts), None
     x0 = model.vae.encode(videos.to(model.device))
-    xt, sigma = noise_blocks(x0, model.spec.block_frames, cfg.sigma_shift, gen)
-    return x0, xt, sigma, prompts
+    xt, sigma = noise_blocks(x0, bf, cfg.sigma_shift, gen)
+    return x0, xt, sigma, cond, scheds
 
 
 def context_use(model: WorldModel, compressor: Compressor, cfg: PFTrainConfig,
@@ -143,25 +177,34 @@ def context_use(model: WorldModel, compressor: Compressor, cfg: PFTrainConfig,
     ``gap_mid``: blocks with compressed mid in their history over the first block;
     ``gap_nomid``: blocks with history but no mid over the first block; ``mid_use``: the mid
     blocks' loss with their compressed tokens over the same loss with the tokens hidden.
+    Memory world (on clips that all end in a mid-only return): ``return_ratio``, the last
+    block's loss with the compressed mid hidden over the loss with it (the gate: >= 1.2), and
+    the colour read from its one-step prediction with (``colour_shown``) and without
+    (``colour_hidden``) the compressed mid.
     """
     gen = torch.Generator().manual_seed(99)
-    x0, _, _, prompts = make_batch(cfg, model, 10**7, gen)
+    x0, _, _, cond, scheds = make_batch(cfg, model, 10**7, gen, memory_share=1.0)
     nb = x0.shape[2] // model.spec.block_frames
     sigma = torch.full((x0.shape[0], nb), 0.999, device=x0.device)
     noise = torch.randn(x0.shape, generator=gen).to(x0.device)
     xt = 0.001 * x0 + 0.999 * noise
     with torch.no_grad():
-        cond = model.encode_prompt(prompts)
-        err = block_errors(model, predict(model, compressor, layout, x0, xt, sigma, cond,
-                                          cfg.kv), x0).mean(0)
-        dropped = block_errors(model, predict(model, compressor, layout, x0, xt, sigma, cond,
-                                              cfg.kv, layout.without_mid()), x0).mean(0)
+        shown = predict(model, compressor, layout, x0, xt, sigma, cond, cfg.kv)
+        hidden = predict(model, compressor, layout, x0, xt, sigma, cond, cfg.kv,
+                         layout.without_mid())
+    err, dropped = block_errors(model, shown, x0), block_errors(model, hidden, x0)
+    row = {}
+    if scheds is not None:
+        row = {"return_ratio": (dropped[:, -1].mean() / err[:, -1].mean()).item(),
+               "colour_shown": colour_recall(model, shown, scheds, model.spec.block_frames),
+               "colour_hidden": colour_recall(model, hidden, scheds, model.spec.block_frames)}
+    err, dropped = err.mean(0), dropped.mean(0)
     first = err[0]
     hist = torch.tensor([len(s) + len(m) + len(r) > 0 for s, m, r in layout.ctx])
     nomid = hist & ~layout.has_mid.to(hist.device)
     mid = layout.has_mid.to(err.device)
-    row = {"gap_mid": (err[mid].mean() / first).item(),
-           "mid_use": (err[mid].mean() / dropped[mid].mean()).item()}
+    row.update({"gap_mid": (err[mid].mean() / first).item(),
+                "mid_use": (err[mid].mean() / dropped[mid].mean()).item()})
     if nomid.any():
         row["gap_nomid"] = (err[nomid.to(err.device)].mean() / first).item()
     return row
@@ -175,10 +218,9 @@ def lr_scale(cfg: PFTrainConfig, step: int) -> float:
 
 def validate(cfg: PFTrainConfig, spec) -> None:
     """Raise ValueError for settings the in-clip partitions cannot realise."""
-    if not compressor_class(cfg.compressor).learned:
-        raise ValueError(f"compressor={cfg.compressor!r} has no parameters: its zero-shot use "
-                         "needs no training (rollbench run strategy=packforcing "
-                         f"+compressor={cfg.compressor}); train 'hr' or 'dual'")
+    if compressor_class(cfg.compressor).kind != "tokens":
+        raise ValueError(f"compressor={cfg.compressor!r} compresses K/V, which no model pass "
+                         "trains through; train a token compressor: hr, dual or lr")
     for name, value, allowed in (("kv", cfg.kv, KV_MODES), ("spatial", cfg.spatial, SPATIAL),
                                  ("clean_context", cfg.clean_context, CLEAN_CONTEXTS)):
         if value not in allowed:
@@ -252,17 +294,17 @@ def train_packforcing(cfg: PFTrainConfig, log=print) -> Path:
 
     model, compressor = build_modules(cfg)
     validate(cfg, model.spec)
-    init_path = Path(cfg.init) if cfg.init else WEIGHTS_DIR / "world-model.safetensors"
+    init_path = shipped(cfg.init) if cfg.init else WEIGHTS_DIR / "world-model.safetensors"
     init_card = dict(model.card)
     world_cfg = WorldConfig(**init_card["config"])
     ema_model, ema_comp = copy.deepcopy(model).eval(), copy.deepcopy(compressor).eval()
     for p in [*ema_model.parameters(), *ema_comp.parameters()]:
         p.requires_grad_(False)
-    opt = torch.optim.AdamW(
-        [{"params": list(model.parameters()), "lr": cfg.lr, "peak": cfg.lr},
-         {"params": list(compressor.parameters()), "lr": cfg.compressor_lr,
-          "peak": cfg.compressor_lr}],
-        weight_decay=cfg.weight_decay)
+    groups = [{"params": list(model.parameters()), "lr": cfg.lr, "peak": cfg.lr}]
+    if any(True for _ in compressor.parameters()):  # lr has none: only the generator learns
+        groups.append({"params": list(compressor.parameters()), "lr": cfg.compressor_lr,
+                       "peak": cfg.compressor_lr})
+    opt = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
     params = [*model.parameters(), *compressor.parameters()]
     gen, start, history = torch.Generator().manual_seed(cfg.seed), 0, []
     ckpt = out / "checkpoint.pt"
@@ -301,11 +343,13 @@ def train_packforcing(cfg: PFTrainConfig, log=print) -> Path:
             scale = lr_scale(cfg, step)
             for g in opt.param_groups:
                 g["lr"] = g["peak"] * scale
-            x0, xt, sigma, prompts = make_batch(cfg, model, step, gen)
-            cond = model.encode_prompt(prompts)
+            x0, xt, sigma, cond, scheds = make_batch(cfg, model, step, gen)
             err = block_errors(model, predict(model, compressor, layout, x0, xt, sigma, cond,
                                               cfg.kv), x0)
-            loss = (err * loss_weights(sigma, cfg.min_sigma_weight)).mean()
+            weight = loss_weights(sigma, cfg.min_sigma_weight)
+            if scheds is not None and cfg.return_weight != 1.0:
+                weight = weight * return_weights(scheds, err.shape[1], cfg.return_weight)
+            loss = (err * weight).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip > 0:
@@ -344,19 +388,36 @@ def train_packforcing(cfg: PFTrainConfig, log=print) -> Path:
                   init_card)
 
 
+def file_names(cfg: PFTrainConfig, world_cfg: WorldConfig) -> tuple[str, str | None]:
+    """Exported world weights and compressor weights (None: the compressor has no parameters).
+
+    Sprite world: world-model-pf / compressor-hr; memory world: world-memory-pf-<compressor> /
+    compressor-memory-<compressor>, one pair per trained variant.
+    """
+    learned = compressor_class(cfg.compressor).learned
+    if world_cfg.world == "sprites":
+        return WORLD_FILE, COMPRESSOR_FILE if learned else None
+    name = cfg.compressor
+    return (f"world-memory-pf-{name}.safetensors",
+            f"compressor-memory-{name}.safetensors" if learned else None)
+
+
 def export(cfg: PFTrainConfig, model: WorldModel, compressor: Compressor, world_cfg: WorldConfig,
            history: list[dict[str, Any]], init_path: Path, init_card: dict[str, Any]) -> Path:
-    """Write world-model-pf.safetensors (+ card) and compressor-hr.safetensors (+ card)."""
+    """Write the fine-tuned world weights and the compressor's learned (hr) branch, with cards
+    (names from ``file_names``)."""
     folder = Path(cfg.export) if cfg.export else Path(cfg.out) / "final"
     folder.mkdir(parents=True, exist_ok=True)
-    comp_path = compressor.save(folder / COMPRESSOR_FILE)
+    world_file, comp_file = file_names(cfg, world_cfg)
+    comp_path = compressor.save(folder / comp_file) if comp_file else None
     strategy = {"_target_": "packforcing", "sink_frames": cfg.sink_frames,
                 "recent_frames": cfg.recent_frames, "compressor": cfg.compressor,
                 "compress_time": cfg.compress_time, "compress_space": cfg.compress_space,
                 "hr_channels": cfg.hr_channels, "kv": cfg.kv, "spatial": cfg.spatial,
-                "compressor_weights": COMPRESSOR_FILE}
+                "compressor_weights": comp_file}
     last = history[-1] if history else {}
     evals = [r for r in history if "mid_use" in r]
+    keys = ("gap_mid", "gap_nomid", "mid_use", "return_ratio", "colour_shown", "colour_hidden")
     card = {
         "recipe": "packforcing",
         "command": command(cfg),
@@ -364,8 +425,7 @@ def export(cfg: PFTrainConfig, model: WorldModel, compressor: Compressor, world_
         "steps": cfg.steps,
         "train": asdict(cfg),
         "final_losses": {k: last.get(k) for k in ("loss", "err_mid", "err_nomid")},
-        "context_use": {k: evals[-1][k] for k in ("gap_mid", "gap_nomid", "mid_use")
-                        if evals and k in evals[-1]},
+        "context_use": {k: evals[-1][k] for k in keys if evals and k in evals[-1]},
         "history": history[-20:],
         "wall_seconds": last.get("elapsed"),
         "device": _device_name(next(model.parameters()).device, cfg.threads),
@@ -374,14 +434,16 @@ def export(cfg: PFTrainConfig, model: WorldModel, compressor: Compressor, world_
                  "steps": init_card.get("steps"),
                  "provisional": init_card.get("provisional", False)},
         "strategy": strategy,
-        "compressor": {"file": COMPRESSOR_FILE, "sha256": _sha256(comp_path),
-                       "name": cfg.compressor, "saved_branch": "hr"},
         "frame_size": FRAME_SIZE,
     }
-    world_path = save_world(model, world_cfg, folder / WORLD_FILE, card)
-    world_card = json.loads(world_path.with_suffix(".json").read_text())
-    comp_card = {**{k: v for k, v in card.items() if k != "compressor"},
-                 "file": COMPRESSOR_FILE, "sha256": card["compressor"]["sha256"],
-                 "world": {"file": WORLD_FILE, "sha256": world_card["sha256"]}}
-    comp_path.with_suffix(".json").write_text(json.dumps(comp_card, indent=1))
+    if comp_path is not None:
+        card["compressor"] = {"file": comp_file, "sha256": _sha256(comp_path),
+                              "name": cfg.compressor, "saved_branch": "hr"}
+    world_path = save_world(model, world_cfg, folder / world_file, card)
+    if comp_path is not None:
+        world_card = json.loads(world_path.with_suffix(".json").read_text())
+        comp_card = {**{k: v for k, v in card.items() if k != "compressor"},
+                     "file": comp_file, "sha256": card["compressor"]["sha256"],
+                     "world": {"file": world_file, "sha256": world_card["sha256"]}}
+        comp_path.with_suffix(".json").write_text(json.dumps(comp_card, indent=1))
     return world_path

@@ -1,0 +1,246 @@
+"""Recall measures of the memory world: did the sprite that comes back match the one shown?
+
+The run's prompt is a schedule of memory-world shots (``toolkit.world.scenes``); from the shots
+alone follow the return moments (every cut back to a scene). The analysers read every frame of
+the GENERATED video (with the memory world's backgrounds); a block's sprite is the (colour,
+shape) read in most of its frames. For each return moment the sprite of the returning block is
+compared with the sprite the model itself drew in the last block that showed that scene's
+sprite (``drawn``): memory of what it made, not of the simulator's truth. Moments where that
+earlier block shows no readable sprite cannot test recall and are left out (counted in
+``recall_moments/unreadable``). Against the prompt's truth, ``recall_truth`` compares with
+the sprite the introducing shot named.
+
+Chance: colours are drawn uniformly from 4 and shapes from 3, so a model that redraws a random
+sprite scores 0.25 (colour), 0.33 (shape), 0.083 (both). ``recall_chance`` measures the
+chance level of the run itself: the identity recall when every return is compared with what
+was drawn for the OTHER sprites' moments (all such pairs), which also absorbs a model's bias
+toward some colours or shapes.
+
+Moments are split by where the needed blocks lie under the memory world's default partitions
+(sink = first block, recent = last block; ``ReturnMoment.needed_in``): ``mid`` moments can
+only be answered from the mid history. Position: the centroid in the returning block's first
+frame against the last centroid the model drew for that sprite (it resumes where it was;
+chance for uniformly placed sprites is about 4 px).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+
+from toolkit.metrics.base import MetricInput, Unavailable, metric
+
+SINK_BLOCKS, RECENT_BLOCKS = 1, 1  # the memory world's default partitions (memory configs)
+POSITION_PX = 2.0  # a position within this many pixels of the last one drawn counts as recalled
+GAP_BINS = ((2, 2), (3, 4), (5, 8), (9, 10**9))
+
+
+@dataclass(frozen=True)
+class BlockSprite:
+    """The sprite a block shows: modal (colour, shape) over its frames, and centroids."""
+
+    colour: str | None
+    shape: str | None
+    first: tuple[float, float] | None  # centroid in the block's first frame
+    last: tuple[float, float] | None  # centroid in the block's last frame
+
+
+def _shots(inp: MetricInput) -> list:
+    from toolkit.world.scenes import Shot
+
+    sched = inp.prompt
+    if not hasattr(sched, "at"):
+        raise Unavailable("needs a memory-world prompt schedule (model=world-memory)")
+    shots = []
+    for b in range(inp.latent_frames // inp.block_frames):
+        p = sched.at(b * inp.block_frames)
+        try:
+            shots.append(p if isinstance(p, Shot) else Shot.from_text(str(p)))
+        except ValueError as err:
+            raise Unavailable(f"needs memory-world shots: {err}") from None
+    return shots
+
+
+def _moments(inp: MetricInput) -> list:
+    from toolkit.world.scenes import return_moments
+
+    return inp.cached("moments", lambda: return_moments(_shots(inp)))
+
+
+def block_sprites(inp: MetricInput) -> list[BlockSprite]:
+    """The sprite read in every block of the generated video."""
+    from toolkit.world.analyse import analyse_video
+    from toolkit.world.scenes import SCENE_BACKGROUNDS
+
+    def make() -> list[BlockSprite]:
+        frames = inp.need_frames()
+        if len(frames) != inp.latent_frames:
+            raise Unavailable("needs one pixel frame per latent frame (the world's VAE)")
+        obs = analyse_video(frames, SCENE_BACKGROUNDS)
+        out, bf = [], inp.block_frames
+        for b in range(len(obs) // bf):
+            seen = [max(o.sprites, key=lambda s: s.area) if o.sprites else None
+                    for o in obs[b * bf:(b + 1) * bf]]
+            ids = Counter((s.colour, s.shape) for s in seen if s is not None)
+            (colour, shape), n = ids.most_common(1)[0] if ids else ((None, None), 0)
+            if n * 2 <= bf:  # no sprite read in most frames: nothing to compare
+                colour = shape = None
+            out.append(BlockSprite(colour, shape,
+                                   seen[0].centroid if seen[0] else None,
+                                   seen[-1].centroid if seen[-1] else None))
+        return out
+
+    return inp.cached("block_sprites", make)
+
+
+def moment_rows(inp: MetricInput) -> list[dict]:
+    """One row per return moment: its block, the introducing block (``intro``, the sprite's
+    identity), gap, where its needed blocks lie (``where``), the sprites ``drawn`` before and
+    ``back`` on return, and 0 / 1 matches (``colour``, ``shape``, ``identity``; absent when
+    nothing readable was drawn before), ``truth_identity`` and ``position_px``."""
+    def make() -> list[dict]:
+        sprites = block_sprites(inp)
+        rows = []
+        for m in _moments(inp):
+            drawn, back = sprites[m.last], sprites[m.block]
+            where = m.needed_in(SINK_BLOCKS, RECENT_BLOCKS)
+            row = {"block": m.block, "intro": m.intro, "gap": m.gap, "where": where,
+                   "drawn": drawn, "back": back, "truth": m.sprite, "readable":
+                   drawn.colour is not None}
+            if row["readable"]:
+                row["colour"] = float(back.colour == drawn.colour)
+                row["shape"] = float(back.shape == drawn.shape and drawn.shape != "unknown")
+                row["identity"] = row["colour"] * row["shape"]
+            row["truth_identity"] = float(back.colour == m.sprite.colour
+                                          and back.shape == m.sprite.shape)
+            if drawn.last is not None and back.first is not None:
+                row["position_px"] = float(np.hypot(back.first[0] - drawn.last[0],
+                                                    back.first[1] - drawn.last[1]))
+            rows.append(row)
+        if not rows:
+            raise Unavailable("the schedule has no return moment inside the video")
+        return rows
+
+    return inp.cached("recall_rows", make)
+
+
+def _mean(rows: list[dict], key: str) -> float:
+    vals = [r[key] for r in rows if key in r]
+    return float(np.mean(vals)) if vals else float("nan")
+
+
+@metric("recall", "higher", "fraction", "scalar", needs=("frames", "world"))
+def recall(inp: MetricInput) -> dict[str, float]:
+    """Share of return moments whose sprite matches the one the model drew before (colour and
+    shape); sub-series by attribute and for moments answerable only from mid history."""
+    rows = moment_rows(inp)
+    mid = [r for r in rows if r["where"] == "mid"]
+    return {"": _mean(rows, "identity"), "colour": _mean(rows, "colour"),
+            "shape": _mean(rows, "shape"), "mid": _mean(mid, "identity"),
+            "mid_colour": _mean(mid, "colour")}
+
+
+@metric("recall_curve", "higher", "fraction", "curve_block", needs=("frames", "world"))
+def recall_curve(inp: MetricInput) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Identity recall (1 / 0) of each return moment, at the returning block's first frame."""
+    rows = [r for r in moment_rows(inp) if "identity" in r]
+    steps = np.array([r["block"] * inp.block_frames for r in rows], np.int64)
+    colour = np.array([r["colour"] for r in rows])
+    return {"": (steps, np.array([r["identity"] for r in rows])), "colour": (steps, colour)}
+
+
+@metric("recall_gap", "higher", "fraction", "scalar", needs=("frames", "world"))
+def recall_gap(inp: MetricInput) -> dict[str, float]:
+    """Identity recall by blocks since the sprite was last seen (bins 2, 3-4, 5-8, 9+)."""
+    rows = moment_rows(inp)
+    out = {}
+    for lo, hi in GAP_BINS:
+        name = f"{lo}" if lo == hi else (f"{lo}+" if hi > 10**8 else f"{lo}-{hi}")
+        out[name] = _mean([r for r in rows if lo <= r["gap"] <= hi], "identity")
+    return out
+
+
+@metric("recall_chance", "lower", "fraction", "scalar", needs=("frames", "world"))
+def recall_chance(inp: MetricInput) -> dict[str, float]:
+    """Identity recall if each return were compared with the sprites drawn for OTHER sprites'
+    moments (the run's own chance level; nominal: 1/12 for identity, 1/4 for colour)."""
+    return chance(moment_rows(inp))
+
+
+def chance(rows: list[dict]) -> dict[str, float]:
+    """Identity and colour recall of returns compared with what was drawn for OTHER sprites
+    (all such pairs of readable moments; rows from ``moment_rows``, of one or many videos
+    whose ``intro`` keys are distinct per sprite)."""
+    rows = [r for r in rows if r["readable"]]
+    ident, col = [], []
+    for a in rows:
+        for b in rows:
+            if a["intro"] != b["intro"]:
+                col.append(a["back"].colour == b["drawn"].colour)
+                ident.append(col[-1] and a["back"].shape == b["drawn"].shape)
+    if not ident:
+        raise Unavailable("needs readable return moments of at least two different sprites")
+    return {"": float(np.mean(ident)), "colour": float(np.mean(col))}
+
+
+@metric("recall_truth", "higher", "fraction", "scalar", needs=("frames", "world"))
+def recall_truth(inp: MetricInput) -> float:
+    """Share of return moments showing the sprite the introducing prompt named."""
+    return _mean(moment_rows(inp), "truth_identity")
+
+
+@metric("recall_position", "lower", "px", "scalar", needs=("frames", "world"))
+def recall_position(inp: MetricInput) -> dict[str, float]:
+    """Distance (px) between where a returning sprite appears and where the model last drew
+    it; ``within`` the share within 2 px."""
+    vals = [r["position_px"] for r in moment_rows(inp) if "position_px" in r]
+    if not vals:
+        raise Unavailable("no return moment with a sprite read before and after")
+    return {"": float(np.mean(vals)), "within": float(np.mean(np.array(vals) <= POSITION_PX))}
+
+
+@metric("recall_moments", "higher", "count", "scalar", needs=("world",))
+def recall_moments(inp: MetricInput) -> dict[str, float]:
+    """Return moments in the video: all, answerable only from mid history, unreadable."""
+    rows = moment_rows(inp)
+    return {"": float(len(rows)), "mid": float(sum(r["where"] == "mid" for r in rows)),
+            "unreadable": float(sum(not r["readable"] for r in rows))}
+
+
+@metric("continuity", "higher", "fraction", "scalar", needs=("frames", "world"))
+def continuity(inp: MetricInput) -> dict[str, float]:
+    """Across block boundaries WITHOUT a cut (the same sprite stays on screen): share where the
+    sprite keeps its colour and shape: the model's own consistency, the ceiling of recall."""
+    from toolkit.world.scenes import instances_of
+
+    shots, sprites = _shots(inp), block_sprites(inp)
+    inst = instances_of(shots)
+    pairs = [(sprites[b - 1], sprites[b]) for b in range(1, len(shots))
+             if inst[b] == inst[b - 1] and sprites[b - 1].colour is not None]
+    if not pairs:
+        raise Unavailable("no block boundary without a cut shows a readable sprite")
+    col = [a.colour == b.colour for a, b in pairs]
+    shp = [a.shape == b.shape and a.shape != "unknown" for a, b in pairs]
+    return {"": float(np.mean(np.logical_and(col, shp))), "colour": float(np.mean(col)),
+            "shape": float(np.mean(shp))}
+
+
+@metric("scene_fidelity", "higher", "fraction", "curve_frame", needs=("frames", "world"))
+def scene_fidelity(inp: MetricInput) -> dict[str, np.ndarray]:
+    """Per frame: the background is the shot's scene (``""``); on new shots, the sprite is the
+    one the prompt names (``intro``, NaN elsewhere)."""
+    from toolkit.world.analyse import analyse_video
+    from toolkit.world.scenes import SCENE_BACKGROUNDS
+
+    shots, bf = _shots(inp), inp.block_frames
+    obs = inp.cached("scene_obs", lambda: analyse_video(inp.need_frames(), SCENE_BACKGROUNDS))
+    scene = np.array([o.background == shots[t // bf].scene for t, o in enumerate(obs)], float)
+    intro = np.full(len(obs), np.nan)
+    for t, o in enumerate(obs):
+        want = shots[t // bf].sprite
+        if want is not None:
+            intro[t] = float(any(s.colour == want.colour and s.shape == want.shape
+                                 for s in o.sprites))
+    return {"": scene, "intro": intro}
