@@ -148,6 +148,22 @@ def test_shuffled_video_scores_lower(nets):
         assert mixed.values[key] < calm.values[key] <= 1 + 1e-9, key
 
 
+def test_flow_measures_do_not_depend_on_the_chunk_size(nets, monkeypatch):
+    import toolkit.metrics.real as real
+
+    v, b = video(12), {"raft": nets["raft"]}
+    curves = ["flow_magnitude", "flow_smoothness"]
+    whole = run(v, [*curves, "vbench_dynamic_degree"], b)
+    monkeypatch.setattr(real, "CHUNK", 2)
+    parts = run(v, [*curves, "vbench_dynamic_degree"], b, options={"backend_batch": 3})
+    for key in curves:
+        np.testing.assert_allclose(parts.values[key][1], whole.values[key][1], rtol=1e-5,
+                                   atol=1e-6)
+    assert parts.values["vbench_dynamic_degree"] == whole.values["vbench_dynamic_degree"]
+    mag = whole.values["flow_magnitude"][1]  # 16 fps: VBench samples every 2nd frame
+    assert np.isfinite(mag[2::2]).all() and np.isnan(mag[1::2]).all() and np.isnan(mag[0])
+
+
 def test_consistency_is_vbench_formula():
     f = np.array([[1.0, 0.0], [1.0, 1.0], [0.0, 1.0], [-1.0, 0.0]])
     got = consistency(f)

@@ -31,6 +31,7 @@ latent rate, else 8), ``flow_stride`` (overrides ``round(fps / 8)``), and the ba
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -43,6 +44,7 @@ from toolkit.metrics.features import make_backend
 
 CLIP_SCALE = 100.0  # CLIP score = 100 x cosine, as the paper reports it (about 34)
 THRESHOLD = 6.0  # VBench: a pair moves above 6 px of top-5% flow at a 256-px short side
+CHUNK = 32  # frame pairs prepared at once (RAFT runs them in batches of ``backend_batch``)
 
 
 def _net(inp: MetricInput, name: str) -> Any:
@@ -180,6 +182,12 @@ def dynamic_rule(scores: np.ndarray, sampled: int, fps: float) -> tuple[np.ndarr
     return moving, bool(moving.sum() >= round(4 * sampled / 16)), threshold
 
 
+def _chunks(first: np.ndarray, second: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Frame-index pairs in chunks of ``CHUNK``, so a long video is never copied whole."""
+    for a in range(0, len(first), CHUNK):
+        yield first[a:a + CHUNK], second[a:a + CHUNK]
+
+
 def _dynamic(inp: MetricInput) -> dict[str, Any]:
     def make() -> dict[str, Any]:
         frames, fps = inp.need_frames(), _fps(inp)
@@ -189,8 +197,9 @@ def _dynamic(inp: MetricInput) -> dict[str, Any]:
             raise Unavailable(f"dynamic degree needs 2 frames {stride} apart; the video has "
                               f"{len(frames)}")
         raft = _net(inp, "raft")
-        x = raft.prepare(frames[idx])
-        scores = flow_top_magnitude(raft.flow(x[:-1], x[1:]))
+        scores = np.concatenate([
+            flow_top_magnitude(raft.flow(raft.prepare(frames[a]), raft.prepare(frames[b])))
+            for a, b in _chunks(idx[:-1], idx[1:])])
         moving, dynamic, threshold = dynamic_rule(scores, len(idx), fps)
         return {"frames": idx[1:], "scores": scores, "moving": moving, "dynamic": dynamic,
                 "threshold": threshold, "stride": stride}
@@ -248,10 +257,12 @@ def _smoothness(inp: MetricInput) -> tuple[np.ndarray, np.ndarray]:
         if not len(odd):
             raise Unavailable("the smoothness stand-in needs at least 3 frames")
         raft = _net(inp, "raft")
-        x = raft.prepare(frames)
-        a, b, c = x[odd - 1], x[odd], x[odd + 1]
-        guess = interpolate_middle(a, c, raft.flow(a, c))
-        return odd, 1.0 - (guess - b).abs().mean((1, 2, 3)).numpy().astype(np.float64)
+        out = []
+        for mid, _ in _chunks(odd, odd):
+            a, b, c = (raft.prepare(frames[i]) for i in (mid - 1, mid, mid + 1))
+            guess = interpolate_middle(a, c, raft.flow(a, c))
+            out.append((guess - b).abs().mean((1, 2, 3)).numpy())
+        return odd, 1.0 - np.concatenate(out).astype(np.float64)
     return inp.cached("smoothness", make)
 
 
