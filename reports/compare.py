@@ -27,7 +27,12 @@ OPTIONS = ("experiment", "out", "baseline", "test", "run_root", "tracking.uri", 
 #: Curves drawn over the rollout: metric, title, log y axis.
 CURVE_FIGURES = (("drift", "drift", False), ("fidelity", "prompt fidelity", False),
                  ("self_similarity", "repetition (long-lag self-similarity)", False),
-                 ("motion", "motion", False), ("kv_bytes", "KV cache held", True),
+                 ("motion", "motion", False),
+                 ("subject_consistency", "subject consistency (DINO)", False),
+                 ("background_consistency", "background consistency (CLIP)", False),
+                 ("clip_score", "CLIP score against the prompt", False),
+                 ("flow_dynamic", "dynamic pairs (RAFT)", False),
+                 ("kv_bytes", "KV cache held", True),
                  ("block_seconds", "latency per block", False))
 
 

@@ -8,7 +8,10 @@ each run's curves up to that latent frame, so one rollout of 24x gives all four 
   (``boundary_change``) and ms per block (``block_seconds``): the mean of the curve up to the
   mark (at a run's full length these equal its ``repetition``, ``discontinuity`` and
   ``seconds_per_block`` scalars, which stand in where the curve is missing);
-- KV MiB: the largest ``kv_bytes`` held up to the mark (``peak_kv_bytes`` at full length).
+- KV MiB: the largest ``kv_bytes`` held up to the mark (``peak_kv_bytes`` at full length);
+- real videos (``toolkit.metrics.real``): subject and background consistency, the smoothness
+  stand-in and the dynamic pairs as the mean of the curve up to the mark; the CLIP score and
+  CLIP drift at the segment holding the mark's last frame. Shown only where runs logged them.
 
 A run of exactly the mark's length is preferred for a mark (an ``extrapolation`` grid runs
 each length); otherwise the shortest run that reaches it. Means carry 95% CIs over seeds and a
@@ -32,7 +35,8 @@ ARROWS = {"higher": "↑", "lower": "↓"}
 DISPLAY = {"bytes": (2.0**-20, "MiB"), "s": (1e3, "ms")}  # unit -> (scale, shown unit)
 SCALARS = ("vde", "start_end_distance", "start_end_fidelity_drop", "dynamic_degree",
            "discontinuity", "repetition", "norepeat", "peak_kv_bytes", "seconds_per_block",
-           "latency_growth")
+           "latency_growth", "subject_consistency_score", "background_consistency_score",
+           "clip_drift_end", "flow_smoothness_score", "vbench_dynamic_degree")
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,21 @@ HEADLINE = (
     Column("motion", "motion", "mean", None, "share of pixels changed, mean up to the mark"),
     Column("boundary_change", "discontinuity", "mean", "discontinuity",
            "frame change across block boundaries / within blocks, mean up to the mark"),
+    Column("subject_consistency", "subject consistency", "mean", "subject_consistency_score",
+           "VBench subject consistency (DINO, to the first and previous frames), mean up to the "
+           "mark"),
+    Column("background_consistency", "background consistency", "mean",
+           "background_consistency_score",
+           "VBench background consistency (CLIP image features), mean up to the mark"),
+    Column("clip_score", "CLIP score", "at", None,
+           "100 x CLIP cosine of the segment at the mark to the prompt in force"),
+    Column("clip_drift", "CLIP drift", "at", "clip_drift_end",
+           "fall of the CLIP score at the mark from the prompt's first segment"),
+    Column("flow_smoothness", "smoothness (RAFT stand-in)", "mean", "flow_smoothness_score",
+           "frames re-created by RAFT-flow interpolation, 1 - MAE, mean up to the mark (a "
+           "stand-in for VBench's AMT motion smoothness)"),
+    Column("flow_dynamic", "dynamic pairs", "mean", None,
+           "share of frame pairs moving by VBench's dynamic-degree threshold, up to the mark"),
     Column("kv_bytes", "KV", "max", "peak_kv_bytes", "largest KV cache held up to the mark"),
     Column("block_seconds", "latency", "mean", "seconds_per_block",
            "wall time per block, mean up to the mark"),

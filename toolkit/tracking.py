@@ -7,7 +7,9 @@ reached the results stay on disk, a ``TRACKING_FAILED`` marker names the error, 
 ``rollbench relog DIR`` logs the directory later (the same code path).
 
 Curves are logged with the latent frame as the step (blocks and segments: their first latent
-frame); scalars at step 0. The tracking URI defaults to ``sqlite:///<run_root>/mlflow.db``
+frame); scalars at step 0. A measure that could not be computed is left out: its reason goes to
+``metrics.json`` and a tag ``unavailable.<metric>``, and the run logs one warning line naming
+them all. The tracking URI defaults to ``sqlite:///<run_root>/mlflow.db``
 with artifacts under ``<run_root>/mlartifacts``; any MLflow URI works.
 """
 
@@ -42,6 +44,8 @@ ARTIFACTS = ("video.mp4", "filmstrip.png", "marks.png", "trace.json", "metrics.j
              "config.yaml", "meta.json")
 MARKS = (1, 6, 12, 24)
 DEFAULT_EXPERIMENT = "rollbench"
+TAG_CHARS = 1000  # an unavailable measure's reason, as a tag
+log = logging.getLogger("rollbench.tracking")
 
 
 class TrackingWarning(UserWarning):
@@ -166,8 +170,13 @@ def record_run(out: Any, cfg: DictConfig, run_dir: str | Path, model: Any = None
     inp = MetricInput(frames=frames, latents=out.latents[0], trace=out.trace, prompt=prompt,
                       spec=spec, segment_frames=track.get("segment_frames"),
                       feature=track.get("feature", "world"),
-                      options=dict(track.get("options") or {}))
+                      options=dict(track.get("options") or {}),
+                      backends=dict(track.get("backends") or {}))
     results = compute(inp, track.get("metrics", "world"))
+    if results.unavailable:
+        log.warning("%s: %d measures unavailable (reasons in metrics.json and the run's "
+                    "unavailable.* tags): %s", run_dir.name, len(results.unavailable),
+                    ", ".join(results.unavailable))
     (run_dir / "metrics.json").write_text(json.dumps(results_json(results, inp), indent=1))
     if frames is not None:
         idx = mark_frames(len(frames), inp.latent_frames, inp.train_frames)
@@ -177,7 +186,8 @@ def record_run(out: Any, cfg: DictConfig, run_dir: str | Path, model: Any = None
             "variant": str(cfg.get("variant") or strategy_label(cfg.strategy)),
             "model": str(cfg.model.get("_target_", "")).rsplit(".", 1)[-1],
             "prompt": _prompt_text(prompt), "run_key": run_key(cfg),
-            "run_dir": str(run_dir.resolve()), **git_state(), **versions()}
+            "run_dir": str(run_dir.resolve()), **git_state(), **versions(),
+            **{f"unavailable.{k}": v[:TAG_CHARS] for k, v in results.unavailable.items()}}
     if parent:
         tags["mlflow.parentRunId"] = parent
     meta = {"run_name": run_dir.name, "run_key": tags["run_key"], "tags": tags,

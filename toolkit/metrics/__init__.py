@@ -1,12 +1,13 @@
 """Metrics of one rollout: a registry of declared metrics (direction, unit, kind, needs).
 
-Importing the package registers the built-ins (video and system metrics, feature backends).
+Importing the package registers the built-ins (video, real-video and system metrics; the
+feature backends ``world``, ``dino``, ``clip`` and ``raft``).
 
     from toolkit.metrics import MetricInput, compute
     results = compute(MetricInput(frames=video, trace=trace, prompt=prompt, spec=spec), "world")
 """
 
-from toolkit.metrics import recall, system, video
+from toolkit.metrics import real, recall, system, video
 from toolkit.metrics.base import (
     DIRECTIONS,
     KINDS,
@@ -23,7 +24,13 @@ from toolkit.metrics.base import (
     metric_names,
     pool,
 )
-from toolkit.metrics.features import FEATURES, WorldFeatures, frame_features, lpips_status
+from toolkit.metrics.features import (
+    FEATURES,
+    WorldFeatures,
+    frame_features,
+    lpips_status,
+    make_backend,
+)
 
 __all__ = [
     "DIRECTIONS",
@@ -41,9 +48,11 @@ __all__ = [
     "frame_features",
     "latent_index",
     "lpips_status",
+    "make_backend",
     "metric",
     "metric_names",
     "pool",
+    "real",
     "recall",
     "system",
     "video",

@@ -97,6 +97,16 @@ METRIC_SETS: dict[str, list[str]] = {
     "system": ["kv_bytes", "kv_tokens", "context_tokens", "block_seconds", "peak_kv_bytes",
                "seconds_per_block", "latency_growth", "peak_rss_bytes", "cuda_peak_bytes"],
 }
+#: Real videos: the VBench-style measures and CLIP drift (``toolkit.metrics.real``, networks from
+#: local weights), the feature-backend and pixel measures that mean something on any video, and
+#: the system set.
+METRIC_SETS["real"] = [
+    "subject_consistency", "subject_consistency_score", "background_consistency",
+    "background_consistency_score", "clip_score", "clip_drift", "clip_drift_end",
+    "flow_smoothness", "flow_smoothness_score", "flow_magnitude", "flow_dynamic",
+    "vbench_dynamic_degree", "drift", "start_end_distance", "self_similarity", "repetition",
+    "norepeat", "motion", "dynamic_degree", "moving", "vde_motion", "discontinuity",
+    "boundary_change", "lpips_step", *METRIC_SETS["system"]]
 
 
 def metric(name: str, direction: str, unit: str, kind: str, needs: Sequence[str] = (),
@@ -113,7 +123,7 @@ def metric(name: str, direction: str, unit: str, kind: str, needs: Sequence[str]
 
 
 def metric_names(which: str | Sequence[str]) -> list[str]:
-    """Names of a metric set (``world``, ``memory``, ``fast``, ``system``) or of a list."""
+    """Names of a metric set (``world``, ``memory``, ``real``, ``fast``, ``system``) or a list."""
     if isinstance(which, str):
         if which not in METRIC_SETS:
             raise ValueError(f"unknown metric set {which!r}; sets: {sorted(METRIC_SETS)} "
@@ -166,6 +176,9 @@ class MetricInput:
         segment_frames: latent frames per segment (None: the block size).
         feature: name of the feature backend (``toolkit.metrics.features.FEATURES``).
         options: per-metric knobs (e.g. ``repetition_window``); see each metric.
+        backends: local weights of the backends that need them, ``name -> path`` (``dino``,
+            ``clip``, ``raft``; ``toolkit.metrics.backends``); a missing one makes the
+            metrics that need it unavailable.
     """
 
     frames: torch.Tensor | np.ndarray | None = None
@@ -177,6 +190,7 @@ class MetricInput:
     segment_frames: int | None = None
     feature: str = "world"
     options: dict[str, Any] = field(default_factory=dict)
+    backends: dict[str, Any] = field(default_factory=dict)
     cache: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:

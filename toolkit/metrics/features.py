@@ -1,14 +1,18 @@
 """Pluggable frame-feature backends, and the LPIPS network where its weights are present.
 
 A feature backend maps frames (F, 3, H, W) in [0, 1] to features (F, D). Register another
-(e.g. a CLIP-like image model) with ``@FEATURES.register("clip")`` or the entry-point group
-``rollbench.features``, and select it with ``MetricInput(feature="clip")``.
+with ``@FEATURES.register("name")`` or the entry-point group ``rollbench.features``, and select
+it with ``MetricInput(feature="name")``. A backend whose class sets ``local_weights = True`` is
+built as ``cls(weights, options)`` from ``MetricInput.backends[name]`` (``dino``, ``clip`` and
+``raft`` in ``toolkit.metrics.backends`` load their networks from local files only).
 """
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -66,9 +70,20 @@ class WorldFeatures:
                                self.grid_weight * occ], 1).astype(np.float64)
 
 
-def frame_features(frames: np.ndarray, backend: str = "world") -> np.ndarray:
-    """Features (F, D) of frames (F, 3, H, W) with a registered backend."""
-    return np.asarray(FEATURES.get(backend)()(frames), dtype=np.float64)
+def make_backend(name: str, weights: Any = None, options: Mapping[str, Any] | None = None) -> Any:
+    """A feature backend: ``cls(weights, options)`` for one with ``local_weights`` (dino, clip,
+    raft: ``toolkit.metrics.backends``), else ``cls()``."""
+    cls = FEATURES.get(name)
+    if getattr(cls, "local_weights", False):
+        return cls(weights, dict(options or {}))
+    return cls()
+
+
+def frame_features(frames: np.ndarray, backend: str = "world", weights: Any = None,
+                   options: Mapping[str, Any] | None = None) -> np.ndarray:
+    """Features (F, D) of frames (F, 3, H, W) with a registered backend (``weights``: its local
+    weights, for a backend that needs them)."""
+    return np.asarray(make_backend(backend, weights, options)(frames), dtype=np.float64)
 
 
 # --- distances between feature sets -------------------------------------------------

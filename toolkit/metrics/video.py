@@ -48,7 +48,8 @@ def vde(series: np.ndarray, floor: float = 1e-3) -> float:
 def latent_features(inp: MetricInput) -> np.ndarray:
     """Feature (L, D) of every latent frame (pixel frames pooled)."""
     def make() -> np.ndarray:
-        feats = frame_features(inp.need_frames(), inp.feature)
+        feats = frame_features(inp.need_frames(), inp.feature, inp.backends.get(inp.feature),
+                               inp.options)
         return pool(feats, inp.frame_latent(), inp.latent_frames)
     return inp.cached("features", make)
 
@@ -98,7 +99,8 @@ def frechet_curve(inp: MetricInput) -> np.ndarray:
         frames = len(inp.need_frames())
         refs = simulate([prompt] * n, [split_seed(i, "val") for i in range(n)], frames)
     refs = refs.numpy() if torch.is_tensor(refs) else np.asarray(refs)
-    real = frame_features(refs.reshape(-1, *refs.shape[-3:]).astype(np.float32), inp.feature)
+    real = frame_features(refs.reshape(-1, *refs.shape[-3:]).astype(np.float32), inp.feature,
+                          inp.backends.get(inp.feature), inp.options)
     mu, root = real.mean(0), psd_sqrt(np.cov(real, rowvar=False))
     segs = _segments(inp)
     dim = segs.shape[2]
