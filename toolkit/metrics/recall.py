@@ -153,11 +153,11 @@ def recall_curve(inp: MetricInput) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
 @metric("recall_gap", "higher", "fraction", "scalar", needs=("frames", "world"))
 def recall_gap(inp: MetricInput) -> dict[str, float]:
-    """Identity recall by blocks since the sprite was last seen (bins 2, 3-4, 5-8, 9+)."""
+    """Identity recall by blocks since the sprite was last seen (bins 2, 3-4, 5-8, 9_up)."""
     rows = moment_rows(inp)
     out = {}
     for lo, hi in GAP_BINS:
-        name = f"{lo}" if lo == hi else (f"{lo}+" if hi > 10**8 else f"{lo}-{hi}")
+        name = f"{lo}" if lo == hi else (f"{lo}_up" if hi > 10**8 else f"{lo}-{hi}")
         out[name] = _mean([r for r in rows if lo <= r["gap"] <= hi], "identity")
     return out
 
@@ -179,7 +179,7 @@ def chance(rows: list[dict]) -> dict[str, float]:
         for b in rows:
             if a["intro"] != b["intro"]:
                 col.append(a["back"].colour == b["drawn"].colour)
-                ident.append(col[-1] and a["back"].shape == b["drawn"].shape)
+                ident.append(col[-1] and a["back"].shape == b["drawn"].shape != "unknown")
     if not ident:
         raise Unavailable("needs readable return moments of at least two different sprites")
     return {"": float(np.mean(ident)), "colour": float(np.mean(col))}

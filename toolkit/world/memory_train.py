@@ -278,6 +278,20 @@ def train_memory(cfg: MemoryTrainConfig, log=print) -> Path:
     return export(cfg, final.eval(), history, init)
 
 
+def export_checkpoint(out: str | Path, folder: str | Path) -> Path:
+    """Export the weights of ``<out>/checkpoint.pt`` (e.g. of a run still training) to
+    ``folder``; the card says at which step, and ``provisional`` when the run is unfinished."""
+    state = torch.load(Path(out) / "checkpoint.pt", weights_only=False, map_location="cpu")
+    cfg = MemoryTrainConfig(**{**state["config"], "export": str(folder)})
+    model = memory_model_from(cfg.init or None)
+    model.load_state_dict(state["ema" if cfg.export_from == "ema" else "model"])
+    path = export(cfg, model.eval(), state["history"], model.card["init"])
+    card = json.loads(path.with_suffix(".json").read_text())
+    card.update(steps_done=state["step"], provisional=state["step"] < cfg.steps)
+    path.with_suffix(".json").write_text(json.dumps(card, indent=1))
+    return path
+
+
 def command(cfg: MemoryTrainConfig) -> str:
     """The ``rollbench train world-memory`` line re-creating this run."""
     default = MemoryTrainConfig()
