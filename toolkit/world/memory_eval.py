@@ -12,6 +12,8 @@ sprite with the one the model itself drew before (``toolkit.metrics.recall``).
 from __future__ import annotations
 
 import contextlib
+import json
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -67,7 +69,7 @@ def recall_at_1x(model: Any, strategy: CacheStrategy, clips: list[Schedule],
         last = next(r for r in moment_rows(inp) if r["block"] == len(sched.shots) - 1)
         rows.append({**last, "intro": (i, last["intro"])})  # sprites of different clips differ
         with contextlib.suppress(Unavailable):  # no boundary without a cut shows a sprite
-            cont.append(continuity(inp)["shape"])
+            cont.append(continuity.fn(inp)["shape"])
     readable = [r for r in rows if r["readable"]]
     odds = chance(rows)
 
@@ -80,3 +82,59 @@ def recall_at_1x(model: Any, strategy: CacheStrategy, clips: list[Schedule],
             "chance_identity": odds[""],
             "continuity_shape": float(np.mean(cont)) if cont else float("nan"),
             "clips": float(len(rows))}
+
+
+#: The memory model's gates (issue "A world that needs memory"), checked on the shipped weights.
+USE_RATIO_GATE = 1.5  # base model: loss with the needed blocks hidden / with them in view
+COMPRESSED_USE_GATE = 1.2  # each trained compressor: the same with its compressed mid hidden
+COLOUR_GATE = 0.8  # colour recall of mid-only returns at 1x under `full`
+SHAPE_MARGIN = 0.1  # shape recall within this of the model's own shape continuity
+CHANCE_MARGIN = 0.15  # masked: colour recall at most this above the moments' chance level
+
+
+def memory_gates(model: Any, clips: int = 64, seed: int = 0) -> dict[str, Any]:
+    """Measure the base model's gates: context use on validation clips, recall at 1x with
+    ``full`` and with the needed blocks masked out (``Sink(sink=1 block, window=0)``: the
+    returning block sees only block 0, which never shows its sprite, and no block that saw
+    the sprite relays it), on held-out gate clips. Returns measures and pass / fail per gate.
+    """
+    from strategies.full import Full
+    from strategies.sink import Sink
+    from toolkit.world.memory_train import MemoryTrainConfig, context_use
+    from toolkit.world.train import teacher_forcing_layout
+
+    bf = model.spec.block_frames
+    cfg = MemoryTrainConfig()
+    pos, mask = teacher_forcing_layout(model, cfg.clip_frames)
+    with model.attach():
+        use = context_use(model, cfg, pos, mask, clips=clips)
+    chosen = gate_clips(clips, bf, seed=seed)
+    full = recall_at_1x(model, Full(), chosen, seed)
+    masked = recall_at_1x(model, Sink(sink_frames=bf, window_frames=0), chosen, seed)
+    checks = {
+        f"context use >= {USE_RATIO_GATE}": use["use_ratio"] >= USE_RATIO_GATE,
+        f"colour recall (full) >= {COLOUR_GATE}": full["colour"] >= COLOUR_GATE,
+        f"shape recall within {SHAPE_MARGIN} of shape continuity":
+            full["shape"] >= full["continuity_shape"] - SHAPE_MARGIN,
+        f"colour recall (needed blocks masked) <= chance + {CHANCE_MARGIN}":
+            masked["colour"] <= masked["chance_colour"] + CHANCE_MARGIN,
+    }
+    # the shape gate measures memory only where the model draws shapes it keeps: say so
+    shape_testable = full["continuity_shape"] >= 1 / 3 + SHAPE_MARGIN
+    return {"context_use": use, "recall_full": full, "recall_masked": masked,
+            "checks": checks, "passed": all(checks.values()), "clips": clips,
+            "shape_testable": shape_testable,
+            "chance": {"colour": 0.25, "shape": 1 / 3, "identity": 1 / 12}}
+
+
+def record_gates(path: str | Path, clips: int = 64) -> dict[str, Any]:
+    """Measure a memory model's gates and write them into its card (``gates``)."""
+    from toolkit.world.model import load_world, shipped
+
+    path = shipped(path)
+    gates = memory_gates(load_world(path), clips=clips)
+    card_path = Path(path).with_suffix(".json")
+    card = json.loads(card_path.read_text())
+    card["gates"] = gates
+    card_path.write_text(json.dumps(card, indent=1))
+    return gates

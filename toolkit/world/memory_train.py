@@ -315,5 +315,9 @@ def export(cfg: MemoryTrainConfig, model: MemoryWorldModel, history: list[dict[s
             "wall_seconds": last.get("elapsed"), "device": cfg.device,
             "exported": cfg.export_from,
             "clip_mix": asdict(ClipMix(memory_share=cfg.memory_share))}
-    return save_world(model, world_cfg, folder / MEMORY_FILE, card)
+    path = save_world(model, world_cfg, folder / MEMORY_FILE, card)
+    from toolkit.world.memory_eval import record_gates  # evaluation builds on this module
+
+    record_gates(path)
+    return path
 
