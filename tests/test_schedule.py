@@ -112,3 +112,21 @@ def test_segmented_cross_attention_equals_per_block_passes(tiny):
         ref = [tiny.forward_tokens(x[:, :, i * bf:(i + 1) * bf], t, pos[i * tpb:(i + 1) * tpb],
                                    cond[i:i + 1], plan=MaskedPlan()) for i in range(2)]
     assert torch.allclose(both, torch.cat(ref, 2), atol=1e-5)
+
+
+def test_schedule_from_the_command_line(tmp_path):
+    """`rollbench run prompt='[[0,"..."],[F,"..."]]'`: the Hydra syntax of a schedule."""
+    from toolkit.config import compose_config
+    from toolkit.jobs import run_job
+
+    cfg = compose_config([f"run_root={tmp_path}", "model=tiny-random", "video.latent_frames=8",
+                          'prompt=[[0,"a red fox"],[4,"a blue whale, at night"]]',
+                          "tracking.metrics=system", "progress=false"])
+    res = run_job(cfg)
+    assert res.status == "finished", res.error
+    assert res.rollout.trace.meta["schedule"] == [[0, "a red fox"],
+                                                  [4, "a blue whale, at night"]]
+    bad = compose_config([f"run_root={tmp_path}", "model=tiny-random", "video.latent_frames=8",
+                          'prompt=[[0,"a"],[3,"b"]]', "tracking.metrics=system"])
+    failed = run_job(bad)
+    assert failed.status == "failed" and "block boundaries" in failed.error
