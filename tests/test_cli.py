@@ -285,3 +285,10 @@ def test_unknown_user_experiments_say_where_they_are_looked_for(user_dir, capsys
     assert "is not a folder" in one_line_error(capsys)
     assert main(["sweep", "sweep=my_swep", f"experiments_dir={user_dir}"]) == 2
     assert "Did you mean my_sweep?" in one_line_error(capsys)
+
+
+def test_a_grids_typo_fails_in_one_line_before_any_job(capsys, tmp_path):
+    assert main(["grid", "experiment=sink_size", "strategy.sink_frame=3",
+                 f"run_root={tmp_path}"]) == 2
+    assert "Did you mean strategy.sink_frames?" in one_line_error(capsys)
+    assert not (tmp_path / "rollouts").exists()

@@ -83,7 +83,10 @@ def launch(overrides: list[str]) -> int:
     """Run an experiment's grid (Hydra multirun) with the given overrides; print a summary."""
     import hydra
 
+    from toolkit.config import compose_config
+
     check_experiment(overrides)
+    compose_config(fixed(overrides))  # a typo'd key or value fails here, in one line
     register_strategy_configs()
     main = hydra.main(version_base="1.3", config_path="pkg://ablations",
                       config_name="config")(_job)
@@ -102,6 +105,11 @@ def launch(overrides: list[str]) -> int:
     return 0
 
 
+def fixed(overrides: list[str]) -> list[str]:
+    """The overrides that set one value (a grid's swept ``key=a,b`` ones left out)."""
+    return [o for o in overrides if "," not in o.split("=", 1)[-1] or "[" in o]
+
+
 def print_summary(overrides: list[str]) -> None:
     """Status counts and a mean table of the experiment's runs, from the tracking store."""
     from toolkit.aggregate import load_runs
@@ -109,8 +117,7 @@ def print_summary(overrides: list[str]) -> None:
     from toolkit.terminal import console, print_table
     from toolkit.tracking import target
 
-    fixed = [o for o in overrides if "," not in o.split("=", 1)[-1] or "[" in o]  # no sweeps
-    cfg = compose_config(fixed)
+    cfg = compose_config(fixed(overrides))
     uri, experiment = target(cfg)
     runs = load_runs(uri, experiment, finished_only=False)
     if runs.empty:
