@@ -15,12 +15,14 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
 from reports import data, figures, sections, tables
 from reports.sections import Image, Report, Strip, Sweep
 from reports.tables import Table
+from toolkit.aggregate import MIN_CI, value_range
 from toolkit.tracking import resolve_uri
 
 OPTIONS = ("experiment", "out", "baseline", "test", "run_root", "tracking.uri", "storage")
@@ -50,7 +52,9 @@ def _question(name: str) -> str:
 def _legend(baseline: str | None, requested: str | None, test: str, summary: pd.DataFrame) -> str:
     parts = ["Columns: multiples of the training length (in latent frames). Cells: the mean "
              "over seeds with its 95% CI [low, high]; **bold**: the best in its column; "
-             "(n=k): only k of the variant's runs (seeds x prompts) have the value; —: missing."]
+             "(n=k): only k of the variant's runs (seeds x prompts) have the value, or fewer "
+             f"than {MIN_CI} runs: then no interval is given; —: missing. Intervals stay in the "
+             "measure's range (a fraction's in [0, 1])."]
     if baseline:
         parts.append(f"▲ / ▼: significantly better / worse than `{baseline}` (paired {test} "
                      "test over seeds and prompts, p < 0.05).")
@@ -64,8 +68,11 @@ def _legend(baseline: str | None, requested: str | None, test: str, summary: pd.
     return " ".join(parts)
 
 
-def _curve_images(exp: data.Experiment, variants: list[str], marks: list[tables.Mark],
-                  train: int | None) -> list[Image]:
+def curve_figures(exp: data.Experiment, variants: list[str], marks: list[tables.Mark],
+                  train: int | None) -> list[tuple[str, str, Any]]:
+    """(metric, title, matplotlib Figure) of every curve the runs logged, in CURVE_FIGURES order:
+    the longest run per (variant, seed, prompt), bands kept in the metric's range, 0/1
+    per-frame curves smoothed over one block."""
     longest = exp.runs.sort_values(["latent_frames", "run_name"], ascending=[False, False])
     longest = longest.drop_duplicates(["variant", "seed", "prompt"])
     lines = [(m.label, m.frames) for m in marks if m.frames and m.frames != train]
@@ -79,10 +86,31 @@ def _curve_images(exp: data.Experiment, variants: list[str], marks: list[tables.
             continue
         scale, _ = tables.unit_of(metric)
         label = tables.heading(metric, "")
-        png = figures.curve_figure(title, label + (" (log)" if log else ""), per, scale,
-                                   train, lines, log)
-        out.append(Image(f"figures/{metric}.png", png, tables.heading(metric, title)))
+        fig = figures.curve_axes(title, label + (" (log)" if log else ""), per, scale, train,
+                                 lines, log, value_range(metric), block_of(exp))
+        out.append((metric, title, fig))
     return out
+
+
+def _curve_images(exp: data.Experiment, variants: list[str], marks: list[tables.Mark],
+                  train: int | None) -> list[Image]:
+    return [Image(f"figures/{metric}.png", figures.png(fig), tables.heading(metric, title))
+            for metric, title, fig in curve_figures(exp, variants, marks, train)]
+
+
+def block_of(exp: data.Experiment) -> int | None:
+    """The runs' block size: as recorded (one value for all runs), else read off a per-block
+    curve; None when unknown."""
+    recorded = set(exp.runs["block_frames"].dropna()) if "block_frames" in exp.runs else set()
+    if len(recorded) == 1:
+        return int(recorded.pop())
+    if recorded:
+        return None  # runs of different block sizes: no common smoothing window
+    for metric in ("kv_bytes", "block_seconds"):
+        for steps, _ in exp.curves.get(metric, {}).values():
+            if len(steps) > 1:
+                return data.block_of_curve(steps)
+    return None
 
 
 def _strips(exp: data.Experiment, variants: list[str], out: Path) -> list[Strip]:
@@ -181,7 +209,8 @@ def build_report(uri: str, experiment: str, out: str | Path, run_root: str | Pat
         scalars=tables.scalar_table(exp, base, test) if variants else None,
         curves=_curve_images(exp, variants, marks, train) if variants else [],
         strips=_strips(exp, variants, out) if variants else [], sweep=sweep,
-        provenance=sections.provenance(exp, machine or sections.machine_info()), notes=notes)
+        provenance=sections.provenance(exp, machine or sections.machine_info(),
+                                       data.model_cards(exp, out / "artifacts")), notes=notes)
 
 
 def write_report(report: Report, out: str | Path) -> tuple[Path, Path]:

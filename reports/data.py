@@ -1,8 +1,9 @@
 """Reading one experiment out of the tracking store: runs, curves, artifacts, its Optuna study.
 
-Nothing here computes a metric or runs a model: the report is a pure function of what the
-runs recorded (MLflow params, tags, scalars, curves and artifacts), plus the model card of the
-built-in world and the Optuna study of a sweep where there is one.
+Nothing here computes a metric, runs a model or opens a model's files: the report is a pure
+function of what the runs recorded (MLflow params, tags such as ``spec.train_frames``, scalars,
+curves and artifacts such as the model's card), plus the Optuna study of a sweep where there
+is one.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import json
 import re
 import shutil
 from dataclasses import dataclass, field
-from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
@@ -24,7 +24,6 @@ from toolkit.aggregate import curves, load_runs
 
 #: Tokens of a grid's variant label that only state the length (the marks show length).
 LENGTH_KEYS = ("video.latent_frames=", "video.seconds=")
-WORLD_TARGET = "toolkit.world.model.load_world"
 
 
 @dataclass
@@ -35,7 +34,8 @@ class Experiment:
         name: the MLflow experiment.
         uri: the tracking URI it was read from.
         runs: FINISHED runs, one row each (see ``toolkit.aggregate.load_runs``) plus
-            ``variant`` (the report label) and ``train_frames`` (the model's 1x length).
+            ``variant`` (the report label), ``train_frames`` (the model's 1x length) and
+            ``block_frames`` (latent frames per block), as the runs recorded them.
         others: the runs that did not finish (failed, running, killed).
         curves: ``metric -> run_id -> (steps, values)`` for the finished runs.
         artifact_uris: ``run_id -> artifact URI``.
@@ -51,14 +51,14 @@ class Experiment:
 
 def client_for(uri: str) -> Any:
     """An MLflow client of an existing store (a missing sqlite file is an error, not created)."""
-    from toolkit.tracking import _client
+    from toolkit.tracking import open_client
 
     if uri.startswith("sqlite:///"):
         path = Path(uri[len("sqlite:///"):])
         if not path.is_file():
             raise ValueError(f"no tracking store at {path}: run `rollbench grid experiment=NAME`"
                              " first, or point at the store with run_root=DIR or tracking.uri=URI")
-    return _client(uri)
+    return open_client(uri)
 
 
 def experiment_names(uri: str) -> list[str]:
@@ -84,30 +84,37 @@ def variant_label(variant: Any, strategy: Any) -> str:
     return " ".join(words) or str(strategy)
 
 
-def world_card_path(model_path: Any = None) -> Path:
-    """The card of the world weights a run used: beside ``model.path``, else the shipped one."""
-    if model_path not in (None, "", "None", "null"):
-        return Path(str(model_path)).with_suffix(".json")
-    spec = find_spec("toolkit.world")  # its folder, without importing the model (diffusers)
-    return Path(next(iter(spec.submodule_search_locations))) / "weights" / "world-model.json"
+def _whole(value: Any) -> int | None:
+    if value in (None, "", "None", "null") or (isinstance(value, float) and np.isnan(value)):
+        return None
+    try:
+        return int(float(value))
+    except (TypeError, ValueError):
+        return None
 
 
-def train_frames_of(params: dict[str, Any]) -> int | None:
-    """The model's training length (1x) in latent frames, from a run's params.
+def train_frames_of(row: dict[str, Any]) -> int | None:
+    """The model's training length (1x) in latent frames, as a run recorded it.
 
-    ``model.train_frames`` when the config sets it; the card's for the built-in world; else
-    None (the marks are then unknown and the report uses each run's whole length).
+    ``model.train_frames`` when the config sets it, else the ``spec.train_frames`` tag (the
+    model spec of the run); None when neither is there (the marks are then unknown and the
+    report uses each run's whole length).
     """
-    value = params.get("params.model.train_frames")
-    if value not in (None, "None") and not (isinstance(value, float) and np.isnan(value)):
-        return int(value)
-    if params.get("params.model._target_") == WORLD_TARGET:
-        try:
-            card = json.loads(world_card_path(params.get("params.model.path")).read_text())
-            return int(card["config"]["train_frames"])
-        except (OSError, KeyError, ValueError):
-            return None
-    return None
+    return _whole(row.get("params.model.train_frames")) or \
+        _whole(row.get("tags.spec.train_frames"))
+
+
+def block_frames_of(row: dict[str, Any]) -> int | None:
+    """Latent frames per block of a run: ``model.block_frames`` or the ``spec.block_frames``
+    tag; None when neither is recorded."""
+    return _whole(row.get("params.model.block_frames")) or \
+        _whole(row.get("tags.spec.block_frames"))
+
+
+def block_of_curve(steps: np.ndarray) -> int | None:
+    """The block size read off a per-block curve (its steps are each block's first frame)."""
+    gaps = np.diff(np.asarray(steps))
+    return int(np.median(gaps)) if len(gaps) and np.median(gaps) > 0 else None
 
 
 def load_experiment(uri: str, name: str, metrics: list[str]) -> Experiment:
@@ -121,7 +128,9 @@ def load_experiment(uri: str, name: str, metrics: list[str]) -> Experiment:
         return Experiment(name, uri, df, df)
     tag = df["tags.variant"] if "tags.variant" in df else pd.Series([None] * len(df))
     df["variant"] = [variant_label(v, s) for v, s in zip(tag, df["strategy"], strict=True)]
-    df["train_frames"] = pd.array([train_frames_of(r) for r in df.to_dict("records")], "Int64")
+    records = df.to_dict("records")
+    df["train_frames"] = pd.array([train_frames_of(r) for r in records], "Int64")
+    df["block_frames"] = pd.array([block_frames_of(r) for r in records], "Int64")
     for col in ("seed", "latent_frames"):  # whole numbers, missing where a run lacks them
         df[col] = pd.array([None if pd.isna(v) else int(v) for v in df[col]], "Int64")
     done = df["status"] == "FINISHED"
@@ -168,6 +177,20 @@ def artifact(exp: Experiment, run_id: str, name: str, cache: Path) -> Path | Non
     if isinstance(run_dir, str) and (Path(run_dir) / name).is_file():
         return Path(run_dir) / name
     return None
+
+
+def model_cards(exp: Experiment, cache: Path) -> list[tuple[str, dict[str, Any]]]:
+    """The model cards the runs recorded (their ``model_card.json`` artifact): one per
+    distinct card, labelled with the model and how many runs used it."""
+    from toolkit.tracking import CARD
+
+    found: dict[str, list[dict[str, Any]]] = {}
+    for run in exp.runs.to_dict("records"):
+        path = artifact(exp, run["run_id"], CARD, cache)
+        if path is not None:
+            found.setdefault(path.read_text(), []).append(run)
+    return [(f"model card of `{runs[0].get('model') or 'the model'}` ({len(runs)} runs)",
+             json.loads(text)) for text, runs in found.items()]
 
 
 @dataclass

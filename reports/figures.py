@@ -1,8 +1,11 @@
 """The report's figures as PNG bytes (matplotlib on the non-interactive Agg backend).
 
 Curves: one line per variant, the mean over its seeds, with a band of the Student t 95%
-interval of the mean at every latent frame (no band where a frame has one run); a dashed line
-at the training length and dotted ones at the other length marks. Sweeps: Optuna's own
+interval of the mean at every latent frame where at least 3 runs have a value, clipped to the
+measure's range (a fraction's band stays in [0, 1]); a dashed line at the training length and
+dotted ones at the other length marks. A per-frame 0/1 curve (e.g. whether a frame matches its
+prompt) is drawn as its rolling mean over one block, with the raw per-frame means as faint
+points. Sweeps: Optuna's own
 matplotlib plots of the Pareto front (or the optimisation history of a single objective) and
 of the parameter importances.
 """
@@ -25,6 +28,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from scipy import stats
 
+from toolkit.aggregate import MIN_CI, UNBOUNDED
+
 Curve = tuple[np.ndarray, np.ndarray]
 
 
@@ -35,8 +40,10 @@ def png(fig: Any) -> bytes:
     return buf.getvalue()
 
 
-def band(series: Sequence[Curve]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(steps, mean, low, high) over runs at every step any run has; t interval of the mean."""
+def band(series: Sequence[Curve], bounds: tuple[float, float] = UNBOUNDED
+         ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(steps, mean, low, high) over runs at every step any run has: the t interval of the mean
+    where at least ``MIN_CI`` runs have a value (NaN elsewhere), clipped to ``bounds``."""
     frames = [pd.DataFrame({"step": s, "value": v}) for s, v in series if len(s)]
     if not frames:
         empty = np.array([])
@@ -47,9 +54,25 @@ def band(series: Sequence[Curve]) -> tuple[np.ndarray, np.ndarray, np.ndarray, n
     n = g["count"].to_numpy(float)
     with np.errstate(invalid="ignore", divide="ignore"):
         half = stats.t.ppf(0.975, np.maximum(n - 1, 1)) * g["std"].to_numpy() / np.sqrt(n)
-    half = np.where(n > 1, half, np.nan)
+    half = np.where(n >= MIN_CI, half, np.nan)
     mean = g["mean"].to_numpy()
-    return g.index.to_numpy(), mean, mean - half, mean + half
+    low, high = np.clip(mean - half, *bounds), np.clip(mean + half, *bounds)
+    return g.index.to_numpy(), mean, np.where(np.isfinite(half), low, np.nan), \
+        np.where(np.isfinite(half), high, np.nan)
+
+
+def binary(series: Sequence[Curve]) -> bool:
+    """Whether every finite value of the curves is 0 or 1 (a per-frame yes/no)."""
+    values = np.concatenate([np.asarray(v, float) for _, v in series]) if series else []
+    values = np.asarray(values)[np.isfinite(values)]
+    return bool(len(values)) and bool(np.isin(values, (0.0, 1.0)).all())
+
+
+def rolling(series: Sequence[Curve], window: int) -> list[Curve]:
+    """Each curve's trailing mean over ``window`` consecutive points (its first points: over
+    what there is)."""
+    return [(s, pd.Series(np.asarray(v, float)).rolling(window, min_periods=1).mean()
+             .to_numpy()) for s, v in series]
 
 
 def colours(n: int) -> list[Any]:
@@ -60,7 +83,17 @@ def colours(n: int) -> list[Any]:
 
 def curve_figure(title: str, ylabel: str, per_variant: dict[str, Sequence[Curve]],
                  scale: float = 1.0, train_frames: int | None = None,
-                 marks: Sequence[tuple[str, int]] = (), log: bool = False) -> bytes:
+                 marks: Sequence[tuple[str, int]] = (), log: bool = False,
+                 bounds: tuple[float, float] = UNBOUNDED, block: int | None = None) -> bytes:
+    """One metric over the rollout as PNG bytes (see :func:`curve_axes` for the arguments)."""
+    return png(curve_axes(title, ylabel, per_variant, scale, train_frames, marks, log, bounds,
+                          block))
+
+
+def curve_axes(title: str, ylabel: str, per_variant: dict[str, Sequence[Curve]],
+               scale: float = 1.0, train_frames: int | None = None,
+               marks: Sequence[tuple[str, int]] = (), log: bool = False,
+               bounds: tuple[float, float] = UNBOUNDED, block: int | None = None) -> Figure:
     """One metric over the rollout: a line and CI band per variant.
 
     Args:
@@ -71,6 +104,9 @@ def curve_figure(title: str, ylabel: str, per_variant: dict[str, Sequence[Curve]
         train_frames: latent frames of the training length (a dashed line), if known.
         marks: ``(label, latent frame)`` of the other length marks (dotted lines).
         log: a log y axis (used only when every value is positive).
+        bounds: the measure's range (unscaled): bands never leave it.
+        block: latent frames per block: a 0/1 curve is drawn as its rolling mean over one
+            block, the raw per-frame means as faint points (None or 1: as it is).
     """
     fig = Figure(figsize=(5.8, 3.2))
     FigureCanvasAgg(fig)
@@ -78,7 +114,11 @@ def curve_figure(title: str, ylabel: str, per_variant: dict[str, Sequence[Curve]
     positive = True
     for colour, (variant, series) in zip(colours(len(per_variant)), per_variant.items(),
                                          strict=True):
-        x, mean, low, high = band(series)
+        if block and block > 1 and binary(series):
+            raw_x, raw, _, _ = band(series)
+            ax.scatter(raw_x, raw * scale, s=3, color=colour, alpha=0.25, lw=0)
+            series = rolling(series, block)
+        x, mean, low, high = band(series, bounds)
         if not len(x):
             continue
         positive &= bool(np.all(mean > 0))
@@ -105,7 +145,7 @@ def curve_figure(title: str, ylabel: str, per_variant: dict[str, Sequence[Curve]
         ax.legend(fontsize=7, ncol=max(1, len(per_variant) // 8),
                   loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     fig.tight_layout()
-    return png(fig)
+    return fig
 
 
 def _axes_png(ax: Any) -> bytes:

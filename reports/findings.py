@@ -1,17 +1,20 @@
 """The findings section: each claim of the paper, its measured effect, CI, test and verdict.
 
-A pure function of the tracking store and ``ablations/findings.yaml`` (it never runs a model):
-``collect`` finds each planned (arm, seed) run by its run key, ``toolkit.findings`` computes
-the measures and verdicts, and ``write`` renders Markdown with its figures beside it:
+A pure function of the tracking store and ``ablations/findings.yaml`` (it never runs a model,
+nor composes a run config): the command plans the runs and passes their run keys; ``collect``
+finds each (arm, seed) in the store by its ``run_key`` tag, ``toolkit.findings`` computes the
+measures and verdicts, and ``write`` renders Markdown with its figures beside it:
 
-- curves of each claim's figure measure over the rollout (mean over seeds, 95% t band), with
-  the training length marked;
+- curves of each claim's figure measure over the rollout (mean over seeds, 95% t band kept in
+  the measure's range; a per-frame 0/1 measure as its rolling mean over one block, the raw
+  per-frame means faint), with the training length marked;
 - per test, every seed's value, the mean and its 95% CI against the pre-stated threshold.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,8 +24,18 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from reports import figures
+from reports.data import block_frames_of, block_of_curve
 from reports.tables import heading, num, unit_of
-from toolkit.findings import Claim, Job, Result, Spec, claim_verdict, evaluate, measure_runs
+from toolkit.aggregate import UNBOUNDED, mean_ci, value_range
+from toolkit.findings import (
+    EXPERIMENT,
+    Claim,
+    Result,
+    Spec,
+    claim_verdict,
+    evaluate,
+    measure_runs,
+)
 
 MARK = {"holds": "✅ holds", "fails": "❌ fails", "inconclusive": "❔ inconclusive",
         "partly holds": "◐ partly holds"}
@@ -41,24 +54,27 @@ class Findings:
     uri: str
 
 
-def collect(jobs: list[Job], uri: str) -> tuple[pd.DataFrame, list[tuple[str, int]]]:
-    """The latest finished run of every planned job (arm, seed, run_id), and the missing jobs."""
+def collect(planned: Mapping[tuple[str, int], str],
+            uri: str) -> tuple[pd.DataFrame, list[tuple[str, int]]]:
+    """The latest finished run of every planned ``(arm, seed) -> run key`` (arm, seed, run_id,
+    revision), and the planned pairs the store lacks."""
     from toolkit.aggregate import load_runs
-    from toolkit.findings import EXPERIMENT
 
     stored = load_runs(uri, EXPERIMENT)
     rows, missing = [], []
-    for job in jobs:
-        hit = stored[stored["run_key"] == job.key] if len(stored) else stored
+    for (arm, seed), key in planned.items():
+        hit = stored[stored["run_key"] == key] if len(stored) else stored
         if len(hit):
             run = hit.iloc[0]
             rev = str(run.get("tags.git_revision", "unknown"))[:12]
             dirty = str(run.get("tags.git_dirty", "unknown")) == "true"
-            rows.append({"arm": job.arm, "seed": job.seed, "run_id": run["run_id"],
-                         "revision": rev + (" (uncommitted changes)" if dirty else "")})
+            rows.append({"arm": arm, "seed": seed, "run_id": run["run_id"],
+                         "revision": rev + (" (uncommitted changes)" if dirty else ""),
+                         "block_frames": block_frames_of(run.to_dict())})
         else:
-            missing.append((job.arm, job.seed))
-    return pd.DataFrame(rows, columns=["arm", "seed", "run_id", "revision"]), missing
+            missing.append((arm, seed))
+    return pd.DataFrame(rows, columns=["arm", "seed", "run_id", "revision", "block_frames"]), \
+        missing
 
 
 def provenance(f: Findings, head: str) -> list[str]:
@@ -75,12 +91,14 @@ def provenance(f: Findings, head: str) -> list[str]:
     return [line]
 
 
-def analyse(spec: Spec, jobs: list[Job], uri: str) -> Findings:
-    runs, missing = collect(jobs, uri)
+def analyse(spec: Spec, planned: Mapping[tuple[str, int], str], uri: str) -> Findings:
+    """Measures and verdicts of the stored runs of ``planned`` (``(arm, seed) -> run key``)."""
+    runs, missing = collect(planned, uri)
     if runs.empty:
         from toolkit.config import ConfigError
+        from toolkit.stores import mask
 
-        raise ConfigError(f"no finished findings runs in {uri}: run `rollbench findings` "
+        raise ConfigError(f"no finished findings runs in {mask(uri)}: run `rollbench findings` "
                           "without render_only first")
     table = measure_runs(spec, runs, uri)
     results = {c.id: [evaluate(t, table) for t in c.tests] for c in spec.claims}
@@ -94,21 +112,60 @@ def _binned(steps: np.ndarray, values: np.ndarray, size: int) -> tuple[np.ndarra
     return g.index.to_numpy() * size + size / 2, g.to_numpy()
 
 
-def curve_png(f: Findings, measure: str, arms: list[str]) -> bytes:
+def measure_range(measure: str, paired: bool = False) -> tuple[float, float]:
+    """The values a findings measure (or a paired difference of it) can take.
+
+    A window of a curve has the curve's range (``fidelity@last``: [0, 1]); a drop (first minus
+    last) and a difference against a baseline span [low - high, high - low] each; ``kv_growth``
+    is >= 0 and ``kv_linearity`` (an R²) <= 1.
+    """
+    if measure == "kv_growth":
+        low, high = 0.0, np.inf
+    elif measure == "kv_linearity":
+        low, high = -np.inf, 1.0
+    else:
+        low, high = value_range(measure.split("@", 1)[0])
+        if measure.endswith("@drop"):
+            low, high = low - high, high - low
+    if paired and measure != "kv_linearity":
+        low, high = low - high, high - low
+    return low, high
+
+
+def block_of(f: Findings) -> int | None:
+    """Latent frames per block of the runs: as recorded, else read off the KV curve."""
+    recorded = set(f.runs["block_frames"].dropna()) if "block_frames" in f.runs else set()
+    if len(recorded) == 1:
+        return int(recorded.pop())
+    if f.runs.empty or recorded:
+        return None
     from toolkit.aggregate import curves
 
-    per = {}
-    for arm in arms:
-        ids = f.runs.loc[f.runs["arm"] == arm, "run_id"]
-        got = curves(ids, measure, f.uri)
-        size = 1 if measure.startswith("kv_") else BIN
-        per[arm] = [_binned(s, v, size) for s, v in got.values() if len(s)]
-    scale, _ = unit_of(measure)
+    steps = next(iter(curves(f.runs["run_id"][:1], "kv_bytes", f.uri).values()))[0]
+    return block_of_curve(steps)
+
+
+def curve_png(f: Findings, measure: str, arms: list[str]) -> bytes:
+    """The figure of one measure over the rollout, one line and 95% band per arm."""
+    from toolkit.aggregate import curves
+
     log = measure.startswith("kv_")
+    raw = {arm: [c for c in curves(f.runs.loc[f.runs["arm"] == arm, "run_id"], measure,
+                                   f.uri).values() if len(c[0])] for arm in arms}
+    block = block_of(f)
+    zero_one = not log and all(figures.binary(s) for s in raw.values() if s)
+    if log or zero_one:  # per block as logged, or per frame smoothed over one block
+        per, how = raw, "mean over seeds" if log else (
+            f"rolling mean over one block ({block} frames), mean over seeds, 95% band")
+    else:
+        per = {a: [_binned(s, v, BIN) for s, v in got] for a, got in raw.items()}
+        how = f"mean of {BIN}-frame bins over seeds, 95% band"
+    scale, _ = unit_of(measure)
     label = heading(measure, "") + (" (log)" if log else "")
-    title = f"{measure} over the rollout\nmean of {BIN}-frame bins over seeds, 95% band" \
-        if not log else f"{measure} held per block\nmean over seeds"
-    return figures.curve_figure(title, label, per, scale, f.spec.window, (), log)
+    title = f"{measure} {'held per block' if log else 'over the rollout'}\n{how}"
+    bounds = measure_range(measure) if not log else UNBOUNDED
+    return figures.curve_figure(title, label, per, scale, f.spec.window, (), log, bounds,
+                                block if zero_one else None)
 
 
 def effects_png(f: Findings, claim: Claim) -> bytes:
@@ -126,7 +183,8 @@ def effects_png(f: Findings, claim: Claim) -> bytes:
         x = np.linspace(-0.15, 0.15, max(1, len(r.values)))
         ax.scatter(x, r.values, s=12, color="tab:blue", zorder=3)
         if np.isfinite(r.low):
-            ax.errorbar([0.45], [r.mean], yerr=[[r.mean - r.low], [r.high - r.mean]], fmt="o",
+            low, high = np.clip((r.low, r.high), *measure_range(t.measure, bool(t.baseline)))
+            ax.errorbar([0.45], [r.mean], yerr=[[r.mean - low], [high - r.mean]], fmt="o",
                         color="tab:red", capsize=4, zorder=3)
         ax.set_xlim(-0.5, 0.8)
         ax.set_xticks([])
@@ -139,9 +197,12 @@ def effects_png(f: Findings, claim: Claim) -> bytes:
 
 
 # --- Markdown --------------------------------------------------------------------------------
-def _ci(mean: float, low: float, high: float) -> str:
+def _ci(mean: float, low: float, high: float,
+        bounds: tuple[float, float] = UNBOUNDED) -> str:
+    """``mean [low, high]``, the interval kept in ``bounds``; the mean alone without one."""
     if not np.isfinite(low):
         return num(mean)
+    low, high = np.clip((low, high), *bounds)
     return f"{num(mean)} [{num(low)}, {num(high)}]"
 
 
@@ -163,9 +224,10 @@ def verdict_table(f: Findings) -> list[str]:
     for claim in f.spec.claims:
         for r in f.results[claim.id]:
             t = r.test
-            one = _ci(*r.at_1x) if r.at_1x else "—"
+            span = measure_range(t.measure, bool(t.baseline))
+            one = _ci(*r.at_1x, span) if r.at_1x else "—"
             lines.append(f"| [{claim.id}](#{claim.id}) | {t.name} | `{_effect(t)}`: "
-                         f"`{t.measure}` | {_ci(r.mean, r.low, r.high)} | {one} | "
+                         f"`{t.measure}` | {_ci(r.mean, r.low, r.high, span)} | {one} | "
                          f"{r.p:.2g} | {_rule(r)} | {MARK[r.verdict]} |")
     return lines
 
@@ -178,11 +240,9 @@ def arms_table(f: Findings) -> list[str]:
     cols = [c for c in ARM_COLUMNS if c in f.table]
     lines = ["| arm | config | n | " + " | ".join(f"`{c}`" for c in cols) + " |",
              "|---|---|---|" + "---|" * len(cols)]
-    from toolkit.aggregate import mean_ci
-
     for arm in f.spec.arms_used():
         sub = f.table[f.table["arm"] == arm]
-        cells = [_ci(*mean_ci(sub[c].to_numpy(float))) for c in cols]
+        cells = [_ci(*mean_ci(sub[c].to_numpy(float), bounds=measure_range(c))) for c in cols]
         config = " ".join(f"`{o}`" for o in f.spec.arms[arm])
         lines.append(f"| {arm} | {config} | {len(sub)} | " + " | ".join(cells) + " |")
     return lines
@@ -198,9 +258,10 @@ def claim_section(f: Findings, claim: Claim, images: dict[str, bytes],
     out += [f"**Verdict: {MARK[claim_verdict(res)]}.**", ""]
     for r in res:
         t = r.test
-        one = f"; at 1x {_ci(*r.at_1x)}" if r.at_1x else ""
+        span = measure_range(t.measure, bool(t.baseline))
+        one = f"; at 1x {_ci(*r.at_1x, span)}" if r.at_1x else ""
         out.append(f"- {t.name}: `{_effect(t)}` on `{t.measure}` = "
-                   f"{_ci(r.mean, r.low, r.high)} (n={len(r.values)}{one}), p = {r.p:.2g}; "
+                   f"{_ci(r.mean, r.low, r.high, span)} (n={len(r.values)}{one}), p = {r.p:.2g}; "
                    f"rule {_rule(r)} → **{r.verdict}** ({r.reason}).")
     out.append("")
     for fig in claim.figures:
@@ -245,7 +306,8 @@ def to_markdown(f: Findings, header: list[str], out: Path) -> tuple[str, dict[st
               "'within', the larger of the two one-sided tests against the band's edges); "
               "pairs with a zero difference are dropped (scipy's default), so with ties fewer "
               f"than {pairs} pairs are tested and p cannot fall below 2^(1-n) for n pairs. "
-              "CI: 95% bootstrap (BCa) of the mean over seeds.", "",
+              "CI: 95% bootstrap (BCa) of the mean over seeds, kept in the measure's range; "
+              "none (the mean alone) with fewer than 3 seeds.", "",
               "## Arms (mean over seeds, 95% CI)", "", *arms_table(f), ""]
     folder = f"figures/{out.stem.lower()}"
     for claim in spec.claims:

@@ -15,6 +15,11 @@ from urllib.parse import quote
 from reports.sections import Image, Report
 from reports.tables import Table
 
+CURVES_NOTE = ("Mean over seeds per variant; bands: the 95% t interval of the mean at each "
+               "latent frame where at least 3 runs have a value, kept inside the measure's "
+               "range; per-frame 0/1 curves: their rolling mean over one block, the raw "
+               "per-frame means as faint points; dashed: the training length; dotted: the "
+               "other marks.")
 CSS = """
 body{font:14px/1.45 system-ui,sans-serif;margin:2em auto;max-width:1200px;padding:0 1em;
 color:#222}
@@ -69,9 +74,7 @@ def to_markdown(report: Report) -> str:
                 "grouped by variant and length (same legend).", "", md_table(report.scalars),
                 ""]
     if report.curves:
-        out += ["## Curves over the rollout", "", "Mean over seeds per variant; bands: the "
-                "95% t interval of the mean at each latent frame; dashed: the training "
-                "length; dotted: the other marks.", ""]
+        out += ["## Curves over the rollout", "", CURVES_NOTE, ""]
         out += [f"![{i.alt}]({i.path})\n" for i in report.curves]
     if report.strips:
         out += ["## Filmstrips", "", "One seed per variant: the last frame at each length "
@@ -160,9 +163,8 @@ def to_html(report: Report) -> str:
     if report.scalars:
         b += ["<h2>Whole-run scalars</h2>", html_table(report.scalars)]
     if report.curves:
-        b += ["<h2>Curves over the rollout</h2>", '<p class="note">Mean over seeds per variant;'
-              " bands: the 95% t interval of the mean at each latent frame; dashed: the "
-              "training length; dotted: the other marks.</p>", '<div class="grid">']
+        b += ["<h2>Curves over the rollout</h2>", f'<p class="note">{_e(CURVES_NOTE)}</p>',
+              '<div class="grid">']
         b += [f"<div>{img(i)}</div>" for i in report.curves]
         b.append("</div>")
     if report.strips:

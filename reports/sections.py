@@ -2,8 +2,8 @@
 
 :func:`reports.compare.build_report` fills a :class:`Report`; ``reports.render`` prints it.
 The provenance says where the numbers come from: the git revisions and package versions the
-runs recorded, every run's config (the params common to all, then what differs), the card of
-the built-in world model where runs used it, and the machine that rendered the report.
+runs recorded, every run's config (the params common to all, then what differs), the model
+cards the runs recorded (as artifacts), and the machine that rendered the report.
 """
 
 from __future__ import annotations
@@ -11,17 +11,15 @@ from __future__ import annotations
 import json
 import os
 import platform
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from reports import data
 from reports.tables import Table
-
-REPO = Path(__file__).resolve().parent.parent
 
 
 @dataclass
@@ -104,8 +102,8 @@ def whole(value: Any) -> str:
     return "—" if value is None or pd.isna(value) else str(int(value))
 
 
-def _card(path: Path) -> str:
-    card = json.loads(path.read_text())
+def card_text(card: dict[str, Any]) -> str:
+    """A model card as indented JSON, long lists cut to their first items."""
 
     def short(value: Any) -> Any:
         if isinstance(value, list) and len(value) > 12:
@@ -117,8 +115,9 @@ def _card(path: Path) -> str:
     return json.dumps(short(card), indent=1, sort_keys=True)
 
 
-def provenance(exp: data.Experiment, machine: list[tuple[str, str]]) -> Provenance:
-    """The footer of an experiment's report."""
+def provenance(exp: data.Experiment, machine: list[tuple[str, str]],
+               cards: Sequence[tuple[str, dict[str, Any]]] = ()) -> Provenance:
+    """The footer of an experiment's report (``cards``: :func:`reports.data.model_cards`)."""
     every = pd.concat([exp.runs, exp.others], ignore_index=True)
     revisions = Table("Git revisions", ["revision", "uncommitted changes", "runs"], [])
     if "tags.git_revision" in every:
@@ -145,13 +144,5 @@ def provenance(exp: data.Experiment, machine: list[tuple[str, str]]) -> Provenan
         table.rows.append([r["variant"], whole(r["seed"]), whole(r["latent_frames"]),
                            str(r["prompt"]), str(r.get("run_key") or "—")[:12],
                            "; ".join(f"{k}={v}" for k, v in params if k not in shown) or "—"])
-    cards = []
-    world = runs[runs["params.model._target_"] == data.WORLD_TARGET] \
-        if "params.model._target_" in runs else runs.iloc[:0]
-    if len(world):
-        paths = sorted({data.world_card_path(p) for p in world.get("params.model.path", [None])})
-        for path in paths:
-            shown_path = path.relative_to(REPO) if path.is_relative_to(REPO) else path.name
-            cards.append((f"world model card {shown_path} (as in this checkout)",
-                          _card(path) if path.is_file() else "missing"))
-    return Provenance(revisions, versions, common, table, configs, cards, machine)
+    shown_cards = [(title, card_text(card)) for title, card in cards]
+    return Provenance(revisions, versions, common, table, configs, shown_cards, machine)

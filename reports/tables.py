@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from reports.data import Experiment
-from toolkit.aggregate import direction, summarise
+from toolkit.aggregate import MIN_CI, direction, summarise
 from toolkit.metrics import METRICS
 from toolkit.tracking import MARKS
 
@@ -157,14 +157,15 @@ def num(x: float) -> str:
 
 
 def cell(row: pd.Series | None, scale: float, expected: int) -> str:
-    """``mean [low, high]`` (scaled), ``(n=k)`` when runs lack it, ▲/▼ vs the baseline."""
+    """``mean [low, high]`` (scaled), ``(n=k)`` when runs lack it or k < ``MIN_CI`` (no
+    interval then), ▲/▼ vs the baseline."""
     if row is None or not np.isfinite(row["mean"]):
         return "—"
     mean, low, high = (row[k] * scale for k in ("mean", "ci_low", "ci_high"))
     text = num(mean)
     if np.isfinite(low) and np.isfinite(high) and num(low) != num(high):
         text += f" [{num(low)}, {num(high)}]"
-    if row["n"] < expected:
+    if row["n"] < expected or row["n"] < MIN_CI:  # fewer than MIN_CI: no interval, say why
         text += f" (n={int(row['n'])})"
     if bool(row.get("significant", False)):
         text += " ▲" if bool(row["better"]) else " ▼"

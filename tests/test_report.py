@@ -26,7 +26,7 @@ import pandas as pd
 import pytest
 
 from reports.compare import build_report, cmd_report, write_report
-from reports.data import Experiment, train_frames_of, variant_label, world_card_path
+from reports.data import Experiment, block_frames_of, train_frames_of, variant_label
 from reports.sections import provenance
 from reports.tables import Mark, at_marks, marks_of, reduce
 from toolkit.cli import main
@@ -274,24 +274,121 @@ def test_labels_and_training_length():
     assert variant_label(None, "sink") == "sink"
     assert variant_label("packforcing strategy.top_k=4", "x") == "packforcing strategy.top_k=4"
     assert train_frames_of({"params.model.train_frames": "8"}) == 8
-    card = FX.json.loads(world_card_path().read_text())
-    world = {"params.model._target_": "toolkit.world.model.load_world"}
-    assert train_frames_of(world) == card["config"]["train_frames"]
+    # the built-in world sets no model.train_frames: the run's spec tag holds it
+    world = {"params.model._target_": "toolkit.world.model.load_world",
+             "tags.spec.train_frames": "20", "tags.spec.block_frames": "4"}
+    assert train_frames_of(world) == 20 and block_frames_of(world) == 4
+    assert train_frames_of({"params.model._target_": "toolkit.world.model.load_world"}) is None
     assert train_frames_of({"params.model._target_": "toolkit.specmodel.wan_spec_model"}) is None
 
 
-def test_provenance_shows_the_world_card_and_what_differs():
+def test_the_report_reads_only_the_store():
+    """No module of reports/ opens a model's files or composes a run config."""
+    for path in (HERE.parent / "reports").glob("*.py"):
+        text = path.read_text()
+        for needle in ("toolkit.world", "weights", "compose_config", "find_spec",
+                       "toolkit.jobs", "toolkit.config import build"):
+            assert needle not in text, f"{path.name} uses {needle}"
+
+
+def test_provenance_shows_the_recorded_cards_and_what_differs():
     run = {"variant": "sink", "seed": 0, "latent_frames": 40, "prompt": "p", "status": "FINISHED",
            "params.model._target_": "toolkit.world.model.load_world", "params.model.path": "None",
            "tags.git_revision": "abc", "tags.git_dirty": "true"}
     exp = _toy([{**run, "run_id": "a", "run_key": "k" * 64, "params.strategy.sink_frames": "4"},
                 {**run, "run_id": "b", "run_key": "j" * 64, "params.strategy.sink_frames": "8"}],
                {})
-    prov = provenance(exp, MACHINE)
-    card = FX.json.loads(world_card_path().read_text())
+    card = {"config": {"train_frames": 20}, "losses": list(range(40)), "sha256": "ab" * 32}
+    prov = provenance(exp, MACHINE, [("model card of `load_world` (2 runs)", card)])
     assert len(prov.cards) == 1 and card["sha256"] in prov.cards[0][1]
-    assert "toolkit/world/weights/world-model.json" in prov.cards[0][0]
+    assert prov.cards[0][0] == "model card of `load_world` (2 runs)"
+    assert "... 34 more" in prov.cards[0][1]  # long lists are cut
     assert ("model._target_", "toolkit.world.model.load_world") in prov.common
     assert [r[-1] for r in prov.runs.rows] == ["strategy.sink_frames=4", "strategy.sink_frames=8"]
     assert [r[4] for r in prov.runs.rows] == ["k" * 12, "j" * 12]
     assert prov.revisions.rows == [["abc", "true", "2"]] and prov.machine == MACHINE
+    assert provenance(exp, MACHINE).cards == []
+
+
+def band_extents(fig) -> list[tuple[float, float]]:
+    """(lowest, highest) y of every CI band (fill_between polygon) of a figure, in data units."""
+    out = []
+    for ax in fig.axes:
+        for coll in ax.collections:
+            if "Poly" not in type(coll).__name__:
+                continue
+            ys = np.concatenate([p.vertices[:, 1] for p in coll.get_paths()] or [np.array([])])
+            ys = ys[np.isfinite(ys)]
+            if len(ys):
+                out.append((float(ys.min()), float(ys.max())))
+    return out
+
+
+def _binary_fidelity(seeds: int) -> Experiment:
+    """A fraction whose per-frame values are 0/1 and disagree across seeds: a t interval on it
+    leaves [0, 1] (seed 0 never matches its prompt, the others always do)."""
+    frames = np.arange(40)
+    runs, curves = [], {"fidelity": {}, "kv_bytes": {}}
+    for s in range(seeds):
+        rid = f"r{s}"
+        runs.append({"variant": "v", "strategy": "v", "seed": s, "prompt": "p", "run_id": rid,
+                     "run_name": rid, "latent_frames": 40, "train_frames": 8, "block_frames": 4})
+        curves["fidelity"][rid] = (frames, np.full(40, 0.0 if s == 0 else 1.0))
+        curves["kv_bytes"][rid] = (frames[::4], 100.0 * (frames[::4] + 4))
+    return _toy(runs, curves)
+
+
+def test_fraction_bands_stay_in_their_range_and_need_three_runs():
+    from reports.compare import curve_figures
+    from reports.figures import curve_axes
+
+    exp = _binary_fidelity(3)
+    figs = {m: f for m, _, f in curve_figures(exp, ["v"], marks_of(exp.runs), 8)}
+    bands = band_extents(figs["fidelity"])
+    assert bands and all(lo >= 0.0 and hi <= 1.0 for lo, hi in bands)  # a fraction: [0, 1]
+    # the check has teeth: the same curves without the measure's range leave [0, 1]
+    loose = band_extents(curve_axes("t", "y", {"v": list(exp.curves["fidelity"].values())}))
+    assert min(lo for lo, _ in loose) < 0 or max(hi for _, hi in loose) > 1
+    two = _binary_fidelity(2)  # two runs: no interval at all
+    figs = {m: f for m, _, f in curve_figures(two, ["v"], marks_of(two.runs), 8)}
+    assert band_extents(figs["fidelity"]) == []
+
+
+def test_per_frame_binary_curves_are_a_rolling_mean_over_one_block_with_raw_points():
+    from reports.compare import curve_figures
+
+    exp = _binary_fidelity(3)
+    fig = {m: f for m, _, f in curve_figures(exp, ["v"], marks_of(exp.runs), 8)}["fidelity"]
+    ax = fig.axes[0]
+    (line,) = [ln for ln in ax.lines if ln.get_label() == "v"]
+    assert np.allclose(line.get_ydata(), 2 / 3)  # the mean over seeds, constant here
+    raw = [c for c in ax.collections if "Poly" not in type(c).__name__]
+    assert len(raw) == 1 and raw[0].get_alpha() < 0.5  # the raw per-frame means, faint
+    stepped = _binary_fidelity(3)
+    for rid, (s, _) in stepped.curves["fidelity"].items():  # a 0 -> 1 step at frame 20
+        stepped.curves["fidelity"][rid] = (s, (s >= 20).astype(float))
+    fig = {m: f for m, _, f in curve_figures(stepped, ["v"], marks_of(stepped.runs), 8)}
+    y = next(ln for ln in fig["fidelity"].axes[0].lines if ln.get_label() == "v").get_ydata()
+    assert list(y[19:24]) == [0.0, 0.25, 0.5, 0.75, 1.0]  # trailing mean over 4 frames
+
+
+def test_the_fixture_reports_fraction_figures_keep_their_bands_in_range(store):
+    """Every figure of a fraction in the fixture's report (and its partial twin): no band
+    outside [0, 1]."""
+    from reports.compare import curve_figures
+    from reports.data import load_experiment
+    from reports.tables import CURVES, resolve_baseline
+    from reports.tables import order as variant_order
+    from toolkit.aggregate import value_range
+
+    _, uri = store
+    checked = 0
+    for name in ("fixture", "partial"):
+        exp = load_experiment(uri, name, list(CURVES))
+        variants = variant_order(list(exp.runs["variant"]), resolve_baseline(exp.runs, "full"))
+        for metric, _, fig in curve_figures(exp, variants, marks_of(exp.runs), 2):
+            low, high = value_range(metric)
+            for lo, hi in band_extents(fig):
+                assert low - 1e-9 <= lo and hi <= high + 1e-9, (name, metric, lo, hi)
+                checked += value_range(metric) == (0.0, 1.0)
+    assert checked  # some fraction's band was looked at

@@ -2,6 +2,7 @@
 
 import json
 import socket
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -168,9 +169,9 @@ def test_same_seed_gives_identical_metrics(tmp_path, store):
 
 
 def _first_writer(uri: str) -> str:
-    from toolkit.tracking import _client, _experiment
+    from toolkit.tracking import experiment_id, open_client
 
-    return _experiment(_client(uri), "race", uri)
+    return experiment_id(open_client(uri), "race", uri)
 
 
 def test_parallel_first_writers_share_one_new_store(tmp_path):
@@ -184,3 +185,66 @@ def test_parallel_first_writers_share_one_new_store(tmp_path):
         ids = list(pool.map(_first_writer, [uri] * 4))
     assert len(set(ids)) == 1
     assert not list((tmp_path / "new" / "deeper").glob(".*.tmp"))
+
+
+@pytest.fixture
+def silent_server():
+    """A TCP port that accepts connections and never answers (a hung tracking server)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(8)
+        yield f"http://127.0.0.1:{s.getsockname()[1]}"
+
+
+def test_a_silent_server_is_given_up_within_the_timeout(silent_server):
+    from toolkit.stores import unreachable
+
+    start = time.perf_counter()
+    why = unreachable(silent_server)  # the default timeout (5 s)
+    took = time.perf_counter() - start
+    assert why and "timed out" in why.lower() and 4 < took < 10
+
+
+def test_a_run_against_a_hung_server_goes_on_and_prints_the_relog_command(
+        tmp_path, silent_server, monkeypatch):
+    """Before: 268 s of MLflow retries. Now: the store is given up in seconds."""
+    monkeypatch.setenv("ROLLBENCH_TRACKING_TIMEOUT", "2")
+    uri = silent_server.replace("http://", "http://bench:s3cret@")
+    start = time.perf_counter()
+    with pytest.warns(TrackingWarning) as caught:
+        assert main(["run", "model=tiny-random", "video.latent_frames=4", "progress=false",
+                     f"run_root={tmp_path}", f"tracking.uri={uri}"]) == 0
+    assert time.perf_counter() - start < 10
+    text = " ".join(str(w.message) for w in caught)
+    run_dir = run_dir_of(tmp_path)
+    assert f"rollbench relog {run_dir}" in text and "waited at most 2 s" in text
+    assert "s3cret" not in text and "bench:***@" in text
+    assert "s3cret" not in (run_dir / MARKER).read_text()
+    assert (run_dir / "metrics.json").is_file() and (run_dir / "latents.pt").is_file()
+    assert json.loads((run_dir / "meta.json").read_text())["tracking"]["uri"] == uri  # relog
+
+
+def test_a_grid_job_runs_when_the_store_cannot_say_what_finished(tmp_path, monkeypatch):
+    from toolkit.jobs import run_job
+
+    cfg = compose_config(["model=tiny-random", "video.latent_frames=4", "progress=false",
+                          f"run_root={tmp_path}", f"tracking.uri=http://127.0.0.1:{closed_port()}"])
+    with pytest.warns(UserWarning, match="without checking for a finished twin"):
+        result = run_job(cfg, skip_finished=True)
+    assert result.status == "finished" and result.run_id is None
+    assert (result.run_dir / MARKER).is_file()
+
+
+def test_runs_record_the_model_spec_and_card_for_the_report(tmp_path, store):
+    out, prompt = world_rollout(40)
+    cfg = compose_config(["strategy=sink", "video.latent_frames=40", f"run_root={tmp_path}"])
+    run_dir = tmp_path / "rollouts" / "card-run"
+    save_rollout(out, cfg, run_dir)
+    card = {"config": {"train_frames": 20}, "sha256": "ab" * 32}
+    run_id = record_run(out, cfg, run_dir, model=SimpleNamespace(spec=SPEC, card=card),
+                        prompt=prompt)
+    client = MlflowClient(resolve_uri(None, tmp_path))
+    tags = client.get_run(run_id).data.tags
+    assert tags["spec.train_frames"] == "20" and tags["spec.block_frames"] == "4"
+    assert "model_card.json" in {a.path for a in client.list_artifacts(run_id)}
+    assert json.loads((run_dir / "model_card.json").read_text()) == card

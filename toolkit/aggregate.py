@@ -7,7 +7,9 @@ The results-table API the report uses (it reads MLflow only):
     series = curves(df.run_id[:2], "drift", "sqlite:///runs/mlflow.db")
 
 Confidence intervals: ``scipy.stats.bootstrap`` of the mean (BCa, 9,999 resamples, seeded) for
-n >= 3 runs, the Student t interval for n = 2, none for n = 1. Paired tests: a run is paired
+n >= 3 runs, none below 3 (two values give a t interval too wide to read, e.g. -6 to 7 on a
+fraction); an interval never leaves the metric's range (:func:`value_range`: a fraction stays
+in [0, 1], bytes and seconds >= 0). Paired tests: a run is paired
 with the baseline strategy's run that shares every ``by`` column other than the strategy and
 every ``pair_on`` column (seed and prompt); the test is the two-sided Wilcoxon signed-rank
 test (``scipy.stats.wilcoxon``) by default, or the paired t-test (``ttest_rel``).
@@ -27,23 +29,47 @@ from toolkit.registry import UnknownName
 
 RUN_COLUMNS = ("strategy", "model", "prompt", "run_key", "seed", "latent_frames")
 TESTS = ("wilcoxon", "ttest")
+#: Fewest values an interval is given for (below it: the mean alone, and the report says so).
+MIN_CI = 3
+#: Units whose values cannot be negative.
+NONNEGATIVE = ("bytes", "tokens", "s", "ratio", "feature distance", "Frechet distance",
+               "px/frame", "LPIPS")
+UNBOUNDED = (-np.inf, np.inf)
 
 
-def mean_ci(values: Sequence[float], confidence: float = 0.95,
-            seed: int = 0) -> tuple[float, float, float]:
-    """(mean, low, high) of the mean; see the module docstring for the method by n."""
+def value_range(metric: str) -> tuple[float, float]:
+    """The values a metric can take, from its unit: [0, 1] for fractions, [-1, 1] for cosines,
+    [0, inf) for sizes, times and distances, else unbounded (``kv_bytes/sink`` uses
+    ``kv_bytes``)."""
+    try:
+        unit = METRICS.get(metric.split("/", 1)[0]).unit
+    except UnknownName:
+        return UNBOUNDED
+    if unit.startswith("fraction"):
+        return 0.0, 1.0
+    if unit == "cosine":
+        return -1.0, 1.0
+    return (0.0, np.inf) if unit in NONNEGATIVE else UNBOUNDED
+
+
+def mean_ci(values: Sequence[float], confidence: float = 0.95, seed: int = 0,
+            bounds: tuple[float, float] = UNBOUNDED) -> tuple[float, float, float]:
+    """(mean, low, high) of the mean, the interval clipped to ``bounds``; no interval (NaN)
+    below :data:`MIN_CI` values. See the module docstring for the method."""
     x = np.asarray(values, dtype=np.float64)
     x = x[np.isfinite(x)]
     if len(x) == 0:
         return np.nan, np.nan, np.nan
     mean = float(x.mean())
-    if len(x) == 1:
+    if len(x) < MIN_CI:
         return mean, np.nan, np.nan
     if np.ptp(x) == 0:
         return mean, mean, mean
-    if len(x) < 3:
-        half = stats.t.ppf(0.5 + confidence / 2, len(x) - 1) * stats.sem(x)
-        return mean, mean - half, mean + half
+    low, high = _bootstrap(x, confidence, seed)
+    return mean, float(np.clip(low, *bounds)), float(np.clip(high, *bounds))
+
+
+def _bootstrap(x: np.ndarray, confidence: float, seed: int) -> tuple[float, float]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         res = stats.bootstrap((x,), np.mean, confidence_level=confidence, method="BCa",
@@ -53,7 +79,7 @@ def mean_ci(values: Sequence[float], confidence: float = 0.95,
         res = stats.bootstrap((x,), np.mean, confidence_level=confidence,
                               method="percentile", rng=np.random.default_rng(seed))
         low, high = res.confidence_interval
-    return mean, float(low), float(high)
+    return float(low), float(high)
 
 
 def paired_test(a: Sequence[float], b: Sequence[float], test: str = "wilcoxon") -> float:
@@ -86,9 +112,9 @@ def load_runs(tracking_uri: str, experiment: str = "rollbench",
 
     Scalar metrics appear under their own names; curves are left out (see :func:`curves`).
     """
-    from toolkit.tracking import _client
+    from toolkit.tracking import open_client
 
-    client = _client(tracking_uri)
+    client = open_client(tracking_uri)
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         return pd.DataFrame(columns=["run_id", "status", *RUN_COLUMNS])
@@ -129,9 +155,9 @@ def _int(value: str | None) -> int | None:
 def curves(run_ids: Iterable[str], metric: str,
            tracking_uri: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """``run_id -> (steps, values)`` of a logged curve, sorted by step (latent frame)."""
-    from toolkit.tracking import _client
+    from toolkit.tracking import open_client
 
-    client = _client(tracking_uri)
+    client = open_client(tracking_uri)
     out = {}
     for run_id in run_ids:
         hist = sorted(client.get_metric_history(run_id, metric), key=lambda m: m.step)
@@ -176,7 +202,8 @@ def summarise(df: pd.DataFrame, by: Sequence[str] = ("strategy", "latent_frames"
             for k in keys:
                 base = base[base[k] == label[k]]
         for name in metrics:
-            mean, low, high = mean_ci(sub[name].to_numpy(float), seed=seed)
+            mean, low, high = mean_ci(sub[name].to_numpy(float), seed=seed,
+                                      bounds=value_range(name))
             row = {**label, "metric": name, "direction": direction(name),
                    "n": int(np.isfinite(sub[name].to_numpy(float)).sum()), "mean": mean,
                    "ci_low": low, "ci_high": high, "n_pairs": 0, "delta": np.nan,

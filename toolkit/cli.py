@@ -4,11 +4,16 @@
     rollbench ls
     rollbench bench video.latent_frames=480
     rollbench grid experiment=strategies_24x
+    rollbench grid experiment=mine experiments_dir=~/my-experiments   # DIR/experiment/mine.yaml
     rollbench sweep sweep=packforcing_budget
     rollbench report experiment=strategies_24x
     rollbench findings workers=2
     rollbench memory model=wan-t2v-1.3b strategy=packforcing video.seconds=120
     rollbench train world-model
+    rollbench --wide bench            # every table column at full width
+
+Errors in the input (a typo'd key, a value that cannot work, a tracking server that does
+not answer) print one line naming the value and exit with status 2.
 """
 
 from __future__ import annotations
@@ -16,19 +21,15 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
-from omegaconf import OmegaConf
-from rich.table import Table
-
-from toolkit.config import ConfigError, build, build_strategy, compose_config
-from toolkit.jobs import console, default_prompts, summary
-from toolkit.registry import STRATEGIES, UnknownName, where
-from toolkit.rollout import rollout
+# Only light modules at the top: ``rollbench --help`` and ``rollbench ls`` must answer fast;
+# torch, MLflow, Optuna and diffusers are imported inside the commands that use them.
+from toolkit.terminal import console, print_table, set_wide
 
 
 def cmd_run(overrides: list[str]) -> int:
     """One tracked rollout; config errors fail before any work (exit 2)."""
+    from toolkit.config import build, compose_config
     from toolkit.jobs import run_job
 
     cfg = compose_config(overrides)
@@ -62,10 +63,40 @@ def cmd_report(overrides: list[str]) -> int:
 
 
 def cmd_findings(args: list[str]) -> int:
-    """``rollbench findings [quick=true] [workers=2]``: the paper's claims, re-measured."""
-    from toolkit.findings import cmd_findings as findings
+    """``rollbench findings [quick=true] [workers=2]``: the paper's claims, re-measured.
 
-    return findings(args)
+    Plans and runs the jobs through ``toolkit.findings``, then renders the page through
+    ``reports.findings`` from the stored runs of the planned run keys.
+    """
+    import json
+
+    from reports.findings import analyse, provenance, write
+    from toolkit.findings import claim_verdict, keys_of
+    from toolkit.findings.run import execute, prepare, seeds_line, wall_line
+    from toolkit.stores import mask
+    from toolkit.tracking import git_state
+
+    start = time.perf_counter()
+    inv = prepare(args)
+    git = git_state()
+    head = git["git_revision"][:12] + (" (uncommitted changes)" if git["git_dirty"] == "true"
+                                       else "")
+    if not inv.render_only:
+        console.print(f"findings: {len(inv.jobs)} runs ({len(inv.spec.arms_used())} arms x "
+                      f"{inv.seeds} seeds, {inv.spec.latent_frames} latent frames), "
+                      f"{inv.workers} worker(s); tracking {mask(inv.uri)}")
+        execute(inv, head, start)
+    findings = analyse(inv.spec, keys_of(inv.jobs), inv.uri)
+    wall = time.perf_counter() - start
+    last = json.loads(inv.timing.read_text()) if inv.timing.exists() else None
+    header = [f"- Command: `{inv.command}`", f"- Git revision: `{head}`",
+              *wall_line(wall, inv.render_only, last), *provenance(findings, head),
+              seeds_line(inv)]
+    out = write(findings, inv.out, header)
+    console.print(f"findings: {out} ({wall / 60:.1f} min)")
+    for claim in inv.spec.claims:
+        console.print(f"  {claim.id}: {claim_verdict(findings.results[claim.id])}")
+    return 0 if not findings.missing else 1
 
 
 def cmd_memory(overrides: list[str]) -> int:
@@ -89,69 +120,63 @@ def cmd_realbench(overrides: list[str]) -> int:
     return realbench(overrides)
 
 
-def _table(title: str, columns: tuple[str, ...], rows: list[tuple[str, ...]]) -> Table:
-    table = Table(title=title)
-    for col in columns:
-        table.add_column(col)
-    for row in rows:
-        table.add_row(*row)
-    return table
-
-
-def cmd_ls(_: list[str]) -> int:
-    """Strategies, compressors, metrics, experiments, sweeps and recipes, with where each lives."""
+def cmd_ls(args: list[str]) -> int:
+    """Strategies, compressors, metrics, experiments, sweeps and recipes, with where each lives
+    (``experiments_dir=DIR`` adds a user's own experiments and sweeps)."""
     from strategies.compressors import COMPRESSORS
+    from toolkit.config import ABLATIONS, build_strategy, group_files
     from toolkit.grid import experiments
     from toolkit.metrics import METRICS
-    from toolkit.recipes import RECIPES
-    from toolkit.sweep import SWEEPS
+    from toolkit.registry import STRATEGIES, where
+    from toolkit.sweep import sweeps
 
-    console.print(_table("strategies", ("name", "defined in", "hyperparameters"), [
+    print_table("strategies", ("name", "defined in", "hyperparameters"), [
         (name, where(cls), ", ".join(f"{k}={v!r}" for k, v in
                                      build_strategy({"_target_": name}).hparams().items()))
-        for name, cls in STRATEGIES.items().items()]))
-    console.print(_table("compressors (strategy.compressor)", ("name", "defined in"),
-                         [(n, where(c)) for n, c in COMPRESSORS.items().items()]))
-    console.print(_table("metrics", ("name", "better", "unit", "kind"), [
-        (n, m.direction, m.unit, m.kind) for n, m in METRICS.items().items()]))
-    console.print(_table("experiments (rollbench grid experiment=NAME)", ("name", "question"),
-                         list(experiments().items())))
-    console.print(_table("sweeps (rollbench sweep sweep=NAME)", ("name",),
-                         [(p.stem,) for p in sorted(SWEEPS.glob("*.yaml"))]))
-    console.print(_table("training recipes (rollbench train NAME)", ("name", "function"),
-                         [(n, where(r.run)) for n, r in RECIPES.items().items()]))
-    configs = Path(__file__).resolve().parent.parent / "ablations"
+        for name, cls in STRATEGIES.items().items()])
+    print_table("compressors (strategy.compressor)", ("name", "defined in"),
+                [(n, where(c)) for n, c in COMPRESSORS.items().items()])
+    print_table("metrics", ("name", "better", "unit", "kind"), [
+        (n, m.direction, m.unit, m.kind) for n, m in METRICS.items().items()])
+    print_table("experiments (rollbench grid experiment=NAME)", ("name", "question"),
+                list(experiments(args).items()))
+    print_table("sweeps (rollbench sweep sweep=NAME)", ("name",), [(n,) for n in sweeps(args)])
+    print_table("training recipes (rollbench train NAME)", ("name", "config"),
+                [(n, str(p.relative_to(ABLATIONS.parent)))
+                 for n, p in group_files("train").items()])
     for group in ("model", "strategy", "compressor"):
-        names = sorted(f.stem for f in (configs / group).glob("*.yaml"))
-        console.print(f"[bold]{group} presets[/bold]: {', '.join(names)}")
+        console.print(f"[bold]{group} presets[/bold]: {', '.join(group_files(group, args))}")
+    console.print("your own experiments and sweeps: experiments_dir=DIR (DIR/experiment/, "
+                  "DIR/sweep/); see README")
     return 0
 
 
 def cmd_bench(overrides: list[str]) -> int:
     """Per strategy: ms per block at the start and end of a long rollout, and peak KV bytes."""
+    from toolkit.config import build, compose_config
+    from toolkit.jobs import default_prompts, print_summaries, summarise
+    from toolkit.rollout import rollout
+
     names = [o.split("=", 1)[1] for o in overrides if o.startswith("strategies=")]
     overrides = [o for o in overrides if not o.startswith("strategies=")]
     names = names[0].strip("[]").split(",") if names else ["full", "window", "sink"]
-    table = Table(title="rollbench bench")
-    for col in ("strategy", "blocks", "ms/block first 10%", "ms/block last 10%", "last/first",
-                "peak KV MiB", "wall s"):
-        table.add_column(col)
+    rows = []
     for name in names:
         cfg = compose_config([*overrides, f"strategy={name}", "progress=false"])
         model, strategy = build(cfg)
         start = time.perf_counter()
         out = rollout(model, strategy, default_prompts(model, cfg), cfg.video.latent_frames,
                       seed=cfg.seed, decode=False)
-        wall = time.perf_counter() - start
-        row = summary(out, wall).columns
-        cells = [c._cells[0] for c in row]
-        table.add_row(name, cells[0], cells[3], cells[4], cells[5], cells[6], cells[2])
-    console.print(table)
+        rows.append((name, summarise(out, time.perf_counter() - start)))
+    print_summaries("rollbench bench", rows)
     return 0
 
 
 def cmd_train(args: list[str]) -> int:
     """``rollbench train NAME [overrides]``: run a training recipe from ablations/train/."""
+    from omegaconf import OmegaConf
+
+    from toolkit.config import ConfigError, compose_config
     from toolkit.recipes import RECIPES
 
     if not args:
@@ -179,19 +204,41 @@ COMMANDS = {"run": cmd_run, "ls": cmd_ls, "bench": cmd_bench_any, "train": cmd_t
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="rollbench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--wide", action="store_true",
+                        help="print every table column at full width (default: fit the terminal)")
     parser.add_argument("command", choices=sorted(COMMANDS))
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. strategy=sink")
     args = parser.parse_args(argv)
+    set_wide(args.wide)
     try:
         return COMMANDS[args.command](args.overrides)
-    except (ConfigError, UnknownName, ValueError) as err:
-        console.print(f"[red]error:[/red] {err}")
+    except Exception as err:
+        line = user_error(err)
+        if line is None:
+            raise
+        from rich.markup import escape
+
+        from toolkit.stores import mask
+
+        console.print(f"[red]error:[/red] {escape(mask(line))}", soft_wrap=True)
         return 2
-    except Exception as err:  # Hydra's own compose errors (unknown group option, typo'd key)
-        if type(err).__module__.startswith(("hydra", "omegaconf")):
-            console.print(f"[red]config error:[/red] {err}")
-            return 2
-        raise
+
+
+def user_error(err: Exception) -> str | None:
+    """The one line to print for an error of the user's input; None for a bug (re-raised).
+
+    Config errors, unknown names, bad values, Hydra's own composition errors and a tracking
+    store that cannot be reached are the user's to fix; anything else keeps its traceback.
+    """
+    from toolkit.registry import UnknownName
+
+    if isinstance(err, UnknownName | ValueError):
+        return " ".join(str(err).split())
+    if isinstance(err, ConnectionError):
+        return f"{type(err).__name__}: {' '.join(str(err).split())}"
+    if type(err).__module__.startswith(("hydra", "omegaconf")):
+        return " ".join(f"config error: {err}".split())
+    return None
 
 
 if __name__ == "__main__":

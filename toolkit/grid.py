@@ -1,39 +1,47 @@
 """``rollbench grid experiment=NAME``: an experiment's multirun through Hydra's launchers.
 
-An experiment is ``ablations/experiment/NAME.yaml``: a header comment stating the question,
-overrides of the run config, and the grid as ``hydra.sweeper.params``. Launchers: Hydra's
-basic one by default, ``hydra/launcher=joblib`` for parallel processes on one machine,
-``hydra/launcher=submitit_slurm`` for a cluster (``submitit_local`` to try it locally). Every
-job is one tracked run; a job whose run key already finished is skipped, and a failing job is
-recorded as failed while the grid goes on.
+An experiment is ``ablations/experiment/NAME.yaml``, or ``DIR/experiment/NAME.yaml`` of a
+user's own folder given by ``experiments_dir=DIR`` (Hydra's ``hydra.searchpath`` works too): a
+header comment stating the question, overrides of the run config, and the grid as
+``hydra.sweeper.params``. Launchers: Hydra's basic one by default, ``hydra/launcher=joblib``
+for parallel processes on one machine, ``hydra/launcher=submitit_slurm`` for a cluster
+(``submitit_local`` to try it locally). Every job is one tracked run; a job whose run key
+already finished is skipped, and a failing job is recorded as failed while the grid goes on.
 """
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
-import hydra
 from omegaconf import DictConfig
 
-from toolkit.config import ConfigError, _register_strategy_configs, rewrite_custom
+from toolkit.config import (
+    ConfigError,
+    group_files,
+    register_strategy_configs,
+    rewrite_custom,
+    with_experiments_dir,
+)
 
-EXPERIMENTS = Path(__file__).resolve().parent.parent / "ablations" / "experiment"
+
+def question_of(path: Path) -> str:
+    """The question a config file answers: its first comment line (not ``@package``)."""
+    lines = [ln[1:].strip() for ln in path.read_text().splitlines() if ln.startswith("#")]
+    return next((ln for ln in lines if ln and not ln.startswith("@package")), "")
 
 
-def experiments() -> dict[str, str]:
-    """Experiment names and the question each answers (its first comment line)."""
-    out = {}
-    for path in sorted(EXPERIMENTS.glob("*.yaml")):
-        lines = [ln[1:].strip() for ln in path.read_text().splitlines() if ln.startswith("#")]
-        question = next((ln for ln in lines if ln and not ln.startswith("@package")), "")
-        out[path.stem] = question
-    return out
+def experiments(overrides: Sequence[str] = ()) -> dict[str, str]:
+    """Experiment names and the question each answers, over the search path of ``overrides``
+    (built-in ones, then those of ``experiments_dir=`` / ``hydra.searchpath`` folders)."""
+    return {name: question_of(path) for name, path in group_files("experiment",
+                                                                  overrides).items()}
 
 
 def check_experiment(overrides: list[str]) -> str:
     """The experiment named in the overrides; a clear error when missing or unknown."""
-    names = experiments()
+    names = experiments(overrides)
     chosen = [o.split("=", 1)[1] for o in overrides if o.startswith("experiment=")]
     if not chosen:
         raise ConfigError(f"rollbench grid needs experiment=NAME; available: {', '.join(names)}")
@@ -43,7 +51,8 @@ def check_experiment(overrides: list[str]) -> str:
         close = difflib.get_close_matches(chosen[0], names, n=2)
         hint = f" Did you mean {' or '.join(close)}?" if close else ""
         raise ConfigError(f"unknown experiment {chosen[0]!r}.{hint} Available: "
-                          f"{', '.join(names)}")
+                          f"{', '.join(names)} (your own: experiments_dir=DIR with "
+                          f"DIR/experiment/{chosen[0]}.yaml)")
     return chosen[0]
 
 
@@ -59,7 +68,8 @@ def variant(cfg: DictConfig, task_overrides: list[str], swept: list[str]) -> str
 def _job(cfg: DictConfig) -> str:
     from hydra.core.hydra_config import HydraConfig
 
-    from toolkit.jobs import console, describe, run_job
+    from toolkit.jobs import describe, run_job
+    from toolkit.terminal import console
 
     hc = HydraConfig.get()
     cfg.variant = variant(cfg, list(hc.overrides.task), list(hc.sweeper.get("params") or {}))
@@ -71,33 +81,45 @@ def _job(cfg: DictConfig) -> str:
 
 def launch(overrides: list[str]) -> int:
     """Run an experiment's grid (Hydra multirun) with the given overrides; print a summary."""
+    import hydra
+
+    from toolkit.config import compose_config
+
     check_experiment(overrides)
-    _register_strategy_configs()
+    compose_config(fixed(overrides))  # a typo'd key or value fails here, in one line
+    register_strategy_configs()
     main = hydra.main(version_base="1.3", config_path="pkg://ablations",
                       config_name="config")(_job)
     argv = sys.argv
-    sys.argv = ["rollbench-grid", "--multirun", *rewrite_custom(overrides)]
+    sys.argv = ["rollbench-grid", "--multirun", *with_experiments_dir(rewrite_custom(overrides))]
     try:
         main()
     finally:
         sys.argv = argv
-    print_summary(overrides)
+    try:
+        print_summary(overrides)
+    except ConnectionError as err:  # the store is down: the runs wait on disk for relog
+        from toolkit.terminal import console
+
+        console.print(f"no summary: {err}", soft_wrap=True, markup=False)
     return 0
+
+
+def fixed(overrides: list[str]) -> list[str]:
+    """The overrides that set one value (a grid's swept ``key=a,b`` ones left out)."""
+    return [o for o in overrides if "," not in o.split("=", 1)[-1] or "[" in o]
 
 
 def print_summary(overrides: list[str]) -> None:
     """Status counts and a mean table of the experiment's runs, from the tracking store."""
-    from rich.table import Table
-
     from toolkit.aggregate import load_runs
     from toolkit.config import compose_config
-    from toolkit.jobs import console
-    from toolkit.tracking import resolve_uri
+    from toolkit.terminal import console, print_table
+    from toolkit.tracking import target
 
-    fixed = [o for o in overrides if "," not in o.split("=", 1)[-1] or "[" in o]  # no sweeps
-    cfg = compose_config(fixed)
-    uri = resolve_uri(cfg.tracking.uri, cfg.run_root)
-    runs = load_runs(uri, cfg.tracking.experiment, finished_only=False)
+    cfg = compose_config(fixed(overrides))
+    uri, experiment = target(cfg)
+    runs = load_runs(uri, experiment, finished_only=False)
     if runs.empty:
         console.print("no runs recorded")
         return
@@ -106,12 +128,16 @@ def print_summary(overrides: list[str]) -> None:
     done = runs[runs["status"] == "FINISHED"]
     if done.empty:
         return
-    cols = [c for c in ("vde", "start_end_fidelity_drop", "dynamic_degree", "discontinuity",
-                        "peak_kv_bytes", "seconds_per_block") if c in done]
-    table = Table(title=f"experiment {cfg.tracking.experiment}: mean over seeds")
-    for c in ("strategy", "frames", "n", *cols):
-        table.add_column(c)
-    for (strategy, frames), g in done.groupby(["tags.variant", "latent_frames"]):
-        table.add_row(str(strategy), str(frames), str(len(g)),
-                      *[f"{g[c].mean():.4g}" for c in cols])
-    console.print(table)
+    cols = [(m, title, k) for m, title, k in SUMMARY if m in done]
+    rows = [(str(variant), str(frames), str(len(g)),
+             *[f"{g[m].mean() * k:.4g}" for m, _, k in cols])
+            for (variant, frames), g in done.groupby(["tags.variant", "latent_frames"])]
+    print_table(f"experiment {experiment}: mean over seeds",
+                ("variant", "frames", "n", *[t for _, t, _ in cols]), rows,
+                optional=("ms/block", "discontinuity", "dynamic degree", "frames"))
+
+
+#: The grid summary's columns: metric, header, scale.
+SUMMARY = (("vde", "vde", 1.0), ("start_end_fidelity_drop", "fidelity drop", 1.0),
+           ("dynamic_degree", "dynamic degree", 1.0), ("discontinuity", "discontinuity", 1.0),
+           ("peak_kv_bytes", "peak KV MiB", 2.0**-20), ("seconds_per_block", "ms/block", 1e3))

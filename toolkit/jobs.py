@@ -10,18 +10,17 @@ from __future__ import annotations
 import json
 import time
 import traceback
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from omegaconf import DictConfig, OmegaConf
-from rich.console import Console
-from rich.table import Table
 
-from toolkit.rollout import Rollout, RolloutError, rollout
+from toolkit.terminal import console, print_table
 
-console = Console()
+if TYPE_CHECKING:
+    from toolkit.rollout import Rollout
 
 
 @dataclass
@@ -51,6 +50,8 @@ def default_prompts(model, cfg) -> list:
 
 def save_rollout(out: Rollout, cfg, run_dir: Path) -> None:
     """Write config, trace, latents and (when decoded) mp4 + filmstrip under run_dir."""
+    import torch
+
     from toolkit.media import filmstrip, write_mp4
 
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -64,29 +65,43 @@ def save_rollout(out: Rollout, cfg, run_dir: Path) -> None:
         filmstrip([video[::step][:16]], run_dir / "filmstrip.png")
 
 
-def summary(out: Rollout, seconds: float) -> Table:
+@dataclass(frozen=True)
+class Summary:
+    """The numbers of one rollout's summary line (times in seconds, bytes in bytes)."""
+
+    blocks: int
+    frames: int
+    wall_s: float
+    first_s: float   # mean seconds per block over the first 10% of blocks
+    last_s: float    # ... and over the last 10%
+    peak_bytes: int
+    end_bytes: dict[str, int]  # bytes per partition after the last block
+
+    @property
+    def growth(self) -> float:
+        """Block time at the end over block time at the start (1 = flat)."""
+        return self.last_s / self.first_s if self.first_s else float("nan")
+
+
+def summarise(out: Rollout, seconds: float) -> Summary:
+    """The summary numbers of a rollout that took ``seconds`` of wall time."""
     blocks = out.trace.blocks
     tenth = max(1, len(blocks) // 10)
     first = sum(sum(b.seconds.values()) for b in blocks[:tenth]) / tenth
     last = sum(sum(b.seconds.values()) for b in blocks[-tenth:]) / tenth
-    peak = max(b.total_bytes for b in blocks)
-    table = Table(title=f"rollout: {out.trace.strategy}")
-    for col in ("blocks", "frames", "wall s", "ms/block first 10%", "ms/block last 10%",
-                "last/first", "peak KV MiB", "partitions at end"):
-        table.add_column(col)
-    parts = ", ".join(f"{k}={v / 2**20:.2f}" for k, v in blocks[-1].bytes.items())
-    table.add_row(str(len(blocks)), str(out.latents.shape[2]), f"{seconds:.1f}",
-                  f"{first * 1e3:.1f}", f"{last * 1e3:.1f}", f"{last / first:.2f}",
-                  f"{peak / 2**20:.2f}", parts)
-    return table
+    return Summary(len(blocks), int(out.latents.shape[2]), seconds, first, last,
+                   max(b.total_bytes for b in blocks), dict(blocks[-1].bytes))
 
 
-def _where(cfg: DictConfig) -> tuple[str, str]:
-    from toolkit.tracking import DEFAULT_EXPERIMENT, resolve_uri
-
-    track = cfg.get("tracking") or {}
-    return (resolve_uri(track.get("uri"), cfg.run_root),
-            track.get("experiment") or DEFAULT_EXPERIMENT)
+def print_summaries(title: str, rows: list[tuple[str, Summary]]) -> None:
+    """Print rollout summaries as a terminal table, one row per (label, numbers)."""
+    cols = ("strategy", "blocks", "frames", "wall s", "ms/block first 10%",
+            "ms/block last 10%", "last/first", "peak KV MiB", "partitions at end (MiB)")
+    body = [(label, str(s.blocks), str(s.frames), f"{s.wall_s:.1f}", f"{s.first_s * 1e3:.1f}",
+             f"{s.last_s * 1e3:.1f}", f"{s.growth:.2f}", f"{s.peak_bytes / 2**20:.2f}",
+             ", ".join(f"{k}={v / 2**20:.2f}" for k, v in s.end_bytes.items()))
+            for label, s in rows]
+    print_table(title, cols, body, optional=("partitions at end (MiB)", "frames", "wall s"))
 
 
 def scalars_of(run_dir: Path) -> dict[str, float]:
@@ -98,16 +113,16 @@ def scalars_of(run_dir: Path) -> dict[str, float]:
 def record_failure(cfg: DictConfig, key: str, error: str, parent: str | None = None) -> str:
     """A FAILED MLflow run holding the error, so a grid's record shows the failure."""
     from toolkit.config import strategy_label
-    from toolkit.tracking import _client, _experiment
+    from toolkit.tracking import experiment_id, open_client, target
 
-    uri, experiment = _where(cfg)
-    client = _client(uri)
+    uri, experiment = target(cfg)
+    client = open_client(uri)
     tags = {"run_key": key, "strategy": strategy_label(cfg.strategy),
             "variant": str(cfg.get("variant") or strategy_label(cfg.strategy)),
             "error": error[-4000:]}
     if parent:
         tags["mlflow.parentRunId"] = parent
-    run = client.create_run(_experiment(client, experiment, uri), tags=tags)
+    run = client.create_run(experiment_id(client, experiment, uri), tags=tags)
     client.set_terminated(run.info.run_id, "FAILED")
     return run.info.run_id
 
@@ -126,12 +141,19 @@ def run_job(cfg: DictConfig, verbose: bool = False, skip_finished: bool = True,
         callbacks: called with each block's record during the rollout (e.g. pruning).
     """
     from toolkit.config import build
-    from toolkit.tracking import find_finished, record_run, run_key
+    from toolkit.rollout import RolloutError, rollout
+    from toolkit.stores import TrackingUnreachable, mask
+    from toolkit.tracking import find_finished, record_run, run_key, target
 
     key = run_key(cfg)
-    uri, experiment = _where(cfg)
+    uri, experiment = target(cfg)
     if skip_finished:
-        done = find_finished(key, uri, experiment)
+        try:
+            done = find_finished(key, uri, experiment)
+        except TrackingUnreachable as err:  # cannot tell: run it, keep the results on disk
+            warnings.warn(f"{err}; running the job without checking for a finished twin",
+                          stacklevel=2)
+            done = None
         if done:
             return JobResult("skipped", key, run_id=done)
     run_dir = Path(cfg.run_root) / "rollouts" / f"{key[:12]}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -143,7 +165,8 @@ def run_job(cfg: DictConfig, verbose: bool = False, skip_finished: bool = True,
                       progress=cfg.progress, callbacks=callbacks)
         save_rollout(out, cfg, run_dir)
         if verbose:
-            console.print(summary(out, time.perf_counter() - start))
+            print_summaries(f"rollout: {out.trace.strategy}", [
+                (out.trace.strategy, summarise(out, time.perf_counter() - start))])
         run_id = record_run(out, cfg, run_dir, model=model, prompt=prompts[0], parent=parent)
         return JobResult("finished", key, run_id, run_dir, scalars=scalars_of(run_dir),
                          rollout=out)
@@ -151,7 +174,7 @@ def run_job(cfg: DictConfig, verbose: bool = False, skip_finished: bool = True,
         if isinstance(err, RolloutError):
             run_dir.mkdir(parents=True, exist_ok=True)
             err.trace.save(run_dir / "trace.partial.json")
-        message = f"{type(err).__name__}: {err}"
+        message = mask(f"{type(err).__name__}: {err}")
         if verbose:
             console.print(f"[red]job failed:[/red] {message}")
         try:

@@ -23,12 +23,17 @@ from typing import Any
 
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 
 from toolkit.cache import CacheStrategy
-from toolkit.config import ConfigError, build_strategy, compose_config
+from toolkit.config import (
+    ConfigError,
+    build_strategy,
+    check_device,
+    compose_config,
+    video_frames,
+)
 from toolkit.model import VideoModel
 from toolkit.registry import STRATEGIES
 from toolkit.rollout import RolloutError, rollout
@@ -173,6 +178,7 @@ def cmd_realbench(overrides: list[str]) -> int:
         raise ConfigError(f"the real-size bench needs device=cuda (got device={cfg.device}): "
                           "1.4e9 parameters and a 480x832 KV cache do not fit a CPU budget; "
                           "for a CPU run use `rollbench bench model=tiny-random`")
+    check_device(cfg.device)  # device=cuda without a GPU: one line, before any work
     torch.set_num_threads(int(cfg.threads))
     model = instantiate(cfg.model)
     if not isinstance(model, VideoModel):
@@ -180,7 +186,7 @@ def cmd_realbench(overrides: list[str]) -> int:
                           "a spec-only model?); use `rollbench memory` for it, or a model with "
                           "weights (weights=random for sizes without a download)")
     model = model.to(cfg.device)
-    frames = _frames(cfg, model.spec)
+    frames = video_frames(cfg, model.spec)
     cuda = model.device.type == "cuda"
     weights_bytes = torch.cuda.memory_allocated(model.device) if cuda else None
     prompt = cfg.prompt if cfg.prompt is not None else getattr(
@@ -207,15 +213,6 @@ def cmd_realbench(overrides: list[str]) -> int:
                                "results": [asdict(r) for r in results]}, indent=1))
     console.print(f"per-block record: {out}")
     return 0
-
-
-def _frames(cfg: DictConfig, spec: Any) -> int:
-    frames = (spec.frames_for(float(cfg.video.seconds)) if cfg.video.get("seconds") is not None
-              else int(cfg.video.latent_frames))
-    if frames < spec.block_frames or frames % spec.block_frames:
-        raise ConfigError(f"video.latent_frames={frames}: must be a positive multiple of the "
-                          f"block size {spec.block_frames}")
-    return frames
 
 
 def with_weights_twin(overrides: Sequence[str]) -> list[str]:

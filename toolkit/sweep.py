@@ -1,25 +1,31 @@
 """``rollbench sweep sweep=NAME``: Optuna studies driven by rollbench itself.
 
-A sweep is ``ablations/sweep/NAME.yaml``: a question, base overrides, a search space, and the
-objectives (metric names: their directions come from the metric registry, so a two-metric
+A sweep is ``ablations/sweep/NAME.yaml`` (or ``DIR/sweep/NAME.yaml`` of a user's folder given
+by ``experiments_dir=DIR``, or a .yaml path): a question, base overrides, a search space, and
+the objectives (metric names: their directions come from the metric registry, so a two-metric
 sweep is a Pareto search). Storage: a journal file under the run root by default, or any RDB
-URL (``storage=postgresql://...``) so workers on many machines share one study. ``workers=N``
-starts N processes on the study; a study resumes where it stopped; a trial whose config is
-impossible is pruned, one that raises (or runs out of memory) is failed, and the study goes
-on. Every trial is an MLflow run nested under the study's run.
+URL (``storage=postgresql://...``, whose driver comes with ``pip install 'rollbench[cluster]'``)
+so workers on many machines share one study. ``workers=N`` starts N processes on the study; a
+study resumes where it stopped; a trial whose config is impossible is pruned, one that raises
+(or runs out of memory) is failed, and the study goes on. Every trial is an MLflow run nested
+under the study's run. Storage URLs are printed with their password masked.
 """
 
 from __future__ import annotations
 
 import multiprocessing as mp
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import optuna
 from omegaconf import OmegaConf
 
-from toolkit.config import ConfigError, compose_config
+from toolkit.config import ConfigError, compose_config, group_files
+from toolkit.stores import database_url, mask
+
+if TYPE_CHECKING:
+    import optuna
 
 SWEEPS = Path(__file__).resolve().parent.parent / "ablations" / "sweep"
 KINDS = ("int", "float", "categorical")
@@ -46,13 +52,24 @@ class SweepSpec:
         return [METRICS.get(m).optuna_direction for m in self.objectives]
 
 
-def load_sweep(name: str) -> SweepSpec:
-    """Read and check a sweep (a name in ablations/sweep/ or a .yaml path)."""
-    path = Path(name) if name.endswith(".yaml") else SWEEPS / f"{name}.yaml"
+def sweeps(overrides: Sequence[str] = ()) -> dict[str, Path]:
+    """Sweep names and files over the search path (``experiments_dir=`` folders included)."""
+    return group_files("sweep", overrides)
+
+
+def load_sweep(name: str, overrides: Sequence[str] = ()) -> SweepSpec:
+    """Read and check a sweep: a name on the search path of ``overrides``, or a .yaml path."""
+    found = sweeps(overrides)
+    path = Path(name) if name.endswith(".yaml") else found.get(name, SWEEPS / f"{name}.yaml")
     name = path.stem
     if not path.exists():
-        names = sorted(p.stem for p in SWEEPS.glob("*.yaml"))
-        raise ConfigError(f"unknown sweep {name!r}; available: {', '.join(names)}")
+        import difflib
+
+        close = difflib.get_close_matches(name, list(found), n=2)
+        hint = f" Did you mean {' or '.join(close)}?" if close else ""
+        raise ConfigError(f"unknown sweep {name!r}.{hint} Available: {', '.join(found)} "
+                          f"(your own: experiments_dir=DIR with DIR/sweep/{name}.yaml, or a "
+                          "path to a .yaml file)")
     data = OmegaConf.to_container(OmegaConf.load(path))
     question = next((ln.lstrip("# ").strip() for ln in path.read_text().splitlines()
                      if ln.startswith("#")), "")
@@ -99,16 +116,20 @@ def storage_url(storage: str | None, run_root: str, name: str) -> str:
 
 
 def open_storage(url: str) -> Any:
-    """An Optuna storage from a URL; a clear error when it cannot be reached."""
+    """An Optuna storage from a URL; a clear error (password masked) when it cannot be opened:
+    a missing database driver names the extra that brings it."""
+    import optuna
+
+    opened = database_url(url)
     try:
         if url.startswith("journal:"):
             from optuna.storages.journal import JournalFileBackend
 
             return optuna.storages.JournalStorage(JournalFileBackend(url[len("journal:"):]))
-        return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+        return optuna.storages.RDBStorage(opened, engine_kwargs={"pool_pre_ping": True})
     except Exception as err:
-        raise ConfigError(f"cannot open the sweep storage {url!r}: {type(err).__name__}: "
-                          f"{str(err).splitlines()[0][:300]}") from err
+        raise ConfigError(mask(f"cannot open the sweep storage {url!r}: {type(err).__name__}: "
+                               f"{str(err).splitlines()[0][:300]}")) from None
 
 
 class Objective:
@@ -118,6 +139,8 @@ class Objective:
         self.spec, self.parent = spec, parent
 
     def __call__(self, trial: optuna.Trial) -> float | list[float]:
+        import optuna
+
         from toolkit.jobs import run_job
 
         overrides = [*self.spec.base, *self.spec.overrides, *suggest(trial, self.spec),
@@ -147,6 +170,8 @@ class Objective:
     def _reporter(trial: optuna.Trial):
         """Report the running KV footprint per block; prune when the pruner says so."""
 
+        import optuna
+
         def report(record: Any) -> None:
             trial.report(float(record.total_bytes), step=record.index)
             if trial.should_prune():
@@ -157,7 +182,9 @@ class Objective:
 
 def _worker(name: str, url: str, overrides: list[str], parent: str | None, total: int,
             share: int, rank: int = 0) -> None:
-    spec = load_sweep(name)
+    import optuna
+
+    spec = load_sweep(name, overrides)
     spec.overrides = overrides
     sampler = optuna.samplers.TPESampler(seed=spec.seed + rank)  # distinct, reproducible
     study = optuna.load_study(study_name=spec.name, storage=open_storage(url), sampler=sampler)
@@ -178,56 +205,58 @@ def parse(args: list[str]) -> tuple[str, dict[str, str], list[str]]:
         else:
             rest.append(a)
     if "sweep" not in opts:
-        names = sorted(p.stem for p in SWEEPS.glob("*.yaml"))
-        raise ConfigError(f"rollbench sweep needs sweep=NAME; available: {', '.join(names)}")
+        raise ConfigError(f"rollbench sweep needs sweep=NAME; available: "
+                          f"{', '.join(sweeps(rest))}")
     return opts.pop("sweep"), opts, rest
 
 
 def study_run(spec: SweepSpec, url: str, cfg: Any) -> str | None:
     """The MLflow run all trials nest under (found again when a study resumes)."""
-    from toolkit.tracking import _client, _experiment, resolve_uri
+    from toolkit.tracking import experiment_id, open_client, target
 
+    shown = mask(url)  # the tag never holds a password (the report needs storage= then)
     try:
-        uri = resolve_uri(cfg.tracking.uri, cfg.run_root)
-        client = _client(uri)
-        exp = _experiment(client, f"sweep-{spec.name}", uri)
+        uri, _ = target(cfg)
+        client = open_client(uri)
+        exp = experiment_id(client, f"sweep-{spec.name}", uri)
         found = client.search_runs([exp], filter_string=f"tags.study = '{spec.name}' and "
-                                                        f"tags.storage = '{url}'", max_results=1)
+                                                        f"tags.storage = '{shown}'",
+                                   max_results=1)
         if found:
             return found[0].info.run_id
         run = client.create_run(exp, run_name=f"study {spec.name}",
-                                tags={"study": spec.name, "storage": url,
+                                tags={"study": spec.name, "storage": shown,
                                       "question": spec.question[:4000],
                                       "objectives": ",".join(spec.objectives)})
         return run.info.run_id
     except Exception as err:  # tracking down: trials still run and keep local results
         import warnings
 
-        warnings.warn(f"no study run in the tracking store ({err}); trials are not nested",
-                      stacklevel=2)
+        warnings.warn(mask(f"no study run in the tracking store ({err}); trials are not "
+                           "nested"), stacklevel=2)
         return None
 
 
 def cmd_sweep(args: list[str]) -> int:
     """Create or resume the study, run ``workers`` processes on it, print the best trials."""
-    from rich.table import Table
+    import optuna
 
-    from toolkit.jobs import console
+    from toolkit.terminal import console, print_table
 
     source, opts, overrides = parse(args)
-    spec = load_sweep(source)
+    spec = load_sweep(source, overrides)
     spec.overrides, name = overrides, spec.name
     cfg = compose_config([*spec.base, *overrides])  # typos in the overrides fail here
     url = storage_url(opts.get("storage"), cfg.run_root, name)
-    total = int(opts.get("n_trials", spec.n_trials))
-    workers = int(opts.get("workers", 1))
+    total, workers = _whole("n_trials", opts.get("n_trials", spec.n_trials)), \
+        _whole("workers", opts.get("workers", 1))
     pruner = optuna.pruners.MedianPruner(n_warmup_steps=4) if spec.pruner else None
     study = optuna.create_study(study_name=name, storage=open_storage(url),
                                 directions=spec.directions, load_if_exists=True,
                                 sampler=optuna.samplers.TPESampler(seed=spec.seed),
                                 pruner=pruner)
     parent = study_run(spec, url, cfg)
-    console.print(f"sweep {name}: {spec.question}\nstorage {url}; {total} trials, "
+    console.print(f"sweep {name}: {spec.question}\nstorage {mask(url)}; {total} trials, "
                   f"{workers} worker(s); {len(study.trials)} trials already in the study")
     done = sum(t.state.is_finished() for t in study.trials)
     share = -(-max(0, total - done) // max(1, workers))  # trials per worker, rounded up
@@ -247,13 +276,19 @@ def cmd_sweep(args: list[str]) -> int:
     for t in study.trials:
         counts[t.state.name.lower()] = counts.get(t.state.name.lower(), 0) + 1
     console.print("trials: " + ", ".join(f"{k}={v}" for k, v in sorted(counts.items())))
-    table = Table(title=f"{name}: best trials (Pareto front)" if len(spec.objectives) > 1
-                  else f"{name}: best trial")
-    for col in ("trial", *spec.objectives, "params"):
-        table.add_column(col)
     best = study.best_trials if any(t.state.name == "COMPLETE" for t in study.trials) else []
-    for t in best:
-        table.add_row(str(t.number), *[f"{v:.4g}" for v in t.values],
-                      " ".join(f"{k}={v}" for k, v in t.params.items()))
-    console.print(table)
+    print_table(f"{name}: best trials (Pareto front)" if len(spec.objectives) > 1
+                else f"{name}: best trial", ("trial", *spec.objectives, "params"),
+                [(str(t.number), *[f"{v:.4g}" for v in t.values],
+                  " ".join(f"{k}={v}" for k, v in t.params.items())) for t in best])
     return 0
+
+
+def _whole(key: str, value: Any) -> int:
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key}={value!r}: must be a whole number >= 1") from None
+    if number < 1:
+        raise ConfigError(f"{key}={value!r}: must be a whole number >= 1")
+    return number

@@ -11,6 +11,17 @@ frame); scalars at step 0. A measure that could not be computed is left out: its
 ``metrics.json`` and a tag ``unavailable.<metric>``, and the run logs one warning line naming
 them all. The tracking URI defaults to ``sqlite:///<run_root>/mlflow.db``
 with artifacts under ``<run_root>/mlartifacts``; any MLflow URI works.
+
+A store behind a server (``http(s)://``, ``postgresql://``) is probed first
+(``toolkit.stores``): one that does not answer within ``ROLLBENCH_TRACKING_TIMEOUT`` seconds
+(default 5) fails at once instead of after MLflow's minutes of retries, so the run goes on and
+its results wait on disk for ``rollbench relog``. Messages never show a URL's password.
+
+Public helpers for the other modules (commands, grids, sweeps, the report):
+
+    uri, experiment = target(cfg)           # where a run config is tracked
+    client = open_client(uri)               # an MlflowClient (probed; a new sqlite store made)
+    exp_id = experiment_id(client, experiment, uri)   # created on first use
 """
 
 from __future__ import annotations
@@ -26,13 +37,16 @@ import warnings
 from collections.abc import Mapping, Sequence
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from toolkit.config import strategy_label
-from toolkit.metrics import MetricInput, MetricResults, compute, latent_index
+from toolkit.stores import check_store, database_url, mask, timeout
+
+if TYPE_CHECKING:
+    from toolkit.metrics import MetricInput, MetricResults
 
 # MLflow 3 sends usage telemetry unless told not to; a benchmark run should not phone home.
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -41,7 +55,8 @@ EXCLUDED_KEYS = ("run_root", "progress", "tracking", "variant")
 MARKER = "TRACKING_FAILED"
 LOGGED = "mlflow_run.json"
 ARTIFACTS = ("video.mp4", "filmstrip.png", "marks.png", "trace.json", "metrics.json",
-             "config.yaml", "meta.json")
+             "config.yaml", "meta.json", "model_card.json")
+CARD = "model_card.json"  # the model's own card (weights, training), when it has one
 MARKS = (1, 6, 12, 24)
 DEFAULT_EXPERIMENT = "rollbench"
 TAG_CHARS = 1000  # an unavailable measure's reason, as a tag
@@ -57,6 +72,13 @@ def resolve_uri(uri: str | None, run_root: str | Path) -> str:
     if uri:
         return str(uri)
     return f"sqlite:///{Path(run_root).resolve() / 'mlflow.db'}"
+
+
+def target(cfg: DictConfig | Mapping[str, Any]) -> tuple[str, str]:
+    """(tracking URI, MLflow experiment) of a run config (``cfg.tracking``, ``cfg.run_root``)."""
+    track = cfg.get("tracking") or {}
+    return (resolve_uri(track.get("uri"), cfg.get("run_root", "runs")),
+            track.get("experiment") or DEFAULT_EXPERIMENT)
 
 
 def artifact_root(uri: str) -> str | None:
@@ -119,6 +141,8 @@ def versions() -> dict[str, str]:
 
 def mark_frames(pixel_frames: int, latent_frames: int, train_frames: int) -> list[int]:
     """Pixel frames at the 1x, 6x, 12x, 24x marks (last frame of each) that the video reaches."""
+    from toolkit.metrics import latent_index
+
     lat = latent_index(pixel_frames, latent_frames)
     marks = [m * train_frames - 1 for m in MARKS if m * train_frames <= latent_frames]
     return [int(np.nonzero(lat == t)[0][-1]) for t in marks] or [pixel_frames - 1]
@@ -162,6 +186,7 @@ def record_run(out: Any, cfg: DictConfig, run_dir: str | Path, model: Any = None
         The run id, or None when the store could not be reached (see ``TRACKING_FAILED``).
     """
     from toolkit.media import filmstrip
+    from toolkit.metrics import MetricInput, compute
 
     run_dir = Path(run_dir)
     track = cfg.get("tracking") or {}
@@ -186,16 +211,31 @@ def record_run(out: Any, cfg: DictConfig, run_dir: str | Path, model: Any = None
             "variant": str(cfg.get("variant") or strategy_label(cfg.strategy)),
             "model": str(cfg.model.get("_target_", "")).rsplit(".", 1)[-1],
             "prompt": _prompt_text(prompt), "run_key": run_key(cfg),
-            "run_dir": str(run_dir.resolve()), **git_state(), **versions(),
+            "run_dir": str(run_dir.resolve()), **git_state(), **versions(), **spec_tags(spec),
             **{f"unavailable.{k}": v[:TAG_CHARS] for k, v in results.unavailable.items()}}
     if parent:
         tags["mlflow.parentRunId"] = parent
+    card = getattr(model, "card", None)
+    if isinstance(card, Mapping):
+        (run_dir / CARD).write_text(json.dumps(card, indent=1, sort_keys=True, default=str))
+    uri, experiment = target(cfg)
     meta = {"run_name": run_dir.name, "run_key": tags["run_key"], "tags": tags,
             "params": flatten(config), "created": time.time(),
-            "tracking": {"uri": resolve_uri(track.get("uri"), cfg.run_root),
-                         "experiment": track.get("experiment") or DEFAULT_EXPERIMENT}}
+            "tracking": {"uri": uri, "experiment": experiment}}
     (run_dir / "meta.json").write_text(json.dumps(meta, indent=1))
     return track_dir(run_dir)
+
+
+#: The model spec's fields a run records as ``spec.<field>`` tags (the report's length marks
+#: and block size come from these, never from the model's files).
+SPEC_TAGS = ("train_frames", "block_frames", "latent_fps")
+
+
+def spec_tags(spec: Any) -> dict[str, str]:
+    """``spec.train_frames`` etc. of the model that made a run (none without a spec)."""
+    if spec is None:
+        return {}
+    return {f"spec.{k}": str(getattr(spec, k)) for k in SPEC_TAGS if hasattr(spec, k)}
 
 
 def track_dir(run_dir: str | Path, uri: str | None = None,
@@ -205,12 +245,12 @@ def track_dir(run_dir: str | Path, uri: str | None = None,
     try:
         return relog(run_dir, uri, experiment, force=True)
     except Exception as err:  # any store error: the results must survive it
-        target = uri or json.loads((run_dir / "meta.json").read_text())["tracking"]["uri"]
-        (run_dir / MARKER).write_text(f"{time.ctime()}\n{target}\n{type(err).__name__}: {err}\n")
-        warnings.warn(f"could not log {run_dir} to the tracking store {target} "
-                      f"({type(err).__name__}: {str(err)[:300]}); results are kept in {run_dir}; "
-                      f"log them later with `rollbench relog {run_dir}`",
-                      TrackingWarning, stacklevel=2)
+        where = mask(uri or json.loads((run_dir / "meta.json").read_text())["tracking"]["uri"])
+        why = mask(f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
+        (run_dir / MARKER).write_text(f"{time.ctime()}\n{where}\n{why}\n")
+        warnings.warn(f"could not log {run_dir} to the tracking store {where} ({why[:300]}); "
+                      f"results are kept in {run_dir}; log them later with "
+                      f"`rollbench relog {run_dir}`", TrackingWarning, stacklevel=2)
         return None
 
 
@@ -251,16 +291,28 @@ def _new_sqlite_store(uri: str) -> None:
         return
 
 
-def _client(uri: str):
+def open_client(uri: str) -> Any:
+    """An ``MlflowClient`` of the store at ``uri``.
+
+    A server is probed first (:func:`check_store`: :class:`TrackingUnreachable` within the
+    timeout, a ConfigError naming the extra when a database driver is missing); a new sqlite
+    store starts from the cached empty schema. MLflow's own HTTP retries are capped (unless
+    set in the environment) so a server lost mid-run fails in seconds, not minutes.
+    """
     from mlflow.tracking import MlflowClient
 
+    check_store(uri)
+    if uri.startswith(("http://", "https://")):
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(max(1, round(timeout()))))
     for name in ("alembic", "mlflow"):
         logging.getLogger(name).setLevel(logging.WARNING)
     _new_sqlite_store(uri)
-    return MlflowClient(tracking_uri=uri)
+    return MlflowClient(tracking_uri=database_url(uri))
 
 
-def _experiment(client: Any, name: str, uri: str) -> str:
+def experiment_id(client: Any, name: str, uri: str) -> str:
+    """The id of experiment ``name``, created (artifacts beside a sqlite store) if absent."""
     exp = client.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
@@ -280,8 +332,8 @@ def log_run(run_dir: str | Path, uri: str, experiment: str) -> str:
     run_dir = Path(run_dir)
     meta = json.loads((run_dir / "meta.json").read_text())
     data = json.loads((run_dir / "metrics.json").read_text())
-    client = _client(uri)
-    run = client.create_run(_experiment(client, experiment, uri), run_name=meta["run_name"],
+    client = open_client(uri)
+    run = client.create_run(experiment_id(client, experiment, uri), run_name=meta["run_name"],
                             tags=meta["tags"])
     run_id = run.info.run_id
     try:
@@ -332,7 +384,7 @@ def relog(run_dir: str | Path, uri: str | None = None, experiment: str | None = 
 
 def find_finished(key: str, uri: str, experiment: str = DEFAULT_EXPERIMENT) -> str | None:
     """Id of a FINISHED run with this run key (grids skip it), else None."""
-    client = _client(uri)
+    client = open_client(uri)
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         return None

@@ -1,9 +1,13 @@
-"""Planning and running the findings' jobs, and the ``rollbench findings`` command."""
+"""Planning and running the findings' jobs, and the options of ``rollbench findings``.
+
+Nothing here renders: the command (``toolkit.cli``) plans and runs through this module, then
+hands the planned run keys to ``reports.findings``, which reads the stored runs by their tags.
+"""
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +15,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from toolkit.config import ConfigError
 from toolkit.findings.spec import SPEC, Spec, load_spec
-from toolkit.findings.stats import claim_verdict
 
 EXPERIMENT = "findings"
 
@@ -53,11 +56,15 @@ def _run_one(cfg_yaml: str) -> dict[str, Any]:
 
 def open_store(cfg: DictConfig) -> None:
     """Create the tracking store and experiment once, before parallel workers write to it."""
-    from toolkit.jobs import _where
-    from toolkit.tracking import _client, _experiment
+    from toolkit.tracking import experiment_id, open_client, target
 
-    uri, experiment = _where(cfg)
-    _experiment(_client(uri), experiment, uri)
+    uri, experiment = target(cfg)
+    experiment_id(open_client(uri), experiment, uri)
+
+
+def keys_of(jobs: list[Job]) -> dict[tuple[str, int], str]:
+    """``(arm, seed) -> run key`` of planned jobs: what the page looks up in the store."""
+    return {(j.arm, j.seed): j.key for j in jobs}
 
 
 def run_jobs(jobs: list[Job], workers: int = 1) -> list[dict[str, Any]]:
@@ -67,7 +74,7 @@ def run_jobs(jobs: list[Job], workers: int = 1) -> list[dict[str, Any]]:
     """
     from rich.progress import Progress
 
-    from toolkit.jobs import console
+    from toolkit.terminal import console
 
     outcomes: list[dict[str, Any]] = []
     if jobs:
@@ -96,7 +103,7 @@ def run_jobs(jobs: list[Job], workers: int = 1) -> list[dict[str, Any]]:
     return outcomes
 
 
-# --- the command -----------------------------------------------------------------------------
+# --- the command's options and bookkeeping ----------------------------------------------------
 OPTIONS = {"seeds": "held-out prompts per arm (default: the file's)",
            "quick": "true: the file's quick seed count",
            "workers": "processes running jobs at once (default 1)",
@@ -105,7 +112,86 @@ OPTIONS = {"seeds": "held-out prompts per arm (default: the file's)",
            "render_only": "true: only re-render from the stored runs"}
 
 
-def _wall(wall: float, render_only: bool, last: dict[str, Any] | None) -> list[str]:
+@dataclass
+class Invocation:
+    """One ``rollbench findings`` command line, parsed and planned."""
+
+    command: str
+    spec: Spec
+    seeds: int
+    workers: int
+    out: Path
+    render_only: bool
+    uri: str
+    run_root: Path
+    jobs: list[Job] = field(default_factory=list)
+
+    @property
+    def timing(self) -> Path:
+        return timing_file(self.run_root, self.spec)
+
+
+def _truth(key: str, value: str) -> bool:
+    if value.lower() not in ("true", "false"):
+        raise ConfigError(f"{key}={value!r}: allowed true or false")
+    return value.lower() == "true"
+
+
+def _whole(key: str, value: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise ConfigError(f"{key}={value!r}: must be a whole number") from None
+
+
+def prepare(args: list[str]) -> Invocation:
+    """Parse ``rollbench findings [seeds=N|quick=true] [workers=N] [out=PATH] [spec=PATH]
+    [render_only=true] [Hydra overrides for every run]`` and plan its jobs."""
+    from toolkit.config import compose_config
+    from toolkit.tracking import resolve_uri
+
+    opts: dict[str, str] = {}
+    overrides = []
+    for arg in args:
+        key = arg.split("=", 1)[0]
+        if key in OPTIONS and "=" in arg:
+            opts[key] = arg.split("=", 1)[1]
+        elif key in OPTIONS:
+            raise ConfigError(f"{arg!r}: write {key}=VALUE ({OPTIONS[key]})")
+        else:
+            overrides.append(arg)
+    spec = load_spec(opts.get("spec", SPEC))
+    quick = _truth("quick", opts.get("quick", "false"))
+    seeds = _whole("seeds", opts["seeds"]) if "seeds" in opts else (
+        spec.quick_seeds if quick else spec.seeds)
+    if seeds < 2:
+        raise ConfigError(f"seeds={seeds}: paired tests need at least 2")
+    workers = _whole("workers", opts.get("workers", "1"))
+    if workers < 1:
+        raise ConfigError(f"workers={workers}: must be >= 1")
+    base = compose_config(overrides)  # a typo'd override fails here, before any run
+    return Invocation(("rollbench findings " + " ".join(args)).strip(), spec, seeds, workers,
+                      Path(opts.get("out", "reports/FINDINGS.md")),
+                      _truth("render_only", opts.get("render_only", "false")),
+                      resolve_uri(base.tracking.uri, base.run_root), Path(base.run_root),
+                      plan(spec, seeds, overrides))
+
+
+def execute(inv: Invocation, revision: str, started: float) -> list[dict[str, Any]]:
+    """Run the planned jobs and record this invocation's wall time beside the run root."""
+    import time
+
+    outcomes = run_jobs(inv.jobs, inv.workers)
+    inv.timing.parent.mkdir(parents=True, exist_ok=True)
+    inv.timing.write_text(json.dumps({
+        "command": inv.command, "revision": revision, "workers": inv.workers,
+        "executed": sum(o["status"] == "finished" for o in outcomes),
+        "reused": sum(o["status"] == "skipped" for o in outcomes),
+        "wall_s": round(time.perf_counter() - started, 1)}, indent=1))
+    return outcomes
+
+
+def wall_line(wall: float, render_only: bool, last: dict[str, Any] | None) -> list[str]:
     """The wall-time line: this invocation's, and for a re-render the one that ran the jobs."""
     if last is None:
         return [f"- Wall time: {wall / 60:.1f} min (rendering only; no record of the runs' "
@@ -124,73 +210,9 @@ def timing_file(run_root: str | Path, spec: Spec) -> Path:
     return Path(run_root) / f"{spec.path.stem}-run.json"
 
 
-def _truth(key: str, value: str) -> bool:
-    if value.lower() not in ("true", "false"):
-        raise ConfigError(f"{key}={value!r}: allowed true or false")
-    return value.lower() == "true"
-
-
-def cmd_findings(args: list[str]) -> int:
-    """``rollbench findings [seeds=N|quick=true] [workers=N] [out=PATH] [render_only=true]
-    [Hydra overrides for every run, e.g. run_root=runs]``."""
-    import time
-
-    from reports.findings import analyse, provenance, write
-    from toolkit.config import compose_config
-    from toolkit.jobs import console
-    from toolkit.tracking import git_state, resolve_uri
-
-    start = time.perf_counter()
-    opts: dict[str, str] = {}
-    overrides = []
-    for arg in args:
-        key = arg.split("=", 1)[0]
-        if key in OPTIONS and "=" in arg:
-            opts[key] = arg.split("=", 1)[1]
-        elif key in OPTIONS:
-            raise ConfigError(f"{arg!r}: write {key}=VALUE ({OPTIONS[key]})")
-        else:
-            overrides.append(arg)
-    spec = load_spec(opts.get("spec", SPEC))
-    quick = _truth("quick", opts.get("quick", "false"))
-    seeds = int(opts["seeds"]) if "seeds" in opts else (spec.quick_seeds if quick
-                                                          else spec.seeds)
-    if seeds < 2:
-        raise ConfigError(f"seeds={seeds}: paired tests need at least 2")
-    workers = int(opts.get("workers", 1))
-    if workers < 1:
-        raise ConfigError(f"workers={workers}: must be >= 1")
-    base = compose_config(overrides)  # a typo'd override fails here, before any run
-    uri = resolve_uri(base.tracking.uri, base.run_root)
-    jobs = plan(spec, seeds, overrides)
-    git = git_state()
-    head = git["git_revision"][:12] + (" (uncommitted changes)" if git["git_dirty"] == "true"
-                                       else "")
-    command = ("rollbench findings " + " ".join(args)).strip()
-    timing = timing_file(base.run_root, spec)
-    render_only = _truth("render_only", opts.get("render_only", "false"))
-    if not render_only:
-        console.print(f"findings: {len(jobs)} runs ({len(spec.arms_used())} arms x {seeds} "
-                      f"seeds, {spec.latent_frames} latent frames), {workers} worker(s); "
-                      f"tracking {uri}")
-        outcomes = run_jobs(jobs, workers)
-        executed = sum(o["status"] == "finished" for o in outcomes)
-        timing.parent.mkdir(parents=True, exist_ok=True)
-        timing.write_text(json.dumps({
-            "command": command, "revision": head, "workers": workers, "executed": executed,
-            "reused": sum(o["status"] == "skipped" for o in outcomes),
-            "wall_s": round(time.perf_counter() - start, 1)}, indent=1))
-    findings = analyse(spec, jobs, uri)
-    wall = time.perf_counter() - start
-    header = [f"- Command: `{command}`", f"- Git revision: `{head}`", *_wall(
-        wall, render_only, json.loads(timing.read_text()) if timing.exists() else None),
-              *provenance(findings, head),
-              f"- Seeds: {seeds} held-out prompts per arm (prompts {spec.prompts(seeds)[0]}.."
-              f"{spec.prompts(seeds)[-1]})"
-              + (" (the quick variant)" if seeds < spec.seeds else "")
-              + f"; {spec.latent_frames} latent frames per run"]
-    out = write(findings, Path(opts.get("out", "reports/FINDINGS.md")), header)
-    console.print(f"findings: {out} ({wall / 60:.1f} min)")
-    for claim in spec.claims:
-        console.print(f"  {claim.id}: {claim_verdict(findings.results[claim.id])}")
-    return 0 if not findings.missing else 1
+def seeds_line(inv: Invocation) -> str:
+    """The page's line on the prompts and length of the runs."""
+    prompts = inv.spec.prompts(inv.seeds)
+    return (f"- Seeds: {inv.seeds} held-out prompts per arm (prompts {prompts[0]}..{prompts[-1]})"
+            + (" (the quick variant)" if inv.seeds < inv.spec.seeds else "")
+            + f"; {inv.spec.latent_frames} latent frames per run")
