@@ -17,6 +17,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from reports import data, figures, sections, tables
@@ -33,6 +34,8 @@ CURVE_FIGURES = (("drift", "drift", False), ("fidelity", "prompt fidelity", Fals
                  ("subject_consistency", "subject consistency (DINO)", False),
                  ("background_consistency", "background consistency (CLIP)", False),
                  ("clip_score", "CLIP score against the prompt", False),
+                 ("recall_curve", "recall of returning sprites (binned)", False),
+                 ("scene_fidelity", "scene fidelity (memory world)", False),
                  ("flow_dynamic", "dynamic pairs (RAFT)", False),
                  ("kv_bytes", "KV cache held", True),
                  ("block_seconds", "latency per block", False))
@@ -76,9 +79,12 @@ def curve_figures(exp: data.Experiment, variants: list[str], marks: list[tables.
     longest = exp.runs.sort_values(["latent_frames", "run_name"], ascending=[False, False])
     longest = longest.drop_duplicates(["variant", "seed", "prompt"])
     lines = [(m.label, m.frames) for m in marks if m.frames and m.frames != train]
+    switches = common_switches(longest, variants)
     out = []
     for metric, title, log in CURVE_FIGURES:
         got = exp.curves.get(metric, {})
+        if metric in SPARSE:  # values only at some frames, different per run: bin them
+            got = {k: binned(*c, 2 * (train or 20)) for k, c in got.items()}
         per = {v: [got[i] for i in longest.loc[longest["variant"] == v, "run_id"] if i in got]
                for v in variants}
         per = {v: s for v, s in per.items() if any(len(c[0]) for c in s)}
@@ -87,9 +93,32 @@ def curve_figures(exp: data.Experiment, variants: list[str], marks: list[tables.
         scale, _ = tables.unit_of(metric)
         label = tables.heading(metric, "")
         fig = figures.curve_axes(title, label + (" (log)" if log else ""), per, scale, train,
-                                 lines, log, value_range(metric), block_of(exp))
+                                 lines, log, value_range(metric), block_of(exp), switches)
         out.append((metric, title, fig))
     return out
+
+
+#: Curves logged only at some frames (e.g. one value per return moment), binned for figures.
+SPARSE = ("recall_curve",)
+
+
+def binned(steps: np.ndarray, values: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Mean of a sparse curve in bins of ``width`` latent frames, stepped by each bin's start
+    (bins without a value left out)."""
+    steps, values = np.asarray(steps), np.asarray(values, dtype=float)
+    if not len(steps):
+        return steps, values
+    bins = steps // width
+    keys = np.unique(bins)
+    return keys * width, np.array([np.nanmean(values[bins == k]) for k in keys])
+
+
+def common_switches(runs: pd.DataFrame, variants: list[str]) -> list[int]:
+    """Prompt switches shared by every plotted run (runs with their own schedules, such as the
+    memory world's seeds, share none and get no lines)."""
+    rows = [r for _, r in runs.iterrows() if r["variant"] in variants]
+    sets = [set(data.switches_of(r)) for r in rows]
+    return sorted(set.intersection(*sets)) if sets else []
 
 
 def _curve_images(exp: data.Experiment, variants: list[str], marks: list[tables.Mark],
@@ -179,7 +208,8 @@ def build_report(uri: str, experiment: str, out: str | Path, run_root: str | Pat
         storage: the sweep's Optuna storage URL when it is not the default journal.
         machine: the machine lines of the footer (default: this machine's).
     """
-    exp = data.load_experiment(uri, experiment, list(tables.CURVES))
+    wanted = dict.fromkeys([*tables.CURVES, *(m for m, _, _ in CURVE_FIGURES)])
+    exp = data.load_experiment(uri, experiment, list(wanted))
     out = Path(out)
     base = tables.resolve_baseline(exp.runs, baseline)
     variants = tables.order(list(exp.runs["variant"]), base) if len(exp.runs) else []
@@ -207,6 +237,8 @@ def build_report(uri: str, experiment: str, out: str | Path, run_root: str | Pat
         summary=summary_line, legend=_legend(base, baseline, test, summary),
         runs=tables.runs_table(exp, base), headline=headline,
         scalars=tables.scalar_table(exp, base, test) if variants else None,
+        recall=tables.scalar_table(exp, base, test, tables.RECALL, "Recall (memory world)")
+        if variants else None,
         curves=_curve_images(exp, variants, marks, train) if variants else [],
         strips=_strips(exp, variants, out) if variants else [], sweep=sweep,
         provenance=sections.provenance(exp, machine or sections.machine_info(),

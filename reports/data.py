@@ -111,6 +111,14 @@ def block_frames_of(row: dict[str, Any]) -> int | None:
         _whole(row.get("tags.spec.block_frames"))
 
 
+def switches_of(row: dict[str, Any]) -> list[int]:
+    """Latent frames where a run's prompt schedule switched (its ``switches`` tag)."""
+    text = row.get("tags.switches")
+    if not isinstance(text, str) or not text:
+        return []
+    return [int(f) for f in text.split(",") if f.strip().isdigit()]
+
+
 def block_of_curve(steps: np.ndarray) -> int | None:
     """The block size read off a per-block curve (its steps are each block's first frame)."""
     gaps = np.diff(np.asarray(steps))

@@ -84,16 +84,18 @@ def colours(n: int) -> list[Any]:
 def curve_figure(title: str, ylabel: str, per_variant: dict[str, Sequence[Curve]],
                  scale: float = 1.0, train_frames: int | None = None,
                  marks: Sequence[tuple[str, int]] = (), log: bool = False,
-                 bounds: tuple[float, float] = UNBOUNDED, block: int | None = None) -> bytes:
+                 bounds: tuple[float, float] = UNBOUNDED, block: int | None = None,
+                 switches: Sequence[int] = ()) -> bytes:
     """One metric over the rollout as PNG bytes (see :func:`curve_axes` for the arguments)."""
     return png(curve_axes(title, ylabel, per_variant, scale, train_frames, marks, log, bounds,
-                          block))
+                          block, switches))
 
 
 def curve_axes(title: str, ylabel: str, per_variant: dict[str, Sequence[Curve]],
                scale: float = 1.0, train_frames: int | None = None,
                marks: Sequence[tuple[str, int]] = (), log: bool = False,
-               bounds: tuple[float, float] = UNBOUNDED, block: int | None = None) -> Figure:
+               bounds: tuple[float, float] = UNBOUNDED, block: int | None = None,
+               switches: Sequence[int] = ()) -> Figure:
     """One metric over the rollout: a line and CI band per variant.
 
     Args:
@@ -107,6 +109,7 @@ def curve_axes(title: str, ylabel: str, per_variant: dict[str, Sequence[Curve]],
         bounds: the measure's range (unscaled): bands never leave it.
         block: latent frames per block: a 0/1 curve is drawn as its rolling mean over one
             block, the raw per-frame means as faint points (None or 1: as it is).
+        switches: latent frames where the prompt switched in every plotted run (faint lines).
     """
     fig = Figure(figsize=(5.8, 3.2))
     FigureCanvasAgg(fig)
@@ -127,6 +130,11 @@ def curve_axes(title: str, ylabel: str, per_variant: dict[str, Sequence[Curve]],
         if ok.any():
             ax.fill_between(x, np.where(ok, low, np.nan) * scale,
                             np.where(ok, high, np.nan) * scale, color=colour, alpha=0.2, lw=0)
+    for frame in switches:
+        ax.axvline(frame, color="tab:purple", lw=0.6, alpha=0.35)
+    if switches:
+        ax.text(0.0, -0.16, f"purple lines: prompt switches ({len(switches)})", fontsize=7,
+                color="tab:purple", transform=ax.transAxes)
     for label, frame in marks:
         ax.axvline(frame, color="0.55", ls=":", lw=0.8)
         ax.text(frame, 1.0, f" {label}", transform=ax.get_xaxis_transform(), va="bottom",

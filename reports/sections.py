@@ -85,6 +85,7 @@ class Report:
     sweep: Sweep | None
     provenance: Provenance
     notes: list[str] = field(default_factory=list)
+    recall: Table | None = None  # the memory world's recall measures, when the runs have them
 
 
 def machine_info() -> list[tuple[str, str]]:

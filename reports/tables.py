@@ -37,6 +37,16 @@ SCALARS = ("vde", "start_end_distance", "start_end_fidelity_drop", "dynamic_degr
            "discontinuity", "repetition", "norepeat", "peak_kv_bytes", "seconds_per_block",
            "latency_growth", "subject_consistency_score", "background_consistency_score",
            "clip_drift_end", "flow_smoothness_score", "vbench_dynamic_degree")
+#: The memory world's recall measures (``toolkit.metrics.recall``), their own table.
+RECALL = ("recall", "recall/mid", "recall/colour", "recall/shape", "recall_gap/2",
+          "recall_gap/3-4", "recall_gap/5-8", "recall_gap/9_up", "recall_chance",
+          "recall_chance/colour", "recall_position/within", "continuity", "recall_moments/mid")
+RECALL_NOTE = ("Recall: share of cuts back to a scene whose sprite matches the one the model drew "
+               "before (colour and shape); `/mid`: returns answerable only from mid history; "
+               "`recall_gap/N`: by blocks since last seen. Chance: 1/12 for colour and shape, "
+               "1/4 for colour alone (sprites are drawn uniformly); `recall_chance` is each "
+               "run's own, from returns compared with other sprites. `continuity`: the model "
+               "keeps its sprite across boundaries without a cut (the ceiling of recall).")
 
 
 @dataclass(frozen=True)
@@ -267,10 +277,12 @@ def headline_tables(exp: Experiment, marks: list[Mark], baseline: str | None,
     return tables, summary
 
 
-def scalar_table(exp: Experiment, baseline: str | None, test: str) -> Table | None:
+def scalar_table(exp: Experiment, baseline: str | None, test: str,
+                 which: tuple[str, ...] = SCALARS, title: str = "Whole-run scalars"
+                 ) -> Table | None:
     """Whole-run scalars per variant (and length, where runs differ), over seeds."""
     runs = exp.runs
-    metrics = [m for m in SCALARS if m in runs and runs[m].notna().any()]
+    metrics = [m for m in which if m in runs and runs[m].notna().any()]
     if not metrics:
         return None
     summary = summarise(runs, by=["variant", "latent_frames"], metrics=metrics,
@@ -280,7 +292,7 @@ def scalar_table(exp: Experiment, baseline: str | None, test: str) -> Table | No
     counts = runs.groupby(["variant", "latent_frames"]).size().to_dict()
     keys = [(v, f) for f in lengths for v in order(list(runs["variant"]), baseline)
             if (v, f) in counts]
-    table = Table("Whole-run scalars", ["variant", "latent frames",
+    table = Table(title, ["variant", "latent frames",
                                         *[heading(m) for m in metrics]], [])
     for v, f in keys:
         table.rows.append([v, str(int(f)), *[cell(index.get((v, f, m)), unit_of(m)[0],

@@ -1,5 +1,6 @@
 """Prompt schedules: validation, config syntax, per-block conditioning in rollouts and passes."""
 
+import numpy as np
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -130,3 +131,22 @@ def test_schedule_from_the_command_line(tmp_path):
                           'prompt=[[0,"a"],[3,"b"]]', "tracking.metrics=system"])
     failed = run_job(bad)
     assert failed.status == "failed" and "block boundaries" in failed.error
+
+
+def test_switches_are_tagged_and_the_report_marks_the_shared_ones(tmp_path):
+    from reports import compare, data
+    from toolkit.config import compose_config
+    from toolkit.jobs import run_job
+    from toolkit.tracking import target
+
+    for seed in (0, 1):
+        cfg = compose_config([f"run_root={tmp_path}", "model=tiny-random", f"seed={seed}",
+                              "video.latent_frames=8", 'prompt=[[0,"a"],[4,"b"]]',
+                              "tracking.metrics=system", "experiment_name=sw"])
+        assert run_job(cfg).status == "finished"
+    uri, _ = target(cfg)
+    exp = data.load_experiment(uri, "sw", ["kv_bytes"])
+    assert [data.switches_of(r) for _, r in exp.runs.iterrows()] == [[4], [4]]
+    assert compare.common_switches(exp.runs, ["full"]) == [4]
+    steps, values = compare.binned(np.array([0, 5, 44, 50]), np.array([1.0, 0.0, 1.0, 1.0]), 40)
+    assert steps.tolist() == [0, 40] and values.tolist() == [0.5, 1.0]

@@ -212,6 +212,7 @@ def record_run(out: Any, cfg: DictConfig, run_dir: str | Path, model: Any = None
             "model": str(cfg.model.get("_target_", "")).rsplit(".", 1)[-1],
             "prompt": _prompt_text(prompt), "run_key": run_key(cfg),
             "run_dir": str(run_dir.resolve()), **git_state(), **versions(), **spec_tags(spec),
+            **switch_tags(out.trace),
             **{f"unavailable.{k}": v[:TAG_CHARS] for k, v in results.unavailable.items()}}
     if parent:
         tags["mlflow.parentRunId"] = parent
@@ -236,6 +237,14 @@ def spec_tags(spec: Any) -> dict[str, str]:
     if spec is None:
         return {}
     return {f"spec.{k}": str(getattr(spec, k)) for k in SPEC_TAGS if hasattr(spec, k)}
+
+
+def switch_tags(trace: Any) -> dict[str, str]:
+    """``switches``: the latent frames where the prompt schedule switched (none: no tag)."""
+    frames = (getattr(trace, "meta", None) or {}).get("switches") or []
+    text = ",".join(str(int(f)) for f in frames)
+    return {"switches": text[:TAG_CHARS].rsplit(",", 1)[0] if len(text) > TAG_CHARS else text} \
+        if frames else {}
 
 
 def track_dir(run_dir: str | Path, uri: str | None = None,
