@@ -7,7 +7,7 @@ feature backends ``world``, ``dino``, ``clip`` and ``raft``).
     results = compute(MetricInput(frames=video, trace=trace, prompt=prompt, spec=spec), "world")
 """
 
-from toolkit.metrics import real, recall, system, video
+from toolkit.metrics import boundary, real, recall, reference, system, video
 from toolkit.metrics.base import (
     DIRECTIONS,
     KINDS,
@@ -44,6 +44,7 @@ __all__ = [
     "MetricResults",
     "Unavailable",
     "WorldFeatures",
+    "boundary",
     "compute",
     "frame_features",
     "latent_index",
@@ -54,6 +55,7 @@ __all__ = [
     "pool",
     "real",
     "recall",
+    "reference",
     "system",
     "video",
 ]

@@ -49,6 +49,9 @@ class Metric:
         needs: what the input must provide, from :data:`NEEDS`.
         deterministic: the same rollout always gives the same value (false for timings).
         description: one line for tables and the report.
+        series: the names of the sub-series a dict-returning metric always reports (``""`` is
+            the metric itself); empty when they vary (partitions, timer sections) or there are
+            none. The findings check a measure's sub-series against it.
     """
 
     name: str
@@ -59,6 +62,7 @@ class Metric:
     needs: tuple[str, ...] = ()
     deterministic: bool = True
     description: str = ""
+    series: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.direction not in DIRECTIONS:
@@ -82,18 +86,20 @@ METRICS: Registry[Metric] = Registry("metric", "rollbench.metrics", "toolkit.met
 METRIC_SETS: dict[str, list[str]] = {
     "world": ["drift", "frechet", "start_end_distance", "fidelity", "identity_drift", "vde",
               "start_end_fidelity_drop", "self_similarity", "repetition", "norepeat", "motion",
-              "dynamic_degree", "moving", "sprite_speed", "vde_motion", "discontinuity",
-              "boundary_change", "lpips_step", "kv_bytes", "kv_tokens", "context_tokens",
-              "block_seconds", "peak_kv_bytes", "seconds_per_block", "latency_growth",
-              "peak_rss_bytes", "cuda_peak_bytes"],
+              "dynamic_degree", "moving", "sprite_speed", "frozen", "speed_ratio",
+              "repetition_excess", "vde_motion", "discontinuity", "boundary_change",
+              "boundary_jump", "cache_events", "rope_power", "lpips_step", "kv_bytes",
+              "kv_tokens", "context_tokens", "block_seconds", "peak_kv_bytes",
+              "seconds_per_block", "latency_growth", "peak_rss_bytes", "cuda_peak_bytes"],
     "fast": ["drift", "start_end_distance", "self_similarity", "norepeat", "motion",
              "dynamic_degree", "discontinuity", "kv_bytes", "block_seconds", "peak_kv_bytes",
              "seconds_per_block"],
     "memory": ["recall", "recall_curve", "recall_gap", "recall_chance", "recall_truth",
                "recall_position", "recall_moments", "continuity", "scene_fidelity", "motion",
-               "dynamic_degree", "discontinuity", "boundary_change", "kv_bytes", "kv_tokens",
-               "context_tokens", "block_seconds", "peak_kv_bytes", "seconds_per_block",
-               "latency_growth", "peak_rss_bytes", "cuda_peak_bytes"],
+               "dynamic_degree", "discontinuity", "boundary_change", "boundary_jump",
+               "cache_events", "rope_power", "kv_bytes", "kv_tokens", "context_tokens",
+               "block_seconds", "peak_kv_bytes", "seconds_per_block", "latency_growth",
+               "peak_rss_bytes", "cuda_peak_bytes"],
     "system": ["kv_bytes", "kv_tokens", "context_tokens", "block_seconds", "peak_kv_bytes",
                "seconds_per_block", "latency_growth", "peak_rss_bytes", "cuda_peak_bytes"],
 }
@@ -106,17 +112,18 @@ METRIC_SETS["real"] = [
     "flow_smoothness", "flow_smoothness_score", "flow_magnitude", "flow_dynamic",
     "vbench_dynamic_degree", "drift", "start_end_distance", "self_similarity", "repetition",
     "norepeat", "motion", "dynamic_degree", "moving", "vde_motion", "discontinuity",
-    "boundary_change", "lpips_step", *METRIC_SETS["system"]]
+    "boundary_change", "boundary_jump", "cache_events", "rope_power", "lpips_step",
+    *METRIC_SETS["system"]]
 
 
 def metric(name: str, direction: str, unit: str, kind: str, needs: Sequence[str] = (),
-           deterministic: bool = True) -> Callable[[Callable], Metric]:
+           deterministic: bool = True, series: Sequence[str] = ()) -> Callable[[Callable], Metric]:
     """Decorator registering a function as a metric (its docstring's first line describes it)."""
 
     def wrap(fn: Callable[[MetricInput], Any]) -> Metric:
         doc = (fn.__doc__ or "").strip().splitlines()
         m = Metric(name, fn, direction, unit, kind, tuple(needs), deterministic,
-                   doc[0] if doc else "")
+                   doc[0] if doc else "", tuple(series))
         return METRICS.register(name)(m)
 
     return wrap

@@ -131,7 +131,8 @@ def _mean(rows: list[dict], key: str) -> float:
     return float(np.mean(vals)) if vals else float("nan")
 
 
-@metric("recall", "higher", "fraction", "scalar", needs=("frames", "world"))
+@metric("recall", "higher", "fraction", "scalar", needs=("frames", "world"),
+        series=("", "colour", "shape", "mid", "mid_colour"))
 def recall(inp: MetricInput) -> dict[str, float]:
     """Share of return moments whose sprite matches the one the model drew before (colour and
     shape); sub-series by attribute and for moments answerable only from mid history."""
@@ -142,7 +143,8 @@ def recall(inp: MetricInput) -> dict[str, float]:
             "mid_colour": _mean(mid, "colour")}
 
 
-@metric("recall_curve", "higher", "fraction", "curve_block", needs=("frames", "world"))
+@metric("recall_curve", "higher", "fraction", "curve_block", needs=("frames", "world"),
+        series=("", "colour"))
 def recall_curve(inp: MetricInput) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Identity recall (1 / 0) of each return moment, at the returning block's first frame."""
     rows = [r for r in moment_rows(inp) if "identity" in r]
@@ -151,7 +153,8 @@ def recall_curve(inp: MetricInput) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     return {"": (steps, np.array([r["identity"] for r in rows])), "colour": (steps, colour)}
 
 
-@metric("recall_gap", "higher", "fraction", "scalar", needs=("frames", "world"))
+@metric("recall_gap", "higher", "fraction", "scalar", needs=("frames", "world"),
+        series=("2", "3-4", "5-8", "9_up"))
 def recall_gap(inp: MetricInput) -> dict[str, float]:
     """Identity recall by blocks since the sprite was last seen (bins 2, 3-4, 5-8, 9_up)."""
     rows = moment_rows(inp)
@@ -162,7 +165,8 @@ def recall_gap(inp: MetricInput) -> dict[str, float]:
     return out
 
 
-@metric("recall_chance", "lower", "fraction", "scalar", needs=("frames", "world"))
+@metric("recall_chance", "lower", "fraction", "scalar", needs=("frames", "world"),
+        series=("", "colour"))
 def recall_chance(inp: MetricInput) -> dict[str, float]:
     """Identity recall if each return were compared with the sprites drawn for OTHER sprites'
     moments (the run's own chance level; nominal: 1/12 for identity, 1/4 for colour)."""
@@ -191,7 +195,8 @@ def recall_truth(inp: MetricInput) -> float:
     return _mean(moment_rows(inp), "truth_identity")
 
 
-@metric("recall_position", "lower", "px", "scalar", needs=("frames", "world"))
+@metric("recall_position", "lower", "px", "scalar", needs=("frames", "world"),
+        series=("", "within"))
 def recall_position(inp: MetricInput) -> dict[str, float]:
     """Distance (px) between where a returning sprite appears and where the model last drew
     it; ``within`` the share within 2 px."""
@@ -201,7 +206,8 @@ def recall_position(inp: MetricInput) -> dict[str, float]:
     return {"": float(np.mean(vals)), "within": float(np.mean(np.array(vals) <= POSITION_PX))}
 
 
-@metric("recall_moments", "higher", "count", "scalar", needs=("world",))
+@metric("recall_moments", "higher", "count", "scalar", needs=("world",),
+        series=("", "mid", "unreadable"))
 def recall_moments(inp: MetricInput) -> dict[str, float]:
     """Return moments in the video: all, answerable only from mid history, unreadable."""
     rows = moment_rows(inp)
@@ -209,7 +215,8 @@ def recall_moments(inp: MetricInput) -> dict[str, float]:
             "unreadable": float(sum(not r["readable"] for r in rows))}
 
 
-@metric("continuity", "higher", "fraction", "scalar", needs=("frames", "world"))
+@metric("continuity", "higher", "fraction", "scalar", needs=("frames", "world"),
+        series=("", "colour", "shape"))
 def continuity(inp: MetricInput) -> dict[str, float]:
     """Across block boundaries WITHOUT a cut (the same sprite stays on screen): share where the
     sprite keeps its colour and shape: the model's own consistency, the ceiling of recall."""
@@ -227,7 +234,8 @@ def continuity(inp: MetricInput) -> dict[str, float]:
             "shape": float(np.mean(shp))}
 
 
-@metric("scene_fidelity", "higher", "fraction", "curve_frame", needs=("frames", "world"))
+@metric("scene_fidelity", "higher", "fraction", "curve_frame", needs=("frames", "world"),
+        series=("", "intro"))
 def scene_fidelity(inp: MetricInput) -> dict[str, np.ndarray]:
     """Per frame: the background is the shot's scene (``""``); on new shots, the sprite is the
     one the prompt names (``intro``, NaN elsewhere)."""

@@ -63,13 +63,15 @@ def _edges(n: int) -> int:
     return max(1, round(EDGE * n))
 
 
-def _report(inp: MetricInput) -> dict[str, np.ndarray]:
+def world_report(inp: MetricInput) -> dict[str, np.ndarray]:
+    """The analysers' per-frame report of the video against its world prompt (cached)."""
     from toolkit.world import video_report
 
     return inp.cached("report", lambda: video_report(inp.need_frames(), inp.world_prompt()))
 
 
-def _frame_curve(inp: MetricInput, values: np.ndarray) -> np.ndarray:
+def frame_curve(inp: MetricInput, values: np.ndarray) -> np.ndarray:
+    """Per-pixel-frame values pooled to one value per latent frame."""
     return pool(values, inp.frame_latent(), inp.latent_frames)
 
 
@@ -86,19 +88,28 @@ def drift(inp: MetricInput) -> np.ndarray:
     return np.linalg.norm(means - means[0], axis=1)
 
 
+def reference_clips(inp: MetricInput) -> np.ndarray:
+    """Real clips of the video's prompt (N, F, 3, H, W): ``inp.references``, else ``references``
+    (4) simulator clips of the same prompt (the "val" split's local seeds 0..n-1), as long as
+    the video."""
+    def make() -> np.ndarray:
+        refs = inp.references
+        if refs is None:
+            from toolkit.world import simulate, split_seed
+
+            prompt = inp.world_prompt()
+            n = int(inp.options.get("references", 4))
+            frames = len(inp.need_frames())
+            refs = simulate([prompt] * n, [split_seed(i, "val") for i in range(n)], frames)
+        return refs.numpy() if torch.is_tensor(refs) else np.asarray(refs)
+    return inp.cached("reference_clips", make)
+
+
 @metric("frechet", "lower", "Frechet distance", "curve_block",
         ["frames", "features", "references"])
 def frechet_curve(inp: MetricInput) -> np.ndarray:
     """Frechet distance of each segment's features to real clips of the same prompt."""
-    refs = inp.references
-    if refs is None:
-        from toolkit.world import simulate, split_seed
-
-        prompt = inp.world_prompt()
-        n = int(inp.options.get("references", 4))
-        frames = len(inp.need_frames())
-        refs = simulate([prompt] * n, [split_seed(i, "val") for i in range(n)], frames)
-    refs = refs.numpy() if torch.is_tensor(refs) else np.asarray(refs)
+    refs = reference_clips(inp)
     real = frame_features(refs.reshape(-1, *refs.shape[-3:]).astype(np.float32), inp.feature,
                           inp.backends.get(inp.feature), inp.options)
     mu, root = real.mean(0), psd_sqrt(np.cov(real, rowvar=False))
@@ -116,12 +127,15 @@ def start_end_distance(inp: MetricInput) -> float:
     return float(np.linalg.norm(f[:k].mean(0) - f[-k:].mean(0)))
 
 
-@metric("fidelity", "higher", "fraction", "curve_frame", ["frames", "world"])
+@metric("fidelity", "higher", "fraction", "curve_frame", ["frames", "world"],
+        series=("", "colour", "shape", "count", "background"))
 def fidelity(inp: MetricInput) -> dict[str, np.ndarray]:
-    """Prompt fidelity per frame: full match, and colours / shapes / count read right."""
-    r = _report(inp)
-    keys = {"": "match", "colour": "colours_ok", "shape": "shapes_ok", "count": "count_ok"}
-    return {sub: _frame_curve(inp, r[k].astype(float)) for sub, k in keys.items()}
+    """Prompt fidelity per frame: full match, and colours / shapes / count / background read
+    right (each attribute a sub-series: ``fidelity/colour`` ...)."""
+    r = world_report(inp)
+    keys = {"": "match", "colour": "colours_ok", "shape": "shapes_ok", "count": "count_ok",
+            "background": "background_ok"}
+    return {sub: frame_curve(inp, r[k].astype(float)) for sub, k in keys.items()}
 
 
 @metric("identity_drift", "lower", "fraction", "curve_frame", ["frames", "world"])
@@ -142,7 +156,7 @@ def identity_drift(inp: MetricInput) -> np.ndarray:
     ref = Counter(Counter(opening).most_common(1)[0][0])
     size = np.array([max(sum(c.values()), sum(ref.values())) for c in seen])
     same = np.array([sum((c & ref).values()) for c in seen])
-    return _frame_curve(inp, np.where(size > 0, 1.0 - same / np.maximum(size, 1), 0.0))
+    return frame_curve(inp, np.where(size > 0, 1.0 - same / np.maximum(size, 1), 0.0))
 
 
 @metric("vde", "lower", "relative change", "scalar", ["frames", "world"])
@@ -160,23 +174,37 @@ def start_end_fidelity_drop(inp: MetricInput) -> float:
 
 
 # --- repetition ------------------------------------------------------------------------
-def similarity(inp: MetricInput) -> np.ndarray:
-    """Cosine similarity (S, S) of segments (concatenated frame features, video mean removed).
+def segment_similarity(feats: np.ndarray, segments: int) -> np.ndarray:
+    """Cosine similarity (S, S) of segments of latent-frame features (L, D) (concatenated frame
+    features, the video's mean segment removed).
 
     Two all-zero vectors (identical to the mean) count as identical (1), one as unrelated (0).
     """
-    def make() -> np.ndarray:
-        x = _segments(inp).reshape(inp.segments, -1)
-        x = x - x.mean(0)
-        norm = np.linalg.norm(x, axis=1)
-        zero = norm < 1e-9
-        sim = (x @ x.T) / np.maximum(norm[:, None] * norm[None, :], EPS)
-        sim[zero[:, None] & zero[None, :]] = 1.0
-        return sim
-    return inp.cached("similarity", make)
+    x = feats.reshape(segments, -1)
+    x = x - x.mean(0)
+    norm = np.linalg.norm(x, axis=1)
+    zero = norm < 1e-9
+    sim = (x @ x.T) / np.maximum(norm[:, None] * norm[None, :], EPS)
+    sim[zero[:, None] & zero[None, :]] = 1.0
+    return sim
 
 
-def _lag(inp: MetricInput) -> int:
+def long_lag(sim: np.ndarray, lag: int) -> np.ndarray:
+    """Per segment, its largest similarity to a segment at least ``lag`` segments back."""
+    out = np.full(len(sim), np.nan)
+    for i in range(lag, len(sim)):
+        out[i] = sim[i, : i - lag + 1].max()
+    return out
+
+
+def similarity(inp: MetricInput) -> np.ndarray:
+    """Cosine similarity (S, S) of the video's segments (see ``segment_similarity``)."""
+    return inp.cached("similarity",
+                      lambda: segment_similarity(latent_features(inp), inp.segments))
+
+
+def repetition_lag(inp: MetricInput) -> int:
+    """Segments further back than the repetition window (at least 2)."""
     window = int(inp.options.get("repetition_window", inp.train_frames))
     return max(2, -(-window // inp.segment_frames))
 
@@ -184,11 +212,7 @@ def _lag(inp: MetricInput) -> int:
 @metric("self_similarity", "lower", "cosine", "curve_block", ["frames", "features"])
 def self_similarity(inp: MetricInput) -> np.ndarray:
     """Most similar segment further back than the window (long-lag self-similarity)."""
-    sim, lag = similarity(inp), _lag(inp)
-    out = np.full(len(sim), np.nan)
-    for i in range(lag, len(sim)):
-        out[i] = sim[i, : i - lag + 1].max()
-    return out
+    return long_lag(similarity(inp), repetition_lag(inp))
 
 
 @metric("repetition", "lower", "cosine", "scalar", ["frames", "features"])
@@ -197,7 +221,7 @@ def repetition(inp: MetricInput) -> float:
     curve = self_similarity.fn(inp)
     if not np.isfinite(curve).any():
         raise Unavailable(f"the video is not longer than the repetition window "
-                          f"({_lag(inp)} segments)")
+                          f"({repetition_lag(inp)} segments)")
     return float(np.nanmean(curve))
 
 
@@ -232,7 +256,7 @@ def _changed(inp: MetricInput) -> np.ndarray:
 @metric("motion", "higher", "fraction of pixels", "curve_frame", ["frames"])
 def motion(inp: MetricInput) -> np.ndarray:
     """Share of pixels changed over the motion window (0 = frozen)."""
-    return _frame_curve(inp, inp.cached("changed", lambda: _changed(inp)))
+    return frame_curve(inp, inp.cached("changed", lambda: _changed(inp)))
 
 
 @metric("dynamic_degree", "higher", "fraction of frames", "scalar", ["frames"])
@@ -254,13 +278,27 @@ def moving(inp: MetricInput) -> np.ndarray:
     """
     c = inp.cached("changed", lambda: _changed(inp))
     moved = np.where(np.isfinite(c), c > float(inp.options.get("moving_fraction", 0.01)), np.nan)
-    return _frame_curve(inp, moved)
+    return frame_curve(inp, moved)
 
 
 @metric("sprite_speed", "higher", "px/frame", "curve_frame", ["frames", "world"])
 def sprite_speed(inp: MetricInput) -> np.ndarray:
     """Mean sprite speed read by the analysers (NaN where no sprite is seen)."""
-    return _frame_curve(inp, _report(inp)["speed"])
+    return frame_curve(inp, world_report(inp)["speed"])
+
+
+@metric("frozen", "lower", "fraction of frames", "curve_frame", ["frames", "world"])
+def frozen(inp: MetricInput) -> np.ndarray:
+    """Per latent frame, the share of its pixel frames whose sprites stand still (analysers'
+    speed under 0.1 px/frame, ``toolkit.world.evaluate.FROZEN_SPEED``; NaN where none is seen).
+
+    Unlike ``moving`` it does not saturate on noise: noise moves pixels, not sprites. Simulator
+    clips of the world read under 1% frozen.
+    """
+    from toolkit.world.evaluate import FROZEN_SPEED
+
+    speed = world_report(inp)["speed"]
+    return frame_curve(inp, np.where(np.isfinite(speed), speed < FROZEN_SPEED, np.nan))
 
 
 @metric("vde_motion", "lower", "relative change", "scalar", ["frames"])
@@ -318,4 +356,4 @@ def lpips_step(inp: MetricInput) -> np.ndarray:
         for a in range(1, len(x), 64):
             b = min(len(x), a + 64)
             out[a:b] = net(x[a:b], x[a - 1: b - 1]).flatten().numpy()
-    return _frame_curve(inp, out)
+    return frame_curve(inp, out)
