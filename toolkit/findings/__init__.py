@@ -3,45 +3,74 @@
 The experiment is ``ablations/findings.yaml``: arms (run configs), claims, and per claim the
 checks (a measure, an arm, an optional paired baseline, the expected direction, a threshold).
 ``spec`` loads and checks that file; ``run`` plans and runs every (arm, seed) as a tracked job
-(and holds the command); ``stats`` turns stored runs into per-run measures and applies the
-verdict rules. ``reports.findings`` renders the page from the tracking store, and the command
-(``toolkit.cli``) ties the two: this package never imports ``reports``.
+(and holds the command); ``measures`` turns stored runs into per-run measures, ``stats``
+applies the verdict rules. ``reports.findings`` renders the page from the tracking store, and
+the command (``toolkit.cli``) ties the two: this package never imports ``reports``.
 
     spec = load_spec()                                   # ablations/findings.yaml
     jobs = plan(spec, seeds=8, overrides=["run_root=runs/findings"])
     run_jobs(jobs, workers=2)
     table = measure_runs(spec, runs, uri)                # one row per run, a column per measure
-    results = [evaluate(check, table) for claim in spec.claims for check in claim.tests]
+    results = evaluate_spec(spec, table)                 # claim id -> Results (with Holm's p)
+
+``measures`` computes a run's measures from its logged series (windows, bins, derived ratios),
+``inference`` the tests, intervals, Holm's correction and power, ``notes`` the page's sentences
+about them.
 """
 
+from toolkit.findings.inference import (
+    EXACT_MAX,
+    detectable_effect,
+    holm,
+    sign_flip_p,
+    t_interval,
+    wilcoxon_method,
+)
+from toolkit.findings.measures import (
+    bin_means,
+    measure_curve,
+    measure_runs,
+    measure_value,
+    measures_needed,
+    whole_measure,
+    window_mean,
+)
+from toolkit.findings.notes import correction_note, method_notes
 from toolkit.findings.run import EXPERIMENT, Job, keys_of, plan, run_jobs
 from toolkit.findings.spec import (
+    DERIVED,
+    EXACT,
     EXPECT,
     SPEC,
     WHOLE,
     WINDOWS,
     Check,
     Claim,
+    Measure,
     Spec,
+    Statistics,
     check_measure,
     load_spec,
+    parse_measure,
 )
 from toolkit.findings.stats import (
     ALPHA,
+    NOT_TESTABLE,
     Result,
     claim_verdict,
     evaluate,
-    measure_curve,
-    measure_runs,
-    measures_needed,
+    evaluate_spec,
+    untestable_reason,
     values_of,
     verdict,
-    whole_measure,
     wilcoxon,
-    window_mean,
 )
 
-__all__ = ["ALPHA", "EXPECT", "EXPERIMENT", "SPEC", "WHOLE", "WINDOWS", "Check", "Claim", "Job",
-           "Result", "Spec", "check_measure", "claim_verdict", "evaluate", "keys_of",
-           "load_spec", "measure_curve", "measure_runs", "measures_needed", "plan", "run_jobs",
-           "values_of", "verdict", "whole_measure", "wilcoxon", "window_mean"]
+__all__ = ["ALPHA", "DERIVED", "EXACT", "EXACT_MAX", "EXPECT", "EXPERIMENT", "NOT_TESTABLE",
+           "SPEC", "WHOLE", "WINDOWS", "Check", "Claim", "Job", "Measure", "Result", "Spec",
+           "Statistics", "bin_means", "check_measure", "claim_verdict", "correction_note",
+           "detectable_effect", "evaluate", "evaluate_spec", "holm", "keys_of", "load_spec",
+           "measure_curve", "measure_runs", "measure_value", "measures_needed", "method_notes",
+           "parse_measure", "plan", "run_jobs", "sign_flip_p", "t_interval",
+           "untestable_reason", "values_of", "verdict", "whole_measure", "wilcoxon",
+           "wilcoxon_method", "window_mean"]

@@ -1,9 +1,28 @@
-"""The findings file (``ablations/findings.yaml``): arms, claims and their pre-stated checks."""
+"""The findings file (``ablations/findings.yaml``): arms, claims, their pre-stated checks, the
+statistics the verdicts use, and the measure syntax.
+
+Measures (``parse_measure``):
+
+- ``CURVE@W``: a logged curve (``fidelity``, ``fidelity/colour``, ``sprite_speed``...) over a
+  window W of latent frames: ``first`` = [0, window) (the 1x video), ``last`` = the final
+  ``window`` frames (24x), ``drop`` = first - last, ``whole`` = [window, latent_frames) (every
+  frame past the 1x video), ``binsK`` = the mean of the K-frame bins' means over the same span
+  (each stretch weighs the same however many finite values it has);
+- ``DERIVED@W``: a ratio of logged curves over the same window (:data:`DERIVED`), e.g.
+  ``boundary_ratio@last`` = mean block-boundary jump / mean within-block change, both inside W;
+- ``SCALAR``: a logged scalar metric (``recall``, ``recall/mid``, ``rope_power/f1``...);
+- ``kv_linearity``, ``kv_growth``: summaries of the whole KV-bytes curve (:data:`WHOLE`).
+
+A measure is *exact* when it depends on the arm's config only, not on the seed (the cache's
+accounting, :data:`EXACT`): with ``statistics.exact`` it is reported as its value, not tested.
+"""
 
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass
+import math
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -13,10 +32,191 @@ from toolkit.config import ConfigError
 
 SPEC = Path(__file__).resolve().parents[2] / "ablations" / "findings.yaml"
 EXPECT = ("greater", "less", "within")
-WINDOWS = ("first", "last", "drop")
+WINDOWS = ("first", "last", "drop", "whole")  # and binsK (K latent frames per bin)
+BINS = re.compile(r"bins([1-9][0-9]*)")
 #: Measures computed from a whole curve rather than a window of it.
 WHOLE = {"kv_linearity": "kv_bytes", "kv_growth": "kv_bytes"}
+#: Ratios of logged curves over one window: name -> (numerator, denominator, block filter).
+#: The filter (a 0 / 1 curve on the same steps) keeps numerator values where it is 1
+#: (``event``) or 0 (``quiet``); the denominator always uses every value in the window.
+DERIVED: dict[str, tuple[str, str, str | None]] = {
+    "boundary_ratio": ("boundary_jump", "boundary_jump/within", None),
+    "event_jump": ("boundary_jump", "boundary_jump/within", "cache_events"),
+    "quiet_jump": ("boundary_jump", "boundary_jump/within", "cache_events"),
+}
+#: Curves and scalars set by the arm's config alone (the cache's accounting): the same for every
+#: seed, so exact values rather than samples.
+EXACT = ("kv_bytes", "kv_tokens", "context_tokens", "peak_kv_bytes", "cache_events")
+#: Ranges of values by metric unit (for the not-testable rule); other units: unbounded.
+UNIT_BOUNDS = {"fraction": (0.0, 1.0), "fraction of frames": (0.0, 1.0),
+               "fraction of pixels": (0.0, 1.0), "cosine": (-1.0, 1.0),
+               "share of variance": (0.0, 1.0)}
+NON_NEGATIVE = ("ratio", "px/frame", "px", "count", "bytes", "tokens", "s", "feature distance",
+                "Frechet distance", "relative change", "LPIPS", "mean abs change",
+                "frames")
 TITLE = "Findings: the paper's claims, re-measured on the built-in world"
+
+
+# --- measures --------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Measure:
+    """A parsed measure (see the module docstring for the syntax).
+
+    Attributes:
+        text: the measure as written.
+        kind: ``curve`` (a logged curve over a window), ``derived`` (a ratio of curves over a
+            window), ``scalar`` (a logged scalar) or ``whole`` (a KV-curve summary).
+        name: the part before ``@``.
+        window: ``first``, ``last``, ``drop``, ``whole``, ``binsK``, or None.
+        curves: the logged series it reads (numerator, denominator, filter for derived ones).
+        exact: set by the arm's config alone (:data:`EXACT`): reported, not tested.
+        bounds: (low, high) the values cannot leave (infinite when unbounded).
+    """
+
+    text: str
+    kind: str
+    name: str
+    window: str | None
+    curves: tuple[str, ...]
+    exact: bool
+    bounds: tuple[float, float] = (-math.inf, math.inf)
+
+    @property
+    def bins(self) -> int | None:
+        """K of a ``binsK`` window."""
+        hit = BINS.fullmatch(self.window or "")
+        return int(hit.group(1)) if hit else None
+
+    def at(self, window: str) -> str | None:
+        """The same measure in another window (None for scalars, KV summaries and drops)."""
+        if self.window is None or self.window == "drop":
+            return None
+        return f"{self.name}@{window}"
+
+
+def _metric_of(series: str) -> Any:
+    from toolkit.metrics import METRICS
+
+    return METRICS.items().get(series.split("/", 1)[0])
+
+
+def _bounds(series: str) -> tuple[float, float]:
+    m = _metric_of(series)
+    if m is None:
+        return -math.inf, math.inf
+    if m.unit in UNIT_BOUNDS:
+        return UNIT_BOUNDS[m.unit]
+    return (0.0, math.inf) if m.unit in NON_NEGATIVE else (-math.inf, math.inf)
+
+
+def _series(series: str, kinds: tuple[str, ...], where: str, text: str) -> None:
+    """The metric of a logged series exists, is of one of ``kinds``, and names its sub-series."""
+    from toolkit.metrics import METRICS
+
+    metric, _, sub = series.partition("/")
+    names = [n for n, m in METRICS.items().items() if m.kind in kinds]
+    _choice(f"{where}: {'curve' if 'scalar' not in kinds else 'metric'} of {text!r}", metric,
+            names)
+    declared = METRICS.get(metric).series
+    if declared and sub not in declared:
+        allowed = [f"{metric}/{s}" if s else metric for s in declared]
+        _choice(f"{where}: series of {text!r}", series, allowed)
+
+
+def parse_measure(text: str, where: str = "measure") -> Measure:
+    """Parse and check a measure; a bad one raises ConfigError naming what is allowed."""
+    if text in WHOLE:
+        return Measure(text, "whole", text, None, (WHOLE[text],), True)
+    if "@" not in text:
+        _series(text, ("scalar",), where, text)
+        return Measure(text, "scalar", text, None, (text,),
+                       text.split("/", 1)[0] in EXACT, _bounds(text))
+    name, window = text.split("@", 1)
+    if not BINS.fullmatch(window):
+        _choice(f"{where}: window of {text!r}", window, [*WINDOWS, "binsK"])
+    if name in DERIVED:
+        num, den, filt = DERIVED[name]
+        curves = (num, den) + ((filt,) if filt else ())
+        kind, exact, bounds = "derived", False, (0.0, math.inf)
+    else:
+        _series(name, ("curve_frame", "curve_block"), where, text)
+        kind, curves = "curve", (name,)
+        exact, bounds = name.split("/", 1)[0] in EXACT, _bounds(name)
+    if window == "drop":
+        bounds = (bounds[0] - bounds[1], bounds[1] - bounds[0])
+    return Measure(text, kind, name, window, curves, exact, bounds)
+
+
+def check_measure(measure: str, where: str) -> None:
+    """Raise ConfigError unless ``measure`` parses (see :func:`parse_measure`)."""
+    parse_measure(measure, where)
+
+
+# --- statistics ------------------------------------------------------------------------------
+TESTS = ("wilcoxon", "permutation")
+INTERVALS = ("bca", "t")
+CORRECTIONS = ("none", "holm")
+
+
+@dataclass(frozen=True)
+class Statistics:
+    """How a findings file's tests are computed (its ``statistics:`` block).
+
+    The defaults are the first findings pages' methods, so their files re-render as written.
+
+    Attributes:
+        test: ``wilcoxon`` (scipy's signed-rank test) or ``permutation`` (sign-flip test of the
+            mean: exact up to ``toolkit.findings.inference.EXACT_MAX`` seeds, else Monte Carlo).
+        interval: ``bca`` (bootstrap, 9,999 resamples) or ``t`` (Student t) 95% CI of the mean.
+        correction: ``none`` or ``holm``: the p the verdicts use (Holm's adjusted p is always
+            computed and shown).
+        not_testable: share of the baseline's seeds at a bound of the measure that marks a test
+            "not testable" (``toolkit.findings.stats.untestable_reason``); None: no such verdict.
+        exact: measures set by the config alone (``Measure.exact``) are reported as their exact
+            values and judged by the rule without a test.
+        band_test: a ``within`` test holds only if, besides its CI lying inside the band, its
+            p (two one-sided tests against the band's edges) is below alpha.
+        resamples: random sign flips of the Monte Carlo test (above ``EXACT_MAX`` seeds).
+        seed: the seed of those flips.
+    """
+
+    test: str = "wilcoxon"
+    interval: str = "bca"
+    correction: str = "none"
+    not_testable: float | None = None
+    exact: bool = False
+    band_test: bool = False
+    resamples: int = 100_000
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _choice("statistics.test", self.test, TESTS)
+        _choice("statistics.interval", self.interval, INTERVALS)
+        _choice("statistics.correction", self.correction, CORRECTIONS)
+        if self.not_testable is not None and not 0.5 < self.not_testable <= 1:
+            raise ConfigError(f"statistics.not_testable={self.not_testable}: a share of seeds "
+                              "in (0.5, 1], or null for no not-testable verdict")
+        if self.resamples < 1000:
+            raise ConfigError(f"statistics.resamples={self.resamples}: at least 1000")
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any] | None, where: str) -> Statistics:
+        raw = dict(raw or {})
+        names = [f.name for f in cls.__dataclass_fields__.values()]
+        extra = sorted(set(raw) - set(names))
+        if extra:
+            raise ConfigError(f"{where}: unknown statistics keys {extra}; allowed: "
+                              f"{', '.join(names)}")
+        if raw.get("not_testable") is not None:
+            raw["not_testable"] = float(raw["not_testable"])
+        for key in ("resamples", "seed"):
+            if key in raw:
+                raw[key] = int(raw[key])
+        for key in ("exact", "band_test"):
+            if key in raw and not isinstance(raw[key], bool):
+                raise ConfigError(f"statistics.{key}={raw[key]!r}: allowed true or false")
+        return cls(**raw)
+
 
 # --- the experiment file -----------------------------------------------------------------
 @dataclass(frozen=True)
@@ -32,15 +232,18 @@ class Check:
     margin: float = 0.0
 
     @property
+    def parsed(self) -> Measure:
+        """The measure, parsed (``parse_measure``)."""
+        return parse_measure(self.measure, f"test {self.name!r}")
+
+    @property
     def curve(self) -> str:
-        """The logged curve the measure reads."""
-        return WHOLE.get(self.measure) or self.measure.split("@", 1)[0]
+        """The logged series the measure reads first."""
+        return self.parsed.curves[0]
 
     def at(self, window: str) -> str | None:
-        """The same measure in another window (None for whole-curve and drop measures)."""
-        if "@" not in self.measure or self.measure.endswith("@drop"):
-            return None
-        return f"{self.curve}@{window}"
+        """The same measure in another window (None for scalars, KV summaries and drops)."""
+        return self.parsed.at(window)
 
 
 @dataclass(frozen=True)
@@ -66,6 +269,7 @@ class Spec:
     title: str = TITLE
     about: str = ""      # what this file is for, shown under the page's introduction
     first_seed: int = 0  # held-out prompts first_seed .. first_seed + seeds - 1
+    statistics: Statistics = field(default_factory=Statistics)
 
     def prompts(self, seeds: int) -> range:
         """The held-out prompts (= run seeds) of a run with ``seeds`` seeds."""
@@ -85,21 +289,6 @@ def _choice(what: str, value: Any, allowed: list[str] | tuple[str, ...]) -> None
         raise ConfigError(f"{what}={value!r} is not allowed.{hint} Allowed: {', '.join(allowed)}")
 
 
-def check_measure(measure: str, where: str) -> None:
-    """A measure is ``CURVE@first|last|drop`` of a logged curve metric, or a WHOLE one."""
-    from toolkit.metrics import METRICS
-
-    if measure in WHOLE:
-        return
-    if "@" not in measure:
-        raise ConfigError(f"{where}: measure={measure!r}; use CURVE@{'|'.join(WINDOWS)} "
-                          f"(e.g. fidelity@last) or one of {', '.join(WHOLE)}")
-    curve, window = measure.split("@", 1)
-    _choice(f"{where}: window of {measure!r}", window, WINDOWS)
-    curves = [n for n, m in METRICS.items().items() if m.kind.startswith("curve")]
-    _choice(f"{where}: curve of {measure!r}", curve.split("/", 1)[0], curves)
-
-
 def load_spec(path: str | Path = SPEC) -> Spec:
     """Read and check the findings file: every name it uses exists, every rule is complete."""
     path = Path(path)
@@ -107,7 +296,7 @@ def load_spec(path: str | Path = SPEC) -> Spec:
         raise ConfigError(f"findings file {path} does not exist")
     raw = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
     keys = ("title", "about", "seeds", "first_seed", "latent_frames", "window", "quick",
-            "record", "arms", "claims")
+            "record", "statistics", "arms", "claims")
     unknown = set(raw) - set(keys)
     if unknown:
         raise ConfigError(f"{path.name}: unknown keys {sorted(unknown)}; allowed: "
@@ -143,7 +332,8 @@ def load_spec(path: str | Path = SPEC) -> Spec:
                 window=int(raw["window"]), quick_seeds=int(quick.get("seeds", 3)), arms=arms,
                 record=tuple(str(r) for r in raw.get("record") or ()),
                 claims=tuple(claims), path=path, title=str(raw.get("title", TITLE)),
-                about=str(raw.get("about", "")), first_seed=int(raw.get("first_seed", 0)))
+                about=str(raw.get("about", "")), first_seed=int(raw.get("first_seed", 0)),
+                statistics=Statistics.from_dict(raw.get("statistics"), path.name))
     if spec.first_seed < 0:
         raise ConfigError(f"first_seed={spec.first_seed} must be >= 0 (a held-out prompt index)")
     if spec.latent_frames < 2 * spec.window:

@@ -1,92 +1,56 @@
-"""Per-run measures from logged curves, and each check's statistics and verdict."""
+"""Each check's statistics and verdict, and the page's multiple-test correction (Holm).
+
+``evaluate`` judges one test; ``evaluate_spec`` judges every test of a findings file and adds
+Holm's adjusted p (the verdicts use it when the file says ``statistics.correction: holm``).
+How p and the CI are computed is the file's ``statistics`` block (``spec.Statistics``); the
+first pages' defaults are the Wilcoxon test and BCa intervals, the new ones the sign-flip
+permutation test and t intervals (``toolkit.findings.inference``).
+
+The not-testable rule (``untestable_reason``): a test with a baseline is not testable when at
+least ``statistics.not_testable`` (e.g. 90%) of the baseline's seeds sit at a bound of the measure
+(within 1e-9; bounds from the metric's unit, ``Measure.bounds``) AND either the test expects
+the arm to move past that bound (``greater`` at the ceiling, ``less`` at the floor) or the
+arm's seeds sit at the same bound as often: the measure then cannot show the claimed effect
+(``moving`` is 1.00 on every clip, so two arms at 1.00 say nothing about motion).
+"""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
-from toolkit.aggregate import mean_ci
-from toolkit.config import ConfigError
-from toolkit.findings.spec import WHOLE, Check, Spec
+from toolkit.findings import inference as inf
+from toolkit.findings.inference import ALPHA
+from toolkit.findings.measures import (  # noqa: F401  (the measures' API, re-exported)
+    measure_curve,
+    measure_runs,
+    measures_needed,
+    whole_measure,
+    window_mean,
+)
+from toolkit.findings.spec import Check, Spec, Statistics
 
-ALPHA = 0.05
-
-
-# --- measures --------------------------------------------------------------------------------
-def window_mean(steps: np.ndarray, values: np.ndarray, start: int, stop: int) -> float:
-    """Mean of a curve's finite values at steps in [start, stop) (NaN if none)."""
-    pick = (steps >= start) & (steps < stop) & np.isfinite(values)
-    return float(values[pick].mean()) if pick.any() else float("nan")
-
-
-def whole_measure(name: str, steps: np.ndarray, values: np.ndarray) -> float:
-    """kv_linearity (R^2 of a least-squares line) or kv_growth (last / half-way value)."""
-    ok = np.isfinite(values)
-    steps, values = steps[ok].astype(float), values[ok]
-    if len(values) < 3:
-        return float("nan")
-    if name == "kv_linearity":
-        total = float(((values - values.mean()) ** 2).sum())
-        if total == 0:
-            return 0.0  # a flat line: no growth at all, linear or otherwise
-        fit = np.polyval(np.polyfit(steps, values, 1), steps)
-        return 1.0 - float(((values - fit) ** 2).sum()) / total
-    if name == "kv_growth":
-        half = values[int(np.searchsorted(steps, steps[-1] / 2))]
-        return float(values[-1] / half) if half else float("nan")
-    raise ConfigError(f"unknown whole-curve measure {name!r}; allowed: {', '.join(WHOLE)}")
+wilcoxon = inf.wilcoxon
+NOT_TESTABLE = "not testable"
 
 
-def measure_curve(measure: str, steps: np.ndarray, values: np.ndarray, frames: int,
-                  window: int) -> float:
-    """One measure of one run's curve (see ablations/findings.yaml for the definitions)."""
-    if measure in WHOLE:
-        return whole_measure(measure, steps, values)
-    where = measure.split("@", 1)[1]
-    first = window_mean(steps, values, 0, window)
-    last = window_mean(steps, values, frames - window, frames)
-    return {"first": first, "last": last, "drop": first - last}[where]
-
-
-def measures_needed(spec: Spec) -> list[str]:
-    """Every measure a test needs, with its 1x / 24x twins."""
-    out: list[str] = []
-    for claim in spec.claims:
-        for t in claim.tests:
-            for m in (t.measure, t.at("first"), t.at("last")):
-                if m and m not in out:
-                    out.append(m)
-    return out
-
-
-def measure_runs(spec: Spec, runs: pd.DataFrame, uri: str) -> pd.DataFrame:
-    """Per finished run: arm, seed and every needed measure (columns), from logged curves.
-
-    ``runs`` has ``run_id``, ``arm`` and ``seed`` columns (one row per run).
-    """
-    from toolkit.aggregate import curves
-
-    needed = measures_needed(spec)
-    names = sorted({WHOLE.get(m) or m.split("@", 1)[0] for m in needed})
-    series = {name: curves(runs["run_id"], name, uri) for name in names}
-    rows = []
-    for run in runs.itertuples():
-        row = {"arm": run.arm, "seed": int(run.seed), "run_id": run.run_id}
-        for m in needed:
-            steps, values = series[WHOLE.get(m) or m.split("@", 1)[0]][run.run_id]
-            row[m] = measure_curve(m, steps, values, spec.latent_frames, spec.window) \
-                if len(steps) else float("nan")
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
-# --- statistics and verdicts -----------------------------------------------------------------
 @dataclass
 class Result:
-    """A test's outcome: the per-seed values, mean, 95% CI, p-value, verdict and its reason."""
+    """A test's outcome: per-seed values, mean, 95% CI, p, verdict and reason, and more.
+
+    Attributes:
+        p: the test's raw p (NaN when not tested: exact values, too few seeds).
+        p_holm: Holm's adjusted p over the page's tested tests (``evaluate_spec``), else NaN.
+        sd: standard deviation of the per-seed values.
+        sde: smallest detectable effect at 80% power (``inference.detectable_effect``).
+        testable: False when the baseline sits at a bound (``untestable_reason``); ``bound``
+            says how.
+        exact: reported as exact values (low / high = the smallest / largest seed's), not tested.
+        method: how p was computed, in words; ``interval``: the CI's method.
+    """
 
     test: Check
     values: np.ndarray
@@ -98,82 +62,192 @@ class Result:
     reason: str
     at_1x: tuple[float, float, float] | None = None  # (mean, low, high) in the 1x window
     seeds: list[int] = field(default_factory=list)
+    p_holm: float = math.nan
+    sd: float = math.nan
+    sde: float = math.nan
+    testable: bool = True
+    bound: str = ""
+    exact: bool = False
+    method: str = ""
+    interval: str = ""
+
+    @property
+    def tested(self) -> bool:
+        """Whether the test ran: a p, not exact values, not 'not testable' (Holm's family)."""
+        return np.isfinite(self.p) and not self.exact and self.verdict != NOT_TESTABLE
+
+    @property
+    def underpowered(self) -> bool:
+        """The smallest detectable effect exceeds the margin: effects worth the name (larger
+        than the margin) may well end inconclusive."""
+        return self.test.margin > 0 and self.sde > self.test.margin
 
 
 def values_of(test: Check, table: pd.DataFrame, measure: str | None = None
               ) -> tuple[np.ndarray, list[int]]:
     """Per seed: the arm's measure, minus the baseline's of the same seed when there is one."""
+    arm, base = pairs_of(test, table, measure)
+    d = arm - base if base is not None else arm
+    ok = np.isfinite(d.to_numpy(float))
+    return d.to_numpy(float)[ok], [int(s) for s in d.index[ok]]
+
+
+def pairs_of(test: Check, table: pd.DataFrame, measure: str | None = None
+             ) -> tuple[pd.Series, pd.Series | None]:
+    """The arm's and the baseline's values by seed (seeds both have), or the arm's alone."""
     measure = measure or test.measure
     arm = table[table["arm"] == test.arm].set_index("seed")[measure]
-    if test.baseline:
-        base = table[table["arm"] == test.baseline].set_index("seed")[measure]
-        both = arm.to_frame("a").join(base.to_frame("b"), how="inner")
-        diff = (both["a"] - both["b"]).dropna()
-        return diff.to_numpy(float), [int(s) for s in diff.index]
-    arm = arm.dropna()
-    return arm.to_numpy(float), [int(s) for s in arm.index]
+    if not test.baseline:
+        return arm, None
+    base = table[table["arm"] == test.baseline].set_index("seed")[measure]
+    both = arm.to_frame("a").join(base.to_frame("b"), how="inner")
+    return both["a"], both["b"]
 
 
-def wilcoxon(d: np.ndarray, alternative: str = "two-sided") -> float:
-    """Wilcoxon signed-rank p of d against 0 (exact for small n); 1.0 when every d is 0."""
-    d = d[np.isfinite(d)]
-    if len(d) < 2:
-        return float("nan")
-    if np.all(d == 0):
-        return 1.0
-    return float(stats.wilcoxon(d, alternative=alternative).pvalue)
+def untestable_reason(test: Check, arm: np.ndarray, base: np.ndarray, bounds: tuple[float, float],
+                share: float = 0.9) -> str:
+    """Why the test is not testable (see the module docstring), or "" when it is."""
+    if test.baseline is None or not len(base):
+        return ""
+    for bound, side in ((bounds[0], "floor"), (bounds[1], "ceiling")):
+        if not np.isfinite(bound):
+            continue
+        tol = 1e-9 * max(1.0, abs(bound))
+        at_base = int(np.sum(np.abs(base - bound) <= tol))
+        at_arm = int(np.sum(np.abs(arm - bound) <= tol))
+        if at_base < share * len(base):
+            continue
+        past = (test.expect, side) in (("greater", "ceiling"), ("less", "floor"))
+        if past or at_arm >= share * len(arm):
+            how = ("the claimed effect would need values past it" if past
+                   else f"so does `{test.arm}` in {at_arm} of {len(arm)}")
+            return (f"`{test.baseline}` sits at the measure's {side} ({bound:g}) in {at_base} of "
+                    f"{len(base)} seeds, and {how} (rule: at least {share:.0%} of seeds at a "
+                    "bound)")
+    return ""
 
 
-def verdict(test: Check, mean: float, low: float, high: float, p: float,
-            n: int) -> tuple[str, str]:
-    """The pre-stated rule of ablations/findings.yaml applied to one test's statistics."""
-    if n < 2 or not (np.isfinite(low) and np.isfinite(high)):
+def verdict(test: Check, mean: float, low: float, high: float, p: float, n: int, *,
+            exact: bool = False, band_test: bool = False, p_name: str = "p") -> tuple[str, str]:
+    """The pre-stated rule of the findings file applied to one test's statistics.
+
+    ``exact``: [low, high] are exact values (the seeds' range), judged without p.
+    ``band_test``: ``within`` holds only if p (the band's two one-sided tests) < alpha too.
+    ``p_name``: how the reasons name p (e.g. "Holm p").
+    """
+    if n < 1 or (not exact and n < 2) or not (np.isfinite(low) and np.isfinite(high)):
         return "inconclusive", f"only {n} value(s): no confidence interval"
+    ci = "the exact value" + ("s lie" if high > low else " lies") if exact else "the CI lies"
+    short = "exact" if exact else "CI"
     x, m = test.than, test.margin
     if test.expect == "within":
         if x - m <= low and high <= x + m:
-            return "holds", f"the CI lies inside {x:g} ± {m:g}"
+            if band_test and not exact and not p < ALPHA:
+                return "inconclusive", (f"{ci} inside {x:g} ± {m:g} but {p_name} = {p:.2g} >= "
+                                        f"{ALPHA}")
+            extra = f" and {p_name} = {p:.2g} < {ALPHA}" if band_test and not exact else ""
+            return "holds", f"{ci} inside {x:g} ± {m:g}{extra}"
         if high < x - m or low > x + m:
-            return "fails", f"the CI lies outside {x:g} ± {m:g}"
-        return "inconclusive", f"the CI straddles an edge of {x:g} ± {m:g}"
+            return "fails", f"{ci} outside {x:g} ± {m:g}"
+        return "inconclusive", f"the {short} straddles an edge of {x:g} ± {m:g}"
     sign = 1.0 if test.expect == "greater" else -1.0
     beyond = (low > x) if sign > 0 else (high < x)
     against = (high < x) if sign > 0 else (low > x)
-    word = ">" if sign > 0 else "<"
+    word, opposite = (">", "<") if sign > 0 else ("<", ">")
     if m > 0 and x - m <= low and high <= x + m:
-        return "fails", f"no effect worth the name: the CI lies inside {x:g} ± {m:g}"
+        return "fails", f"no effect worth the name: {ci} inside {x:g} ± {m:g}"
+    if exact:
+        if beyond:
+            return "holds", f"{ci} {word} {x:g}"
+        if against:
+            return "fails", f"the opposite effect: {ci} {opposite} {x:g}"
+        return "inconclusive", f"the exact values straddle {x:g}"
     if beyond and p < ALPHA:
-        return "holds", f"CI {word} {x:g} and p = {p:.2g} < {ALPHA}"
+        return "holds", f"CI {word} {x:g} and {p_name} = {p:.2g} < {ALPHA}"
     if against and p < ALPHA:
-        return "fails", f"the opposite effect: CI {'<' if sign > 0 else '>'} {x:g}, p = {p:.2g}"
+        return "fails", f"the opposite effect: CI {opposite} {x:g}, {p_name} = {p:.2g}"
     if beyond:
-        return "inconclusive", f"CI {word} {x:g} but p = {p:.2g} >= {ALPHA}"
+        return "inconclusive", f"CI {word} {x:g} but {p_name} = {p:.2g} >= {ALPHA}"
     if against:
-        return "inconclusive", (f"CI {'<' if sign > 0 else '>'} {x:g} (the opposite direction) "
-                                f"but p = {p:.2g} >= {ALPHA}")
+        return "inconclusive", (f"CI {opposite} {x:g} (the opposite direction) but {p_name} = "
+                                f"{p:.2g} >= {ALPHA}")
     return "inconclusive", f"the CI includes {x:g}"
 
 
-def evaluate(test: Check, table: pd.DataFrame) -> Result:
-    """Values, mean with 95% CI, paired test and verdict of one test (plus its 1x effect)."""
-    d, seeds = values_of(test, table)
-    mean, low, high = mean_ci(d)
-    if test.expect == "within":
-        lo = wilcoxon(d - (test.than - test.margin), "greater")
-        hi = wilcoxon(d - (test.than + test.margin), "less")
-        p = max(lo, hi)
+def p_of(test: Check, d: np.ndarray, statistics: Statistics) -> tuple[float, str]:
+    """The test's p (two-sided against ``than``; for ``within``, the band's two one-sided
+    tests) and how it was computed."""
+    if statistics.test == "wilcoxon":
+        run, method = inf.wilcoxon, inf.wilcoxon_method(d - test.than)
     else:
-        p = wilcoxon(d - test.than)
-    word, reason = verdict(test, mean, low, high, p, len(d))
-    at_1x = None
-    if test.at("first"):
-        at_1x = mean_ci(values_of(test, table, test.at("first"))[0])
-    return Result(test, d, mean, low, high, p, word, reason, at_1x, seeds)
+        def run(x: np.ndarray, alternative: str) -> float:
+            return inf.sign_flip_p(x, alternative, statistics.resamples, statistics.seed)
+        method = inf.sign_flip_method(len(d), statistics.resamples, statistics.seed)
+    if test.expect == "within":
+        return inf.band_p(d, test.than - test.margin, test.than + test.margin, run), method
+    return run(d - test.than, "two-sided"), method
+
+
+def evaluate(test: Check, table: pd.DataFrame, statistics: Statistics | None = None) -> Result:
+    """Values, mean with 95% CI, test and verdict of one test (plus its 1x effect), computed
+    as ``statistics`` says (default: the first pages' Wilcoxon test and BCa intervals).
+
+    ``testable`` / ``bound`` are filled even when the file has no not-testable rule (at 90%),
+    for the page to show; only with the rule do they change the verdict."""
+    statistics = statistics or Statistics()
+    d, seeds = values_of(test, table)
+    measure = test.parsed
+    sd = float(d.std(ddof=1)) if len(d) > 1 else math.nan
+    res = Result(test, d, math.nan, math.nan, math.nan, math.nan, "", "", seeds=seeds, sd=sd,
+                 interval=statistics.interval)
+    if statistics.exact and measure.exact:
+        res.exact, res.method = True, "exact values (set by the arm's config; not tested)"
+        if len(d):
+            res.mean, res.low, res.high = float(d.mean()), float(d.min()), float(d.max())
+        res.verdict, res.reason = verdict(test, res.mean, res.low, res.high, math.nan, len(d),
+                                          exact=True)
+    else:
+        res.mean, res.low, res.high = inf.interval(d, statistics.interval)
+        res.p, res.method = p_of(test, d, statistics)
+        res.sde = inf.detectable_effect(sd, len(d))
+        res.verdict, res.reason = verdict(test, res.mean, res.low, res.high, res.p, len(d),
+                                          band_test=statistics.band_test)
+        arm, base = pairs_of(test, table)
+        if base is not None:
+            a, b = arm.to_numpy(float), base.to_numpy(float)
+            ok = np.isfinite(a) & np.isfinite(b)
+            share = statistics.not_testable if statistics.not_testable is not None else 0.9
+            res.bound = untestable_reason(test, a[ok], b[ok], measure.bounds, share)
+            res.testable = not res.bound
+            if res.bound and statistics.not_testable is not None:
+                res.verdict, res.reason = NOT_TESTABLE, res.bound
+    if test.at("first") in table:
+        res.at_1x = inf.interval(values_of(test, table, test.at("first"))[0],
+                                 statistics.interval)
+    return res
+
+
+def evaluate_spec(spec: Spec, table: pd.DataFrame) -> dict[str, list[Result]]:
+    """Every test of the file, by claim id, with Holm's adjusted p over the tested ones (and
+    verdicts from it when the file's ``statistics.correction`` is ``holm``)."""
+    stats = spec.statistics
+    results = {c.id: [evaluate(t, table, stats) for t in c.tests] for c in spec.claims}
+    family = [r for rs in results.values() for r in rs if r.tested]
+    for r, adjusted in zip(family, inf.holm([r.p for r in family]), strict=True):
+        r.p_holm = float(adjusted)
+        if stats.correction == "holm":
+            r.verdict, r.reason = verdict(r.test, r.mean, r.low, r.high, r.p_holm,
+                                          len(r.values), band_test=stats.band_test,
+                                          p_name="Holm p")
+    return results
 
 
 def claim_verdict(results: list[Result]) -> str:
-    """A claim holds if all its tests hold, fails if any fails, else is inconclusive."""
-    words = [r.verdict for r in results]
+    """A claim holds if all its testable tests hold, fails if any fails, else is inconclusive;
+    not testable when none of its tests is."""
+    words = [r.verdict for r in results if r.verdict != NOT_TESTABLE]
+    if not words:
+        return NOT_TESTABLE
     if all(w == "holds" for w in words):
         return "holds"
     if any(w == "fails" for w in words):

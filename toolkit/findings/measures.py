@@ -1,0 +1,150 @@
+"""Per-run measures of the findings, from logged curves and scalars (syntax: ``spec.py``).
+
+Windows of latent frames, for a run of ``frames`` frames and a 1x ``window``: ``first`` =
+[0, window), ``last`` = [frames - window, frames), ``whole`` and ``binsK`` = [window, frames).
+A curve's value at step s belongs to a window when s lies in it. A derived ratio
+(``boundary_ratio``, ``event_jump``, ``quiet_jump``) divides the mean of its numerator over the
+blocks that START inside the window after its first frame (a jump into the window's first block
+crosses from the frame before the window) by the mean of its denominator over the blocks that
+start inside it: only frames inside the window enter, so two runs identical there are equal.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from toolkit.config import ConfigError
+from toolkit.findings.spec import DERIVED, WHOLE, Measure, Spec, parse_measure
+
+Series = tuple[np.ndarray, np.ndarray]  # (steps, values)
+
+
+def span(window: str, frames: int, one_x: int) -> tuple[int, int]:
+    """[start, stop) latent frames of a window (``binsK``: the span its bins cover)."""
+    if window == "first":
+        return 0, one_x
+    if window == "last":
+        return frames - one_x, frames
+    if window == "whole" or window.startswith("bins"):
+        return one_x, frames
+    raise ConfigError(f"window {window!r} has no single span; allowed first, last, whole, binsK")
+
+
+def window_mean(steps: np.ndarray, values: np.ndarray, start: int, stop: int) -> float:
+    """Mean of a curve's finite values at steps in [start, stop) (NaN if none)."""
+    pick = (steps >= start) & (steps < stop) & np.isfinite(values)
+    return float(values[pick].mean()) if pick.any() else float("nan")
+
+
+def bins(start: int, stop: int, size: int) -> list[tuple[int, int]]:
+    """Consecutive [a, b) bins of ``size`` frames covering [start, stop) (the last may be short)."""
+    return [(a, min(a + size, stop)) for a in range(start, stop, size)]
+
+
+def bin_means(steps: np.ndarray, values: np.ndarray, start: int, stop: int,
+              size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(first frame, mean) of every ``size``-frame bin of [start, stop) (NaN where empty)."""
+    edges = bins(start, stop, size)
+    return (np.array([a for a, _ in edges]),
+            np.array([window_mean(steps, values, a, b) for a, b in edges]))
+
+
+def whole_measure(name: str, steps: np.ndarray, values: np.ndarray) -> float:
+    """kv_linearity (R^2 of a least-squares line) or kv_growth (last / half-way value)."""
+    ok = np.isfinite(values)
+    steps, values = steps[ok].astype(float), values[ok]
+    if len(values) < 3:
+        return float("nan")
+    if name == "kv_linearity":
+        total = float(((values - values.mean()) ** 2).sum())
+        if total == 0:
+            return 0.0  # a flat line: no growth at all, linear or otherwise
+        fit = np.polyval(np.polyfit(steps, values, 1), steps)
+        return 1.0 - float(((values - fit) ** 2).sum()) / total
+    if name == "kv_growth":
+        half = values[int(np.searchsorted(steps, steps[-1] / 2))]
+        return float(values[-1] / half) if half else float("nan")
+    raise ConfigError(f"unknown whole-curve measure {name!r}; allowed: {', '.join(WHOLE)}")
+
+
+def ratio_in(name: str, series: dict[str, Series], start: int, stop: int) -> float:
+    """A derived ratio (:data:`DERIVED`) over the blocks starting in [start, stop)."""
+    num, den, filt = DERIVED[name]
+    steps, top = series[num]
+    pick = (steps > start) & (steps < stop) & np.isfinite(top)
+    if filt:
+        fsteps, flags = series[filt]
+        want = 0.0 if name.startswith("quiet") else 1.0
+        pick &= np.isin(steps, fsteps[flags == want])
+    below = window_mean(*series[den], start, stop)
+    if not pick.any() or not np.isfinite(below) or below <= 0:
+        return float("nan")
+    return float(top[pick].mean() / below)
+
+
+def measure_value(measure: Measure | str, series: dict[str, Series], frames: int,
+                  one_x: int) -> float:
+    """One measure of one run from its logged series (name -> (steps, values))."""
+    m = parse_measure(measure) if isinstance(measure, str) else measure
+    if any(not len(series.get(c, ((), ()))[0]) for c in m.curves):
+        return float("nan")
+    if m.kind == "whole":
+        return whole_measure(m.name, *series[m.curves[0]])
+    if m.kind == "scalar":
+        values = series[m.curves[0]][1]
+        return float(values[-1])
+    if m.window == "drop":
+        return (measure_value(f"{m.name}@first", series, frames, one_x)
+                - measure_value(f"{m.name}@last", series, frames, one_x))
+
+    def one(a: int, b: int) -> float:
+        if m.kind == "derived":
+            return ratio_in(m.name, series, a, b)
+        return window_mean(*series[m.curves[0]], a, b)
+
+    start, stop = span(m.window, frames, one_x)
+    if m.bins:
+        per = np.array([one(a, b) for a, b in bins(start, stop, m.bins)])
+        return float(per[np.isfinite(per)].mean()) if np.isfinite(per).any() else float("nan")
+    return one(start, stop)
+
+
+def measure_curve(measure: str, steps: np.ndarray, values: np.ndarray, frames: int,
+                  window: int) -> float:
+    """A single-curve measure of one run's curve (``measure_value`` with one series)."""
+    m = parse_measure(measure)
+    if len(m.curves) != 1:
+        raise ConfigError(f"{measure!r} reads {len(m.curves)} curves; use measure_value")
+    return measure_value(m, {m.curves[0]: (steps, values)}, frames, window)
+
+
+def measures_needed(spec: Spec) -> list[str]:
+    """Every measure a test needs, with its 1x / 24x twins."""
+    out: list[str] = []
+    for claim in spec.claims:
+        for t in claim.tests:
+            for m in (t.measure, t.at("first"), t.at("last")):
+                if m and m not in out:
+                    out.append(m)
+    return out
+
+
+def measure_runs(spec: Spec, runs: pd.DataFrame, uri: str) -> pd.DataFrame:
+    """Per finished run: arm, seed and every needed measure (columns), from logged series.
+
+    ``runs`` has ``run_id``, ``arm`` and ``seed`` columns (one row per run).
+    """
+    from toolkit.aggregate import curves
+
+    needed = [parse_measure(m) for m in measures_needed(spec)]
+    names = sorted({c for m in needed for c in m.curves})
+    logged = {name: curves(runs["run_id"], name, uri) for name in names}
+    rows = []
+    for run in runs.itertuples():
+        row = {"arm": run.arm, "seed": int(run.seed), "run_id": run.run_id}
+        series = {name: logged[name][run.run_id] for name in names}
+        for m in needed:
+            row[m.text] = measure_value(m, series, spec.latent_frames, spec.window)
+        rows.append(row)
+    return pd.DataFrame(rows)
