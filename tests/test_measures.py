@@ -274,6 +274,25 @@ def test_recall_measures_of_the_memory_world_are_findings_measures():
     assert measure_value("scene_fidelity/intro@bins30", logged, 120, 20) == 1.0
 
 
+def test_memory_world_motion_can_fall():
+    from toolkit.schedule import PromptSchedule
+    from toolkit.world.scenes import render, schedule_for_seed
+
+    sched = schedule_for_seed(1, 30)
+    prompt = PromptSchedule(tuple((b * 4, s) for b, s in enumerate(sched.shots)))
+    truth = render(sched)
+    still = truth.reshape(30, 4, *truth.shape[1:])[:, :1].expand(-1, 4, -1, -1, -1)
+    names = ["scene_speed_ratio", "scene_frozen"]
+    got = {k: compute(MetricInput(frames=v, prompt=prompt, spec=SPEC), names).values
+           for k, v in (("truth", truth), ("still", still.reshape(truth.shape)))}
+    whole = {k: {n: measure_value(f"{n}@whole", got[k], 120, 20) for n in names} for k in got}
+    assert abs(whole["truth"]["scene_speed_ratio"] - 1) < 0.25
+    assert whole["truth"]["scene_frozen"] < 0.1
+    assert whole["still"] == {"scene_speed_ratio": 0.0, "scene_frozen": 1.0}
+    sprites = compute(MetricInput(frames=truth, prompt=PROMPT, spec=SPEC), names)
+    assert set(sprites.unavailable) == set(names)  # a sprite-world prompt: not these
+
+
 def test_measure_runs_reads_every_series_a_measure_needs(tmp_path, monkeypatch):
     import textwrap
 

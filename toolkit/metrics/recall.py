@@ -16,6 +16,12 @@ chance level of the run itself: the identity recall when every return is compare
 was drawn for the OTHER sprites' moments (all such pairs), which also absorbs a model's bias
 toward some colours or shapes.
 
+Motion (``scene_speed_ratio``, ``scene_frozen``): inside each block (a cut moves the view to
+another scene, so speeds never span a boundary), the speed of the largest sprite read in frame
+t is its centroid's displacement from frame ``t - w`` over w, ``w = min(3, frames since the
+block began)``, for w >= 2 only (a slow sprite moves in whole-pixel jumps); the ratio is that over the shot's speed (the simulator's pixels per frame), and
+a frame is frozen under 0.1 px/frame. Simulator clips read close to 1 and 0.
+
 Moments are split by where the needed blocks lie under the memory world's default partitions
 (sink = first block, recent = last block; ``ReturnMoment.needed_in``): ``mid`` moments can
 only be answered from the mid history. Position: the centroid in the returning block's first
@@ -252,3 +258,44 @@ def scene_fidelity(inp: MetricInput) -> dict[str, np.ndarray]:
             intro[t] = float(any(s.colour == want.colour and s.shape == want.shape
                                  for s in o.sprites))
     return {"": scene, "intro": intro}
+
+
+def scene_speeds(inp: MetricInput) -> np.ndarray:
+    """Per pixel frame, the largest sprite's speed inside its block (NaN where unread)."""
+    from toolkit.world.analyse import analyse_video
+    from toolkit.world.scenes import SCENE_BACKGROUNDS
+
+    def make() -> np.ndarray:
+        obs = inp.cached("scene_obs", lambda: analyse_video(inp.need_frames(), SCENE_BACKGROUNDS))
+        cen = np.array([max(o.sprites, key=lambda s: s.area).centroid if o.sprites
+                        else (np.nan, np.nan) for o in obs])
+        out = np.full(len(obs), np.nan)
+        for t in range(len(obs)):
+            w = min(3, t % inp.block_frames)
+            if w >= 2:  # a slow sprite moves in whole-pixel jumps: one frame is too short
+                out[t] = np.hypot(*(cen[t] - cen[t - w])) / w
+        return out
+    if len(inp.need_frames()) != inp.latent_frames:
+        raise Unavailable("needs one pixel frame per latent frame (the world's VAE)")
+    return inp.cached("scene_speeds", make)
+
+
+@metric("scene_speed_ratio", "higher", "ratio", "curve_frame", needs=("frames", "world"))
+def scene_speed_ratio(inp: MetricInput) -> np.ndarray:
+    """Sprite speed inside blocks over the shot's speed (1 = the simulator's pace, 0 = frozen)."""
+    from toolkit.world.sim import SPEEDS
+
+    shots = _shots(inp)
+    want = np.array([SPEEDS[shots[t // inp.block_frames].speed]
+                     for t in range(inp.latent_frames)])
+    return scene_speeds(inp) / want
+
+
+@metric("scene_frozen", "lower", "fraction of frames", "curve_frame", needs=("frames", "world"))
+def scene_frozen(inp: MetricInput) -> np.ndarray:
+    """1 where the sprite stands still inside its block (under 0.1 px/frame), NaN where unread."""
+    from toolkit.world.evaluate import FROZEN_SPEED
+
+    _shots(inp)  # a memory-world schedule, else unavailable
+    speed = scene_speeds(inp)
+    return np.where(np.isfinite(speed), speed < FROZEN_SPEED, np.nan)
