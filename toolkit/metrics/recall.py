@@ -19,8 +19,9 @@ toward some colours or shapes.
 Motion (``scene_speed_ratio``, ``scene_frozen``): inside each block (a cut moves the view to
 another scene, so speeds never span a boundary), the speed of the largest sprite read in frame
 t is its centroid's displacement from frame ``t - w`` over w, ``w = min(3, frames since the
-block began)``, for w >= 2 only (a slow sprite moves in whole-pixel jumps); the ratio is that over the shot's speed (the simulator's pixels per frame), and
-a frame is frozen under 0.1 px/frame. Simulator clips read close to 1 and 0.
+block began)``, for w >= 2 only (a slow sprite moves in whole-pixel jumps); the ratio is that
+over the shot's speed (the simulator's pixels per frame), and a frame is frozen under 0.1
+px/frame. Rendered schedules read 0.9-1.02 and under 1% frozen.
 
 Moments are split by where the needed blocks lie under the memory world's default partitions
 (sink = first block, recent = last block; ``ReturnMoment.needed_in``): ``mid`` moments can
