@@ -109,6 +109,7 @@ def test_bca_under_covers_the_same_data_at_eight_seeds():
 
 def test_t_interval_edges():
     assert np.isnan(t_interval([0.4])[1]) and t_interval([0.2, 0.2, 0.2]) == (0.2, 0.2, 0.2)
+    assert np.isnan(t_interval([0.1, 0.5])[1])  # as mean_ci: no interval below 3 values
     m, lo, hi = t_interval([0.0, 0.1, 0.2, 0.3])
     half = stats.t.ppf(0.975, 3) * np.std([0, 0.1, 0.2, 0.3], ddof=1) / 2
     assert (m, lo, hi) == pytest.approx((0.15, 0.15 - half, 0.15 + half))

@@ -33,7 +33,7 @@ TESTS = ("wilcoxon", "ttest")
 MIN_CI = 3
 #: Units whose values cannot be negative.
 NONNEGATIVE = ("bytes", "tokens", "s", "ratio", "feature distance", "Frechet distance",
-               "px/frame", "LPIPS")
+               "px/frame", "LPIPS", "px", "count", "relative change", "mean abs change")
 UNBOUNDED = (-np.inf, np.inf)
 
 

@@ -128,13 +128,16 @@ def wilcoxon_method(d: Sequence[float]) -> str:
 
 # --- intervals -------------------------------------------------------------------------------
 def t_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float, float]:
-    """(mean, low, high): the Student t interval of the mean (NaN values dropped; no interval
-    for one value; a point for identical values)."""
+    """(mean, low, high): the Student t interval of the mean (NaN values dropped; as
+    ``toolkit.aggregate.mean_ci``, no interval below ``MIN_CI`` values and a point for
+    identical values)."""
+    from toolkit.aggregate import MIN_CI
+
     x = _finite(values)
     if not len(x):
         return math.nan, math.nan, math.nan
     mean = float(x.mean())
-    if len(x) == 1:
+    if len(x) < MIN_CI:
         return mean, math.nan, math.nan
     if np.ptp(x) == 0:
         return float(x[0]), float(x[0]), float(x[0])

@@ -28,6 +28,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from toolkit.aggregate import value_range
 from toolkit.config import ConfigError
 
 SPEC = Path(__file__).resolve().parents[2] / "ablations" / "findings.yaml"
@@ -47,13 +48,6 @@ DERIVED: dict[str, tuple[str, str, str | None]] = {
 #: Curves and scalars set by the arm's config alone (the cache's accounting): the same for every
 #: seed, so exact values rather than samples.
 EXACT = ("kv_bytes", "kv_tokens", "context_tokens", "peak_kv_bytes", "cache_events")
-#: Ranges of values by metric unit (for the not-testable rule); other units: unbounded.
-UNIT_BOUNDS = {"fraction": (0.0, 1.0), "fraction of frames": (0.0, 1.0),
-               "fraction of pixels": (0.0, 1.0), "cosine": (-1.0, 1.0),
-               "share of variance": (0.0, 1.0)}
-NON_NEGATIVE = ("ratio", "px/frame", "px", "count", "bytes", "tokens", "s", "feature distance",
-                "Frechet distance", "relative change", "LPIPS", "mean abs change",
-                "frames")
 TITLE = "Findings: the paper's claims, re-measured on the built-in world"
 
 
@@ -70,7 +64,8 @@ class Measure:
         window: ``first``, ``last``, ``drop``, ``whole``, ``binsK``, or None.
         curves: the logged series it reads (numerator, denominator, filter for derived ones).
         exact: set by the arm's config alone (:data:`EXACT`): reported, not tested.
-        bounds: (low, high) the values cannot leave (infinite when unbounded).
+        bounds: (low, high) the values cannot leave (``toolkit.aggregate.value_range`` of the
+            metric's unit; infinite when unbounded).
     """
 
     text: str
@@ -94,21 +89,6 @@ class Measure:
         return f"{self.name}@{window}"
 
 
-def _metric_of(series: str) -> Any:
-    from toolkit.metrics import METRICS
-
-    return METRICS.items().get(series.split("/", 1)[0])
-
-
-def _bounds(series: str) -> tuple[float, float]:
-    m = _metric_of(series)
-    if m is None:
-        return -math.inf, math.inf
-    if m.unit in UNIT_BOUNDS:
-        return UNIT_BOUNDS[m.unit]
-    return (0.0, math.inf) if m.unit in NON_NEGATIVE else (-math.inf, math.inf)
-
-
 def _series(series: str, kinds: tuple[str, ...], where: str, text: str) -> None:
     """The metric of a logged series exists, is of one of ``kinds``, and names its sub-series."""
     from toolkit.metrics import METRICS
@@ -130,7 +110,7 @@ def parse_measure(text: str, where: str = "measure") -> Measure:
     if "@" not in text:
         _series(text, ("scalar",), where, text)
         return Measure(text, "scalar", text, None, (text,),
-                       text.split("/", 1)[0] in EXACT, _bounds(text))
+                       text.split("/", 1)[0] in EXACT, value_range(text))
     name, window = text.split("@", 1)
     if not BINS.fullmatch(window):
         _choice(f"{where}: window of {text!r}", window, [*WINDOWS, "binsK"])
@@ -141,7 +121,7 @@ def parse_measure(text: str, where: str = "measure") -> Measure:
     else:
         _series(name, ("curve_frame", "curve_block"), where, text)
         kind, curves = "curve", (name,)
-        exact, bounds = name.split("/", 1)[0] in EXACT, _bounds(name)
+        exact, bounds = name.split("/", 1)[0] in EXACT, value_range(name)
     if window == "drop":
         bounds = (bounds[0] - bounds[1], bounds[1] - bounds[0])
     return Measure(text, kind, name, window, curves, exact, bounds)

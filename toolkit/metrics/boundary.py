@@ -125,7 +125,7 @@ def sinusoid_share(t: np.ndarray, y: np.ndarray, periods: list[float]) -> float:
     return 1.0 - float(resid @ resid) / total
 
 
-@metric("rope_power", "lower", "share of variance", "scalar", ["frames"])
+@metric("rope_power", "lower", "fraction of variance", "scalar", ["frames"])
 def rope_power(inp: MetricInput) -> dict[str, float]:
     """Share of the boundary jumps' variance at the RoPE time periods (``f{i}``, ``control``)."""
     if inp.spec is None:
