@@ -28,7 +28,6 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from toolkit.aggregate import value_range
 from toolkit.config import ConfigError
 
 SPEC = Path(__file__).resolve().parents[2] / "ablations" / "findings.yaml"
@@ -105,6 +104,8 @@ def _series(series: str, kinds: tuple[str, ...], where: str, text: str) -> None:
 
 def parse_measure(text: str, where: str = "measure") -> Measure:
     """Parse and check a measure; a bad one raises ConfigError naming what is allowed."""
+    from toolkit.aggregate import value_range
+
     if text in WHOLE:
         return Measure(text, "whole", text, None, (WHOLE[text],), True)
     if "@" not in text:
