@@ -35,7 +35,8 @@ def test_packforcing_default_budget_is_the_papers_27872(wan):
     assert report.attended(report.blocks[-1]) == 27_872
     assert round(report.gb(27_872 - 6240)) == 4  # sink + 16 mid + 1 recent: "about 4 GB"
     last = report.blocks[-1]
-    assert last.tokens == {"sink": 12_480, "mid": 32 * 182, "recent": 6240, "pending": 182}
+    assert last.tokens == {"sink": 12_480, "mid": 32 * 182, "recent": 6240, "pending": 182,
+                           "queries": 0}  # the recent block's summed queries: bytes, no tokens
     assert all(t.is_meta for t in held_tensors(strategy, skip=PackForcing.shared))
     assert {b.total_bytes for b in report.blocks[40:]} == {last.total_bytes}  # flat
 

@@ -12,6 +12,7 @@ from strategies.packforcing import PackForcing
 from toolkit.cache import BlockKV, FinishedBlock
 from toolkit.rollout import rollout
 from toolkit.rope import Rope, apply_rope, grid_positions
+from toolkit.sampling import SamplerConfig
 from toolkit.testing import StrategyContract
 from toolkit.zoo import tiny_random
 
@@ -62,7 +63,8 @@ def test_compressed_mid_differs_from_full(tiny):
 
 @pytest.mark.parametrize("kw", [
     {},
-    {"positions": "repack", "scope": "shared", "kv": "project", "compressor": "hr"},
+    {"positions": "repack", "scope": "shared", "kv": "project", "compressor": "hr",
+     "allow_random": True},
     {"positions": "absolute", "selection": "recency", "compressor": "pool_kv", "spatial": "grid"},
 ])
 def test_partitions_stay_in_bounds_over_60_blocks(tiny, kw):
@@ -87,7 +89,8 @@ def test_partitions_stay_in_bounds_over_60_blocks(tiny, kw):
 
 # -- a stub model: no transformer, K/V crafted directly ------------------------------------
 def _stub(spec):
-    return SimpleNamespace(spec=spec, rope=Rope(spec), device=torch.device("cpu"), vae=None)
+    return SimpleNamespace(spec=spec, rope=Rope(spec), device=torch.device("cpu"), vae=None,
+                           sampler=SamplerConfig(steps=2))
 
 
 def _raw(spec, index, fill=None, seed=0):
@@ -129,7 +132,7 @@ def test_incremental_sink_shift_equals_rerotation(tiny):
     for j, b in enumerate(pf._sink):
         t0 = float(oldest * bf - 4 + j * bf)
         assert b.t0 == t0
-        err = (b.keys - _rotated(spec, raws[j], t0)).abs().max().item()
+        err = (b.keys_at_t0(pf.rope) - _rotated(spec, raws[j], t0)).abs().max().item()
         print(f"sink block {j} shifted to {t0}: max abs diff {err:.2e}")
         assert err < 1e-5
 
@@ -251,7 +254,8 @@ class TestVariantContract(StrategyContract):
     """The contract suite on non-default variants (the defaults run in test_contract.py)."""
 
     @pytest.fixture(autouse=True, params=[
-        {"positions": "repack", "scope": "shared", "compressor": "hr", "kv": "project"},
+        {"positions": "repack", "scope": "shared", "compressor": "hr", "kv": "project",
+         "allow_random": True},
         {"positions": "absolute", "selection": "recency", "compressor": "pool_kv",
          "capacity": 2, "top_k": 1, "sink_frames": 0, "recent_frames": 0},
     ])
@@ -264,7 +268,7 @@ class TestVariantContract(StrategyContract):
 
 def test_compressor_module_survives_rebind():
     model = tiny_random(seed=0)
-    pf = PackForcing(compressor="hr")
+    pf = PackForcing(compressor="hr", allow_random=True)
     rollout(model, pf, ["a"], 4)
     module = pf.compressor_module
     rollout(model, pf, ["a"], 4)
