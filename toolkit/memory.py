@@ -17,6 +17,7 @@ meta tensors; their outputs have the declared size).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
@@ -229,31 +230,52 @@ def summary_lines(report: MemoryReport) -> list[str]:
     return lines
 
 
+def size(nbytes: float) -> str:
+    """Bytes in decimal units: GB, MB or kB."""
+    for unit, scale in (("GB", GB), ("MB", 1e6)):
+        if nbytes >= scale:
+            return f"{nbytes / scale:.2f} {unit}"
+    return f"{nbytes / 1e3:.1f} kB"
+
+
 def transient_line(report: MemoryReport) -> str:
     """Peak working memory of the KV path against the KV it works with (tracked runs)."""
     worst = report.worst_ratio
     return (f"working memory of the KV path (the rollout's own code on meta tensors): peak "
-            f"{report.peak_live / GB:.2f} GB live; worst block {worst.index}: "
-            f"{worst.peak_bytes / GB:.2f} GB = {worst.ratio:.3f}x the KV it works with "
-            f"(held at its start {worst.start_bytes / GB:.2f} GB + its own "
-            f"{worst.own_bytes / GB:.2f} GB); peak / peak held "
+            f"{size(report.peak_live)} live; worst block {worst.index}: "
+            f"{size(worst.peak_bytes)} = {worst.ratio:.3f}x the KV it works with "
+            f"(held at its start {size(worst.start_bytes)} + its own "
+            f"{size(worst.own_bytes)}); peak / peak held "
             f"{report.peak_live / max(1, report.peak.total_bytes):.3f}x")
 
 
 def transient_table(reports: dict[str, MemoryReport]) -> Table:
     """One row per strategy: held KV, peak working bytes and their ratios (tracked runs)."""
-    any_report = next(iter(reports.values()))
-    s = any_report.spec
-    table = Table(title=f"working memory of the KV path per block ({s.num_layers} layers, "
+    s = next(iter(reports.values())).spec
+    table = Table(title=f"working memory of the KV path ({s.num_layers} layers, "
                         f"{s.tokens_per_frame:,} tokens/frame, {s.dtype}; meta tensors)")
-    for col in ("strategy", "peak held GB", "peak live GB", "worst peak / (held at start + "
-                "own K/V)", "peak live / peak held"):
+    for col in ("strategy", "peak held", "peak live", "worst block: peak / (held at its "
+                "start + its own K/V)", "peak live / peak held"):
         table.add_column(col, justify="right")
     for name, r in reports.items():
-        table.add_row(name, f"{r.peak.total_bytes / GB:.3f}", f"{r.peak_live / GB:.3f}",
+        table.add_row(name, size(r.peak.total_bytes), size(r.peak_live),
                       f"{r.worst_ratio.ratio:.3f}",
                       f"{r.peak_live / max(1, r.peak.total_bytes):.3f}")
     return table
+
+
+def working_memory_table(overrides: Sequence[str], names: Sequence[str]) -> Table:
+    """``transient_table`` of strategies ``names`` at the sizes and length of a run config
+    (``rollbench bench``'s overrides): each accounted on meta tensors, tracked."""
+    reports = {}
+    model = None
+    for name in names:
+        cfg = compose_config([*overrides, f"strategy={name}"])
+        model = model or SpecModel.of(instantiate(cfg.model))
+        frames = model.spec.frames_for(float(cfg.video.seconds)) \
+            if cfg.video.get("seconds") is not None else int(cfg.video.latent_frames)
+        reports[name] = account(model, build_strategy(cfg.strategy), frames, track=True)
+    return transient_table(reports)
 
 
 def cmd_memory(overrides: list[str]) -> int:

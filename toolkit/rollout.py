@@ -131,7 +131,7 @@ def rollout(model: Any, strategy: CacheStrategy, prompts: Sequence[Any], latent_
     plan = CachePlan(strategy, spec.num_layers)
     trace = Trace(strategy=type(strategy).__name__, block_frames=bf,
                   meta={"hparams": strategy.hparams(), "latent_frames": latent_frames,
-                        "seed": seed})
+                        "seed": seed, "provenance": strategy.provenance()})
     out: list[Tensor] = []
     with model.attach() as slot:
         slot.plan = plan

@@ -177,7 +177,9 @@ def record_run(out: Any, cfg: DictConfig, run_dir: str | Path, model: Any = None
             "variant": str(cfg.get("variant") or strategy_label(cfg.strategy)),
             "model": str(cfg.model.get("_target_", "")).rsplit(".", 1)[-1],
             "prompt": _prompt_text(prompt), "run_key": run_key(cfg),
-            "run_dir": str(run_dir.resolve()), **git_state(), **versions()}
+            "run_dir": str(run_dir.resolve()), **git_state(), **versions(),
+            **{f"provenance.{k}": str(v)  # e.g. the learned compressor's weights' sha256
+               for k, v in out.trace.meta.get("provenance", {}).items()}}
     if parent:
         tags["mlflow.parentRunId"] = parent
     meta = {"run_name": run_dir.name, "run_key": tags["run_key"], "tags": tags,

@@ -16,33 +16,36 @@ from toolkit.spec import ModelSpec
 DECODES = ("stream", "block")
 
 
-def latent_pixels(latents: int, pixels: int) -> list[tuple[int, int]]:
+def latent_pixels(latents: int, pixels: int, start: bool) -> list[tuple[int, int]]:
     """Pixel-frame range [a, b) each of ``latents`` latent frames decoded to (``pixels`` total).
 
-    ``r`` = pixel frames per latent frame. In a stream every latent frame gives ``r``
-    (``pixels = r * latents``); a block decoded as a video's start gives its first latent
-    frame 1 pixel frame, as a causal VAE (Wan's) does (``pixels = 1 + r * (latents - 1)``).
+    In a stream every latent frame gives ``r`` pixel frames (``pixels = r * latents``); a
+    block decoded as a video's ``start`` gives its first latent frame 1 pixel frame, as a
+    causal VAE (Wan's) does (``pixels = 1 + r * (latents - 1)``; r = 1 for a frame-wise VAE).
     """
-    if pixels % latents == 0:
-        r = pixels // latents
-        return [(j * r, (j + 1) * r) for j in range(latents)]
-    if latents > 1 and (pixels - 1) % (latents - 1) == 0:
+    if start and latents == 1 and pixels == 1:
+        return [(0, 1)]
+    if start and latents > 1 and (pixels - 1) % (latents - 1) == 0:
         r = (pixels - 1) // (latents - 1)
         return [(0, 1)] + [(1 + (j - 1) * r, 1 + j * r) for j in range(1, latents)]
+    if pixels % latents == 0:  # in a stream, or a VAE without a causal first frame
+        r = pixels // latents
+        return [(j * r, (j + 1) * r) for j in range(latents)]
     raise ValueError(f"compressor 'lr': {latents} latent frames decoded to {pixels} pixel "
                      "frames, neither r per latent frame nor 1 + r per later one")
 
 
-def pool_time(frames: Tensor, latents: int, time: int) -> Tensor:
+def pool_time(frames: Tensor, latents: int, time: int, start: bool) -> Tensor:
     """Pixel frames (B, F, 3, H, W) of a block pooled so that a causal VAE re-encodes them to
     exactly ``latents // time`` latent frames: 1 + r * (cells - 1) frames.
 
-    Cell c covers latent frames [c * time, (c + 1) * time) and so their pixel frames. The
-    first cell becomes 1 frame (the mean of its pixel frames): a causal VAE encodes its first
-    latent frame from one pixel frame. Every later cell becomes r frames, the means of
-    ``time`` consecutive pixel frames each (r = the VAE's pixel frames per latent frame).
+    Cell c covers latent frames [c * time, (c + 1) * time) and so their pixel frames
+    (``latent_pixels``; ``start``: the block was decoded as a video's start). The first cell
+    becomes 1 frame (the mean of its pixel frames): a causal VAE encodes its first latent
+    frame from one pixel frame. Every later cell becomes r frames, the means of ``time``
+    consecutive pixel frames each (r = the VAE's pixel frames per latent frame).
     """
-    spans = latent_pixels(latents, frames.shape[1])
+    spans = latent_pixels(latents, frames.shape[1], start)
     out = []
     for c in range(latents // time):
         a, b = spans[c * time][0], spans[(c + 1) * time - 1][1]
@@ -103,21 +106,24 @@ class LR(Compressor):
         """Decode the video's next block in the compressor's own stream (``stream`` mode)."""
         if self.decode != "stream" or not hasattr(model.vae, "stream"):
             return
-        if self._state["stream"] is None:
+        start = self._state["stream"] is None
+        if start:
             self._state["stream"] = model.vae.stream()
-        self._state["last"] = (latents, self._state["stream"].decode_block(latents))
+        frames = self._state["stream"].decode_block(latents)
+        self._state["last"] = (latents, frames, start)
 
-    def pixels(self, latents: Tensor, model: Any) -> Tensor:
-        """Decoded frames (B, F', 3, H', W') of a block: from the stream when it is the block
-        last observed, else the block decoded on its own."""
+    def pixels(self, latents: Tensor, model: Any) -> tuple[Tensor, bool]:
+        """Decoded frames (B, F', 3, H', W') of a block, and whether they were decoded as a
+        video's start: from the stream when it is the block last observed, else the block
+        decoded on its own (a start)."""
         last, self._state["last"] = self._state["last"], None
         if last is not None and last[0] is latents:
-            return last[1]
-        return model.vae.decode(latents)
+            return last[1], last[2]
+        return model.vae.decode(latents), True
 
     def compress(self, latents: Tensor, model: Any) -> Tensor:
-        frames = self.pixels(latents, model)
-        pooled = pool_time(frames, latents.shape[2], self.time)  # (B, f, 3, H', W')
+        frames, start = self.pixels(latents, model)
+        pooled = pool_time(frames, latents.shape[2], self.time, start)  # (B, f, 3, H', W')
         _, rh, rw = self.cells()
         b, f = pooled.shape[:2]
         pooled = F.avg_pool2d(pooled.flatten(0, 1), (rh, rw)).unflatten(0, (b, f))
