@@ -11,11 +11,11 @@ without allocating it (``toolkit.memory`` drives a strategy at the real model's 
 from __future__ import annotations
 
 import weakref
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves
 
 
 class LiveBytes(TorchDispatchMode):
@@ -30,16 +30,14 @@ class LiveBytes(TorchDispatchMode):
     def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (),
                            kwargs: dict | None = None) -> Any:
         kwargs = kwargs or {}
-        for t in tree_leaves((args, kwargs)):
-            if isinstance(t, torch.Tensor):
-                storage = t.untyped_storage()
-                if storage._cdata not in self._known:  # made outside: never counted
-                    self._known.add(storage._cdata)
-                    weakref.finalize(storage, self._known.discard, storage._cdata)
+        for t in _tensors((*args, *kwargs.values())):
+            storage = t.untyped_storage()
+            if storage._cdata not in self._known:  # made outside: never counted
+                self._known.add(storage._cdata)
+                weakref.finalize(storage, self._known.discard, storage._cdata)
         out = func(*args, **kwargs)
-        for t in tree_leaves(out):
-            if isinstance(t, torch.Tensor):
-                self._count(t)
+        for t in _tensors(out if isinstance(out, tuple | list) else (out,)):
+            self._count(t)
         return out
 
     def _count(self, t: torch.Tensor) -> None:
@@ -60,3 +58,12 @@ class LiveBytes(TorchDispatchMode):
     def reset_peak(self) -> None:
         """Start a new peak from the bytes alive now."""
         self.peak = self.live
+
+
+def _tensors(items: tuple | list) -> Iterator[torch.Tensor]:
+    """The tensors among an op's arguments or results (aten nests lists one level deep)."""
+    for x in items:
+        if isinstance(x, torch.Tensor):
+            yield x
+        elif isinstance(x, tuple | list):
+            yield from (y for y in x if isinstance(y, torch.Tensor))

@@ -57,6 +57,11 @@ class BlockKV:
         if self.rotated_at is None:
             self.rotated_at = self.t0
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in ("keys", "values"):  # new tensors: forget the old ones' layer views
+            self.__dict__.pop("_views", None)
+        super().__setattr__(name, value)
+
     @property
     def tokens(self) -> int:
         return self.keys.shape[-2]
@@ -73,7 +78,11 @@ class BlockKV:
         """Keys (rotated at ``t0``) and values (B, H, N, D) of one layer."""
         from toolkit.rope import shift_time
 
-        return shift_time(self.keys[layer], rope, self.t0 - self.rotated_at), self.values[layer]
+        views = self.__dict__.get("_views")
+        if views is None:
+            views = self.__dict__["_views"] = _LayerViews(self.keys, self.values)
+        k, v = views.layers[layer]
+        return shift_time(k, rope, self.t0 - self.rotated_at), v
 
     def keys_at_t0(self, rope: Rope) -> Tensor:
         """All layers' keys (L, B, H, N, D) rotated at ``t0`` (a copy when the block moved)."""
@@ -90,6 +99,19 @@ class BlockKV:
         self.values = self.values[..., cut:, :].clone()
         self.t0 += frames
         self.rotated_at += frames
+
+
+class _LayerViews:
+    """Per-layer views of a block's K/V, made once (indexing a layer is an op per call).
+
+    Views share the block's storage and hold no bytes of their own; ``__slots__`` keeps them
+    out of walks over a strategy's state (``toolkit.testing.held_tensors``).
+    """
+
+    __slots__ = ("layers",)
+
+    def __init__(self, keys: Tensor, values: Tensor) -> None:
+        self.layers = list(zip(keys.unbind(0), values.unbind(0), strict=True))
 
 
 @dataclass

@@ -82,13 +82,13 @@ class WanCausalModel(torch.nn.Module):
         self.sampler = sampler or SamplerConfig()
         self.rope = Rope(spec)
         self._slot: PlanSlot | None = None
-        self._dtype = next(transformer.parameters()).dtype  # ModelMixin.dtype walks modules
+        self._dtype = transformer.dtype  # diffusers' dtype walks every module: read it once
         self._table: tuple[Tensor, Tensor] | None = None  # (pos, rotation table) of the block
         self._temb: dict[tuple, tuple[Tensor, Tensor]] = {}  # per timestep, within a rollout
 
     def _apply(self, fn, *args, **kwargs):  # .to() / .half(): keep the cached dtype true
         out = super()._apply(fn, *args, **kwargs)
-        self._dtype = next(self.transformer.parameters()).dtype
+        self._dtype = self.transformer.dtype
         self._table, self._temb = None, {}
         return out
 

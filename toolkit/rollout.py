@@ -62,8 +62,9 @@ class CachePlan:
         if not cached:
             return self.attention(q, k, v)
         bk, bv = self._room(k, cached + k.shape[2])
-        torch.cat([_as(pk, k.dtype) for pk, _ in parts] + [k], dim=2, out=bk)
-        torch.cat([_as(pv, v.dtype) for _, pv in parts] + [v], dim=2, out=bv)
+        if not bk.is_meta:  # meta tensors (memory accounting): the buffer's size is all
+            torch.cat([_as(pk, k.dtype) for pk, _ in parts] + [k], dim=2, out=bk)
+            torch.cat([_as(pv, v.dtype) for _, pv in parts] + [v], dim=2, out=bv)
         return self.attention(q, bk, bv)
 
     def _room(self, k: Tensor, tokens: int) -> tuple[Tensor, Tensor]:

@@ -29,6 +29,7 @@ class Rope:
             1.0 / (spec.rope_theta ** (torch.arange(0, d, 2, dtype=torch.float64) / d))
             for d in self.split
         ]
+        self._shifts: dict[float, torch.Tensor] = {}
 
     def _angles(self, pos: torch.Tensor) -> torch.Tensor:
         pos = pos.to(torch.float64).cpu()
@@ -46,6 +47,17 @@ class Rope:
         angles = self._angles(pos)
         return torch.complex(angles.cos().float(), angles.sin().float())[None, :, None, :]
 
+    def shift_table(self, delta: float) -> torch.Tensor:
+        """Complex table (time dims / 2,) rotating the time dims by ``delta`` (cached)."""
+        table = self._shifts.get(delta)
+        if table is None:
+            if len(self._shifts) >= 256:
+                self._shifts.clear()
+            t = self.split[0]
+            pos = torch.tensor([[float(delta), 0.0, 0.0]])
+            table = self._shifts[delta] = self.table(pos)[0, 0, 0, : t // 2]
+        return table
+
     def time_shift_table(self, delta: float) -> tuple[torch.Tensor, torch.Tensor]:
         """Tables rotating the time dims by ``delta`` and leaving height / width untouched."""
         pos = torch.tensor([[float(delta), 0.0, 0.0]])
@@ -53,7 +65,15 @@ class Rope:
 
 
 def rotate(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
-    """Rotate channel pairs of ``x`` (..., D) by a complex table broadcastable to (..., D / 2)."""
+    """Rotate channel pairs of ``x`` (..., D) by a complex table broadcastable to (..., D / 2).
+
+    On meta tensors (memory accounting) it makes the same allocations without the arithmetic
+    (torch's meta complex kernels are slow).
+    """
+    if x.is_meta:
+        work = x if x.dtype == torch.float32 else torch.empty(x.shape, device="meta")
+        out = torch.empty_like(work)  # the complex product: the same bytes
+        return out if x.dtype == torch.float32 else out.to(x.dtype)
     pairs = (x if x.dtype == torch.float32 else x.float()).unflatten(-1, (-1, 2))
     if pairs.stride(-1) != 1 or pairs.stride(-2) != 2:
         pairs = pairs.contiguous()
@@ -74,9 +94,8 @@ def shift_time(keys: torch.Tensor, rope: Rope, delta: float) -> torch.Tensor:
     if delta == 0:
         return keys
     t = rope.split[0]
-    table = rope.table(torch.tensor([[float(delta), 0.0, 0.0]]))[0, 0, 0, : t // 2]
     out = keys.clone()
-    out[..., :t] = rotate(keys[..., :t], table.to(keys.device))
+    out[..., :t] = rotate(keys[..., :t], rope.shift_table(float(delta)).to(keys.device))
     return out
 
 
