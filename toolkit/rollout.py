@@ -39,8 +39,8 @@ class CachePlan:
     """Attention plan of a rollout: the strategy's context, then the block itself.
 
     Per layer, the strategy's context parts and the block's own K/V are copied into one
-    buffer reused by every layer and pass (grown when a context outgrows it), and attention
-    reads a view of it: the only working copy of the cache is one layer's context. While
+    buffer reused by every layer and pass (a new one only when the context's size changes),
+    and attention reads it: the only working copy of the cache is one layer's context. While
     ``recording`` (the cache-fill pass) each layer's K/V of the block is written into the
     block's (L, B, H, N, D) tensors, which ``take_kv`` hands to the strategy.
     """
@@ -88,10 +88,6 @@ class CachePlan:
         keys, values = self._block
         self._block = None
         return BlockKV(index, keys, values, t0)
-
-    def release(self) -> None:
-        """Drop the working buffer (the rollout is over)."""
-        self._buffer = self._block = None
 
 
 def _as(x: Tensor, dtype: torch.dtype) -> Tensor:
