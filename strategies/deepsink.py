@@ -56,7 +56,6 @@ class DeepSink(KeepBlocksStrategy):
     def reset(self) -> None:
         super().reset()
         self._scores: Tensor | None = None  # (middle tokens,) accumulated at step 0
-        self._span = (0, 0)  # token range of the middle pool in the gathered context
 
     def assign(self, index: int, upcoming: int) -> str | None:
         bf = self.spec.block_frames
@@ -65,22 +64,19 @@ class DeepSink(KeepBlocksStrategy):
         return "recent" if index >= upcoming - self.window_frames // bf else "middle"
 
     def begin_block(self, index: int) -> float:
-        start = super().begin_block(index)
-        first = sum(b.tokens for b in self.blocks if b.partition == "sink")
-        self._span = (first, first + sum(b.tokens for b in self.blocks
-                                         if b.partition == "middle"))
         self._scores = None
-        return start
+        return super().begin_block(index)
 
-    def context(self, layer: int, q: Tensor, step: int) -> tuple[Tensor, Tensor]:
-        k, v = super().context(layer, q, step)
-        lo, hi = self._span
-        if step == 0 and hi > lo:
-            keys = k[:, :, lo:hi].to(q.dtype)  # (B, H, M, D)
+    def context_parts(self, layer: int, q: Tensor, step: int) -> list[tuple[Tensor, Tensor]]:
+        parts = super().context_parts(layer, q, step)
+        middle = [k for b, (k, _) in zip(self.blocks, parts, strict=True)
+                  if b.partition == "middle"]
+        if step == 0 and middle:
+            keys = torch.cat(middle, dim=2).to(q.dtype)  # (B, H, M, D)
             score = torch.einsum("bhnd,bhmd->m", q, keys) / (q.shape[0] * q.shape[1])
             score = score / math.sqrt(q.shape[-1])
             self._scores = score if self._scores is None else self._scores + score
-        return k, v
+        return parts
 
     def commit(self, block: FinishedBlock) -> None:
         scores, self._scores = self._scores, None

@@ -11,17 +11,21 @@ Choices the paper leaves open, all options here (defaults first):
 
 - The block being denoised, and the recent blocks, always sit at their absolute frame index.
   ``positions``: ``shift`` keeps mid blocks where they were generated and moves the sink (time
-  dims only, incrementally, once per archive eviction) to end where the oldest kept block
-  begins, closing the gap evictions open; ``repack`` re-places the selected mid blocks
-  contiguously backwards from the recent window (in index order) and the sink before them,
-  every block (per layer under ``per_layer`` selection); ``absolute``: nothing moves.
+  dims only, once per archive eviction) to end where the oldest kept block begins, closing
+  the gap evictions open; ``repack`` re-places the selected mid blocks contiguously backwards
+  from the recent window (in index order) and the sink before them, every block (per layer
+  under ``per_layer`` selection); ``absolute``: nothing moves. Moved keys are rotated from
+  their stored (generation) rotation when read, so a sink moved 85 times in a 120 s video is
+  rounded once, not 85 times (``toolkit.rope.shift_drift``: 93 bf16 ulps otherwise).
 - ``selection``: ``topk`` by the paper's affinity, scored once per block at its first context
   request (denoising step 0) and reused for the other steps and the cache-fill pass;
   ``recency`` (newest ``top_k``); ``all``. Affinity of mid block m: sum over its keys j and
-  over up to ``score_queries`` evenly spaced queries i of the block, of the mean over the batch
-  and ``score_heads`` (a fraction; evenly spaced) of the heads of q_i . k_j / sqrt(d); no
-  softmax. Bilinear, so computed as (sum_i q_i) . (sum_j k_j). Keys are scored where they are
-  stored (their generation positions), queries at the current block's.
+  over the scoring queries i, of the mean over the batch and ``score_heads`` (a fraction;
+  evenly spaced) of the heads of q_i . k_j / sqrt(d); no softmax. Bilinear, so computed as
+  (sum_i q_i) . (sum_j k_j). Keys are scored where they are stored (their generation
+  positions). ``queries`` (``strategies.packforcing_select``): ``both`` (the paper: up to
+  ``score_queries`` evenly spaced queries of the current block at step 0 plus as many clean
+  queries of each recent block from its cache-fill pass), ``current`` or ``recent``.
 - ``scope``: ``per_layer`` (each layer its own selection) or ``shared`` (one for all layers,
   scored by the first layer asking, layer 0: the only one whose queries exist before every
   layer needs the selection).
@@ -37,7 +41,6 @@ Choices the paper leaves open, all options here (defaults first):
 
 from __future__ import annotations
 
-import math
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -46,6 +49,9 @@ import torch
 from torch import Tensor
 
 from strategies.compressors import SPATIAL, Compressor, build_compressor, compressor_class
+from strategies.compressors.base import model_sha256
+from strategies.compressors.lr import DECODES
+from strategies.packforcing_select import QUERIES, affinity, query_sum, scored_heads
 from toolkit.cache import (
     BlockKV,
     CacheStrategy,
@@ -56,7 +62,7 @@ from toolkit.cache import (
     usage,
 )
 from toolkit.registry import STRATEGIES
-from toolkit.rope import apply_rope, grid_positions
+from toolkit.rope import grid_positions, rotate, shift_time
 from toolkit.spec import ModelSpec
 from toolkit.timing import Timer
 
@@ -68,8 +74,8 @@ KV_MODES = ("transformer", "project")
 
 def _rotate(x: Tensor, rope: Any, pos: Tensor, inverse: bool = False) -> Tensor:
     """Rotate x (..., N, D) at positions pos (N, 3); ``inverse`` removes that rotation."""
-    cos, sin = (t[0].transpose(0, 1).to(x.device) for t in rope.cos_sin(pos))  # (1, N, D)
-    return apply_rope(x, cos, -sin if inverse else sin)
+    table = rope.table(pos)[0].transpose(0, 1).to(x.device)  # (1, N, D / 2)
+    return rotate(x, table.conj() if inverse else table)
 
 
 @STRATEGIES.register("packforcing")
@@ -89,12 +95,18 @@ class PackForcing(CacheStrategy):
             the largest power of two the latent grid allows if smaller.
         hr_channels: cap on the learned branch's stage widths (paper: 2048).
         compressor_weights: safetensors of a trained ``hr`` / ``dual`` branch.
+        allow_random: run a learned compressor (``hr``, ``dual``) without trained weights, or
+            with weights trained for other model weights (their card says which); otherwise
+            that is an error.
+        lr_decode: how ``lr`` / ``dual`` decode a block: ``stream`` (in the video's stream,
+            with temporal context) or ``block`` (on its own); see ``LR``.
         selection: ``topk`` | ``recency`` | ``all``.
+        queries: what scores top-k: ``both`` (paper) | ``current`` | ``recent``.
         scope: ``per_layer`` | ``shared``.
         positions: ``shift`` | ``repack`` | ``absolute``.
         kv: ``transformer`` | ``project``.
         spatial: ``centres`` | ``grid``.
-        score_queries: most queries of the current block used for affinity scores (>= 1).
+        score_queries: most queries per block (current, and each recent one) scored (>= 1).
         score_heads: fraction of heads scored (paper 0.5), in (0, 1].
     """
 
@@ -107,7 +119,10 @@ class PackForcing(CacheStrategy):
     compress_space: int | None = None
     hr_channels: int = 16
     compressor_weights: str | None = None
+    allow_random: bool = False
+    lr_decode: str = "stream"
     selection: str = "topk"
+    queries: str = "both"
     scope: str = "per_layer"
     positions: str = "shift"
     kv: str = "transformer"
@@ -118,7 +133,8 @@ class PackForcing(CacheStrategy):
 
     def __post_init__(self) -> None:
         for name, allowed in (("selection", SELECTIONS), ("positions", POSITIONS),
-                              ("scope", SCOPES), ("kv", KV_MODES), ("spatial", SPATIAL)):
+                              ("scope", SCOPES), ("kv", KV_MODES), ("spatial", SPATIAL),
+                              ("queries", QUERIES), ("lr_decode", DECODES)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}={getattr(self, name)!r}: allowed {list(allowed)}")
         require_non_negative(self, "sink_frames", "recent_frames", "capacity")
@@ -147,23 +163,30 @@ class PackForcing(CacheStrategy):
         with torch.device("meta") if meta else nullcontext():
             return build_compressor(self.compressor, spec, self.compress_time,
                                     self.compress_space, self.hr_channels,
-                                    None if meta else self.compressor_weights)
+                                    None if meta else self.compressor_weights,
+                                    decode=self.lr_decode)
 
     @property
     def compressor_module(self) -> Compressor | None:
         """The bound compressor (an ``nn.Module``; kept across rollouts, so trainable)."""
         return self._module
 
+    @property
+    def recording(self) -> bool:
+        """Whether recent blocks' queries are kept (``queries`` reads them)."""
+        return self.queries != "current" and self.selection == "topk"
+
     def bind(self, model: Any, timer: Timer | None = None) -> None:
         """Build (or keep) the compressor for this model, check what it needs, then reset.
 
         On a meta model (memory accounting) compressors never run: their outputs are meta
-        tensors of the declared size, so their runtime needs (VAE...) are not checked.
+        tensors of the declared size, so their runtime needs (VAE, trained weights...) are not
+        checked.
         """
         meta = torch.device(getattr(model, "device", "cpu")).type == "meta"
         self.check(model.spec)
         key = (self.compressor, model.spec, self.compress_time, self.compress_space,
-               self.hr_channels, self.compressor_weights, meta)
+               self.hr_channels, self.compressor_weights, self.lr_decode, meta)
         if self.capacity and key != self._module_key:
             self._module = self._build(model.spec, meta)
             self._module_key = key
@@ -174,6 +197,10 @@ class PackForcing(CacheStrategy):
             method = "token_kv" if self.kv == "transformer" else "project_kv"
             if self._module.kind == "tokens" and not hasattr(model, method):
                 raise ValueError(f"kv={self.kv!r} needs model.{method} (a WanCausalModel)")
+            problem = self._module.untrained_problem(model)
+            if problem and not self.allow_random:
+                raise ValueError(f"{problem}; give trained weights (strategy.compressor_weights"
+                                 "=FILE) or set strategy.allow_random=true to run it anyway")
         super().bind(model, timer)
 
     def reset(self) -> None:
@@ -181,15 +208,18 @@ class PackForcing(CacheStrategy):
         self._mid: list[BlockKV] = []
         self._recent: list[BlockKV] = []
         self._pending: dict[int, BlockKV] = {}
+        self._queries: dict[int, Tensor] = {}  # recent block -> (L, B, h', D) query sums
         self._evicted, self._index = 0, -1
+        if self._module is not None:
+            self._module.reset()
         self._clear_block()
 
     def _clear_block(self) -> None:
         layers = self.spec.num_layers
-        self._ctx: list[tuple[Tensor, Tensor] | None] = [None] * layers
-        self._selected: list[list[int] | None] = [None] * layers
+        self._chosen: list[list[int] | None] = [None] * layers  # positions in the archive
         self._shared: list[int] | None = None
         self._sums: Tensor | None = None  # (n_mid, L, B, H, D) key sums, this block only
+        self._fill: list[Tensor | None] = [None] * layers  # this block's clean query sums
 
     # -- per block ------------------------------------------------------------------------
     def begin_block(self, index: int) -> float:
@@ -205,7 +235,7 @@ class PackForcing(CacheStrategy):
                     end = self._anchor() - self._n_selected() * bf
                 start = end - len(self._sink) * bf  # the blocks in it: it may still fill
                 for j, b in enumerate(self._sink):
-                    b.move_to(float(start + j * bf), self.rope)
+                    b.move_to(float(start + j * bf))  # rotated when read (one rounding)
         return float(index * bf)
 
     def _anchor(self) -> int:
@@ -216,13 +246,24 @@ class PackForcing(CacheStrategy):
         n = len(self._mid)
         return n if self.selection == "all" else min(self.top_k, n)
 
+    def context_parts(self, layer: int, q: Tensor, step: int) -> list[tuple[Tensor, Tensor]]:
+        if step == self.fill_step and self.recording:  # the cache-fill pass: clean queries
+            self._fill[layer] = query_sum(q, self._heads(q), self.score_queries)
+        if self._chosen[layer] is None:  # first request of this block (step 0): select
+            self._chosen[layer] = self._select(layer, q)
+        with self.timer.section("positions"):
+            return self._parts(layer, self._chosen[layer])
+
     def context(self, layer: int, q: Tensor, step: int) -> tuple[Tensor, Tensor]:
-        if self._ctx[layer] is None:  # first request of this block (step 0): select, gather
-            chosen = self._select(layer, q)
-            self._selected[layer] = [self._mid[i].index for i in chosen]
-            with self.timer.section("cache_update"):
-                self._ctx[layer] = self._assemble(layer, chosen, q)
-        return self._ctx[layer]
+        """The context of one layer concatenated (a copy; the harness reads the parts)."""
+        parts = self.context_parts(layer, q, step)
+        if not parts:
+            empty = q.new_zeros((q.shape[0], q.shape[1], 0, q.shape[3]))
+            return empty, empty
+        return torch.cat([k for k, _ in parts], dim=2), torch.cat([v for _, v in parts], dim=2)
+
+    def _heads(self, q: Tensor) -> list[int]:
+        return scored_heads(q.shape[1], self.score_heads)
 
     def _select(self, layer: int, q: Tensor) -> list[int]:
         n, k = len(self._mid), self.top_k
@@ -233,60 +274,74 @@ class PackForcing(CacheStrategy):
         if self.scope == "shared" and self._shared is not None:
             return self._shared
         with self.timer.section("selection"):
-            scores = self.affinity(layer, q)
+            scores = self.scores(layer, q)
             order = torch.sort(scores, descending=True, stable=True).indices[:k]
             chosen = sorted(order.tolist())
         if self.scope == "shared":
             self._shared = chosen
         return chosen
 
+    def scores(self, layer: int, q: Tensor) -> Tensor:
+        """Top-k scores (n_mid,) of the archive for the block with step-0 queries q, read
+        as ``queries`` says (current block, recent blocks' clean queries, or both)."""
+        heads = self._heads(q)
+        qsum = None
+        if self.queries != "recent" or not self._queries:
+            qsum = query_sum(q, heads, self.score_queries)
+        if self.queries != "current":
+            for b in self._recent:
+                if b.index in self._queries:
+                    recent = self._queries[b.index][layer].to(q.device)
+                    qsum = recent if qsum is None else qsum + recent
+        return affinity(self._key_sums(layer, heads), qsum, q.shape[-1])
+
     def affinity(self, layer: int, q: Tensor) -> Tensor:
         """Scores (n_mid,) of the archived blocks for queries q (B, H, N, D) of ``layer``."""
+        heads = self._heads(q)
+        return affinity(self._key_sums(layer, heads), query_sum(q, heads, self.score_queries),
+                        q.shape[-1])
+
+    def _key_sums(self, layer: int, heads: list[int]) -> Tensor:
         if self._sums is None:
             self._sums = torch.stack([b.keys.sum(-2) for b in self._mid]).float()
-        _, h, n, d = q.shape
-        count = max(1, round(h * self.score_heads))
-        heads = torch.arange(count, device=q.device) * h // count
-        rows = torch.linspace(0, n - 1, min(n, self.score_queries), device=q.device).round()
-        qsum = q[:, heads][:, :, rows.long()].float().sum(2)  # (B, h', D)
-        ksum = self._sums[:, layer][:, :, heads.to(self._sums.device)]  # (n_mid, B, h', D)
-        return (ksum * qsum.to(ksum.device)).sum(-1).mean((1, 2)) / math.sqrt(d)
+        index = torch.tensor(heads, device=self._sums.device)
+        return self._sums[:, layer].index_select(2, index)  # (n_mid, B, h', D)
 
-    def _assemble(self, layer: int, chosen: list[int], q: Tensor) -> tuple[Tensor, Tensor]:
+    def _parts(self, layer: int, chosen: list[int]) -> list[tuple[Tensor, Tensor]]:
+        """Sink, selected mid, recent: one layer's K/V views (moved keys rotated on read)."""
+        parts = [b.layer_kv(layer, self.rope) for b in self._sink]
         mid = [self._mid[i] for i in chosen]
-        blocks = self._sink + mid + self._recent
-        if not blocks or q.is_meta:  # meta (accounting): the size is all there is
-            shape = (q.shape[0], q.shape[1], sum(b.tokens for b in blocks), q.shape[3])
-            empty = torch.empty(shape, dtype=q.dtype, device=q.device)
-            return empty, empty
-        mid_k = [b.keys[layer] for b in mid]
         if mid and self.positions == "repack":
-            with self.timer.section("positions"):
-                bf = self.spec.block_frames
-                start = self._anchor() - len(mid) * bf
-                delta = torch.tensor([start + j * bf - b.t0 for j, b in enumerate(mid)],
-                                     dtype=torch.float64)
-                pos = torch.zeros(len(mid) * mid[0].tokens, 3, dtype=torch.float64)
-                pos[:, 0] = delta.repeat_interleave(mid[0].tokens)
-                mid_k = [_rotate(torch.cat(mid_k, dim=2), self.rope, pos)]
-        keys = [b.keys[layer] for b in self._sink] + mid_k + [b.keys[layer] for b in
-                                                                self._recent]
-        values = [b.values[layer] for b in blocks]
-        return torch.cat(keys, dim=2), torch.cat(values, dim=2)
+            bf = self.spec.block_frames
+            start = self._anchor() - len(mid) * bf
+            for j, b in enumerate(mid):
+                delta = start + j * bf - b.t0
+                parts.append((shift_time(b.keys[layer], self.rope, delta), b.values[layer]))
+        else:
+            parts += [b.layer_kv(layer, self.rope) for b in mid]
+        return parts + [b.layer_kv(layer, self.rope) for b in self._recent]
 
     def commit(self, block: FinishedBlock) -> None:
-        self._clear_block()  # release this block's gathered context
+        fill, self._fill = self._fill, [None] * self.spec.num_layers
+        self._clear_block()
         kv, bf = block.kv, self.spec.block_frames
+        meta = kv.keys.is_meta
+        if self.capacity and not meta:
+            self._module.observe(block.latents, self.model)  # every block, in order
         if block.index < self.sink_frames // bf:
             kv.partition = "sink"
             self._sink.append(kv)
             return
         kv.partition = "recent"
         self._recent.append(kv)
+        if self.recording and all(f is not None for f in fill):
+            self._queries[block.index] = torch.stack(fill)
         if self.capacity:
             self._pending[block.index] = self._compress(block)
         while len(self._recent) > self.recent_frames // bf:
-            aged = self._pending.pop(self._recent.pop(0).index, None)
+            old = self._recent.pop(0).index
+            self._queries.pop(old, None)
+            aged = self._pending.pop(old, None)
             if aged is not None:
                 aged.partition = "mid"
                 self._mid.append(aged)
@@ -305,10 +360,7 @@ class PackForcing(CacheStrategy):
             pos = module.positions(self.spatial)
             pos[:, 0] += kv.t0
             if module.kind == "kv":
-                full = grid_positions(self.spec, kv.t0, self.spec.block_frames)
-                raw = _rotate(kv.keys, self.rope, full, inverse=True)
-                keys, values = module.compress_kv(raw, kv.values)
-                keys = _rotate(keys, self.rope, pos)
+                keys, values = self._compress_kv(module, kv, pos)
             else:
                 tokens = module.compress(block.latents, self.model)
                 if self.kv == "project":
@@ -321,14 +373,41 @@ class PackForcing(CacheStrategy):
         return BlockKV(block.index, keys.to(kv.keys.dtype), values.to(kv.values.dtype), kv.t0,
                        "pending")
 
+    def _compress_kv(self, module: Compressor, kv: BlockKV, pos: Tensor
+                     ) -> tuple[Tensor, Tensor]:
+        """A K/V compressor, one layer at a time (working copies of one layer only)."""
+        full = grid_positions(self.spec, kv.rotated_at, self.spec.block_frames)
+        keys, values = [], []
+        for layer in range(kv.keys.shape[0]):
+            raw = _rotate(kv.keys[layer:layer + 1], self.rope, full, inverse=True)
+            k, v = module.compress_kv(raw, kv.values[layer:layer + 1])
+            keys.append(_rotate(k, self.rope, pos).to(kv.keys.dtype))
+            values.append(v.to(kv.values.dtype))
+        return torch.cat(keys), torch.cat(values)
+
     # -- accounting -----------------------------------------------------------------------
     def footprint(self) -> dict[str, Usage]:
         held = self._sink + self._mid + self._recent + list(self._pending.values())
-        return usage(held, self.partitions)
+        out = usage(held, self.partitions)
+        if self.recording:  # the recent blocks' summed queries (tokens: none)
+            out["queries"] = Usage(0, sum(t.nbytes for t in self._queries.values()))
+        return out
 
     def info(self) -> dict[str, Any]:
         return {"sink": [b.index for b in self._sink], "sink_t0": [b.t0 for b in self._sink],
                 "archive": [b.index for b in self._mid],
                 "recent": [b.index for b in self._recent],
-                "selected": [s for s in self._selected if s is not None],
+                "selected": [[self._mid[i].index for i in c] for c in self._chosen
+                             if c is not None],
                 "evicted": self._evicted}
+
+    def provenance(self) -> dict[str, Any]:
+        """The learned compressor's weights (file, sha256, the model weights they were
+        trained with) and the model's weights, when known; empty for training-free ones."""
+        module = self._module
+        if module is None or not module.learned:
+            return {}
+        return {"compressor": self.compressor, "compressor_weights": module.weights_file,
+                "compressor_sha256": module.weights_sha256,
+                "compressor_trained_for": module.trained_for,
+                "model_sha256": model_sha256(self.model), "allow_random": self.allow_random}

@@ -153,3 +153,68 @@ def test_mid_partition_holds_the_declared_tokens(world):
     m = build_compressor("lr", world.spec).tokens()
     assert out.trace.blocks[-1].tokens["mid"] == 3 * m
     assert out.trace.blocks[-1].tokens["pending"] == m
+
+
+# -- Wan's causal VAE (a tiny random AutoencoderKLWan), blocks of 3 and 4 ----------------------
+@pytest.fixture(scope="module", params=[3, 4])
+def wan_vae_model(request):
+    from toolkit.zoo import tiny_wan
+
+    return tiny_wan(request.param)
+
+
+@pytest.mark.parametrize("name", ["hr", "lr", "dual", "pool", "pool_kv"])
+def test_every_compressor_makes_its_tokens_on_wans_causal_vae(wan_vae_model, name):
+    spec = wan_vae_model.spec
+    bf = spec.block_frames
+    video = torch.randn(1, spec.latent_channels, 3 * bf, spec.latent_height, spec.latent_width,
+                        generator=torch.Generator().manual_seed(1))
+    for time in [t for t in range(1, bf + 1) if bf % t == 0]:
+        for space in (2, 4):
+            for decode in ("stream", "block"):
+                c = build_compressor(name, spec, time=time, space=space, decode=decode)
+                c.check_model(wan_vae_model)
+                c.reset()
+                with torch.no_grad():
+                    for b in range(3):  # the video's start, then two blocks in its middle
+                        block = video[:, :, b * bf:(b + 1) * bf]
+                        c.observe(block, wan_vae_model)
+                        if c.kind == "kv":
+                            out = _run(c, wan_vae_model)
+                        else:
+                            out = c.compress(block, wan_vae_model)
+                        assert out.shape[-2] == c.tokens(), (name, bf, time, space, b)
+                if c.kind == "kv":
+                    break  # no decode to vary
+
+
+def test_lr_decodes_mid_blocks_in_stream_as_the_whole_video_decodes(wan_vae_model):
+    from strategies.compressors.lr import LR, latent_pixels, pool_time
+
+    spec, vae = wan_vae_model.spec, wan_vae_model.vae
+    bf = spec.block_frames
+    video = torch.randn(1, spec.latent_channels, 3 * bf, spec.latent_height, spec.latent_width,
+                        generator=torch.Generator().manual_seed(2))
+    whole = vae.decode(video)  # 1 + 4 (3 bf - 1) frames
+    lr = LR(spec, time=1, space=4)
+    got = []
+    for b in range(3):
+        block = video[:, :, b * bf:(b + 1) * bf]
+        lr.observe(block, wan_vae_model)
+        frames, start = lr.pixels(block, wan_vae_model)
+        assert start == (b == 0)
+        got.append(frames)
+    assert [g.shape[1] for g in got] == [1 + 4 * (bf - 1), 4 * bf, 4 * bf]
+    assert torch.allclose(torch.cat(got, dim=1).cpu(), whole, atol=1e-5)
+    alone, start = LR(spec, time=1, space=4, decode="block").pixels(video[:, :, bf:2 * bf],
+                                                                    wan_vae_model)
+    assert start and alone.shape[1] == 1 + 4 * (bf - 1)  # decoded as a video's start
+    # pixel time pooled so the causal encoder returns exactly the cells: 1, then 4 per cell
+    assert latent_pixels(bf, 4 * bf, start=False)[-1] == (4 * (bf - 1), 4 * bf)
+    assert latent_pixels(bf, 1 + 4 * (bf - 1), start=True)[:2] == [(0, 1), (1, 5)]
+    for frames, start in ((got[0], True), (got[1], False)):
+        for time in [t for t in range(1, bf + 1) if bf % t == 0]:
+            pooled = pool_time(frames, bf, time, start)
+            assert pooled.shape[1] == 1 + 4 * (bf // time - 1)
+            assert vae.encode(pooled).shape[2] == bf // time
+    assert torch.allclose(pool_time(got[1], bf, bf, False)[:, 0], got[1].mean(1))

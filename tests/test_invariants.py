@@ -1,11 +1,13 @@
 """Strategies pinned to exact references on a tiny seeded Wan (fp32, CPU)."""
 
+import pytest
 import torch
 from diffusers.models.transformers.transformer_wan import WanRotaryPosEmbed
 
 from strategies import Full, Sink, Window
+from toolkit.config import build_strategy, compose_config
 from toolkit.rollout import rollout
-from toolkit.rope import Rope, apply_rope, grid_positions, shift_time
+from toolkit.rope import Rope, apply_rope, grid_positions, rotate, shift_drift, shift_time
 from toolkit.testing import block_causal_reference
 
 FRAMES = 16
@@ -79,3 +81,61 @@ def test_reindexed_window_positions_stay_in_range(tiny):
     assert max(b.t0 for b in out.trace.blocks) == 4.0
     out = rollout(tiny, Window(window_frames=4, positions="absolute"), ["x"], 40, seed=0)
     assert out.trace.blocks[-1].t0 == 38.0
+
+
+@pytest.mark.parametrize("local", [5, 6])
+def test_self_forcing_preset_is_self_forcings_local_attention(tiny, local):
+    """strategy=self_forcing attends the last N latent frames, the current block included
+    (Self-Forcing's local_attn_size): pinned to diffusers' own forward with that mask."""
+    with torch.no_grad():
+        ref = block_causal_reference(tiny, ["a"], FRAMES, seed=6, local_frames=local)
+    node = compose_config(["strategy=self_forcing", f"strategy.window_frames={local}"]).strategy
+    strategy = build_strategy(node)
+    records = []
+    got = rollout(tiny, strategy, ["a"], FRAMES, seed=6, callbacks=[records.append]).latents
+    diff = (got - ref).abs().max().item()
+    print(f"self_forcing window {local} vs masked forward: max abs diff {diff:.2e}")
+    assert diff < 1e-4
+    tpf, bf = tiny.spec.tokens_per_frame, tiny.spec.block_frames
+    assert max(r.context_tokens for r in records) == (local - bf) * tpf  # frames, not blocks
+    assert records[-1].tokens["recent"] == (local - bf) * tpf  # and only those are held
+    # the other reading (N finished frames plus the block) is a wider span: it differs
+    wider = Window(window_frames=local // bf * bf)
+    assert not torch.allclose(rollout(tiny, wider, ["a"], FRAMES, seed=6).latents, ref,
+                              atol=1e-4)
+
+
+def test_self_forcing_window_must_hold_the_block(tiny):
+    with pytest.raises(ValueError, match="window_frames=1 with include_current=true"):
+        Window(window_frames=1, include_current=True).check(tiny.spec)
+    with pytest.raises(ValueError, match="window_frames=5: must be a multiple"):
+        Window(window_frames=5).check(tiny.spec)
+
+
+def test_bf16_keys_moved_85_times_are_rounded_once():
+    """A 120 s video moves PackForcing's sink about 85 times. Shifting bf16 keys in place
+    rounds them each time: far more than a few ulps. Cached blocks rotate on read instead."""
+    from toolkit.cache import BlockKV
+    from toolkit.zoo import wan_t2v_1_3b_spec
+
+    spec = wan_t2v_1_3b_spec()  # real scale: 12 heads x 128, one frame of 1,560 tokens
+    drift = shift_drift(spec, 85, 4.0)
+    print(f"85 bf16 shifts: max {drift['incremental']:.1f} ulps, rel RMS "
+          f"{drift['incremental_rel']:.4f}; one rotation: {drift['once']:.1f} ulps, "
+          f"{drift['once_rel']:.4f}")
+    assert drift["incremental"] > 30 and drift["incremental_rel"] > 5 * drift["once_rel"]
+    assert drift["once"] < 4
+    rope = Rope(spec)
+    raw = torch.randn(1, 1, spec.num_heads, spec.tokens_per_frame, spec.head_dim,
+                      generator=torch.Generator().manual_seed(1))
+    pos = grid_positions(spec, 0.0, 1)
+    table = rope.table(pos)[0].transpose(0, 1)
+    block = BlockKV(0, rotate(raw, table).to(torch.bfloat16), torch.zeros(1), 0.0)
+    for n in range(1, 86):
+        block.move_to(4.0 * n)
+    keys, _ = block.layer_kv(0, rope)
+    end = pos.clone()
+    end[:, 0] += 4.0 * 85
+    exact = rotate(raw[0], rope.table(end)[0].transpose(0, 1))
+    ulps = (keys.float() - exact).abs().max().item() / torch.finfo(torch.bfloat16).eps
+    assert keys.dtype == torch.bfloat16 and ulps < 4, ulps

@@ -35,7 +35,8 @@ def test_packforcing_default_budget_is_the_papers_27872(wan):
     assert report.attended(report.blocks[-1]) == 27_872
     assert round(report.gb(27_872 - 6240)) == 4  # sink + 16 mid + 1 recent: "about 4 GB"
     last = report.blocks[-1]
-    assert last.tokens == {"sink": 12_480, "mid": 32 * 182, "recent": 6240, "pending": 182}
+    assert last.tokens == {"sink": 12_480, "mid": 32 * 182, "recent": 6240, "pending": 182,
+                           "queries": 0}  # the recent block's summed queries: bytes, no tokens
     assert all(t.is_meta for t in held_tensors(strategy, skip=PackForcing.shared))
     assert {b.total_bytes for b in report.blocks[40:]} == {last.total_bytes}  # flat
 
@@ -108,3 +109,42 @@ def test_value_dependent_strategy_fails_clearly(wan):
 
     with pytest.raises(ConfigError, match="KeepLoud reads tensor values"):
         account(wan, KeepLoud(), 16)
+
+
+@pytest.mark.parametrize("make, block, frames", [
+    (Full, 4, 120),
+    (lambda: Window(window_frames=21, include_current=True), 3, 120),  # Self-Forcing's span
+    (PackForcing, 4, 160),  # the archive fills at block 35, then evicts (the sink moves)
+])
+def test_working_memory_of_the_kv_path_stays_within_10_percent(make, block, frames):
+    """At real scale, the rollout's own attention plan + strategy on meta tensors: the peak of
+    what they hold alive per block over the KV the block works with (held + its own)."""
+    model = wan_spec_model(block_frames=block)
+    report = account(model, make(), frames, track=True)
+    worst = report.worst_ratio
+    print(f"{report.strategy}: worst block {worst.index} peak {worst.peak_bytes / 1e9:.2f} GB "
+          f"= {worst.ratio:.3f}x of {worst.needed_bytes / 1e9:.2f} GB")
+    assert 1.0 < worst.ratio <= 1.1
+    assert all(b.peak_bytes >= b.needed_bytes for b in report.blocks)  # it holds them all
+
+
+def test_live_bytes_counts_what_is_alive():
+    import torch
+
+    from toolkit.allocations import LiveBytes
+
+    outside = torch.zeros(1000)  # 4,000 bytes made before: never counted
+    with LiveBytes() as live:
+        a = outside + 1  # 4,000
+        view = a[:10]  # no new storage
+        b = torch.cat([a, a])  # 8,000
+        assert (live.live, live.peak) == (12_000, 12_000)
+        del b
+        buf = torch.empty(2000)
+        torch.cat([outside, a], out=buf)  # writes into a counted storage: nothing new
+        assert live.live == 12_000
+        live.reset_peak()
+        del a, buf
+        assert live.live == 4_000 and live.peak == 12_000  # `view` keeps a's storage
+        del view
+        assert live.live == 0

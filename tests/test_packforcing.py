@@ -12,6 +12,7 @@ from strategies.packforcing import PackForcing
 from toolkit.cache import BlockKV, FinishedBlock
 from toolkit.rollout import rollout
 from toolkit.rope import Rope, apply_rope, grid_positions
+from toolkit.sampling import SamplerConfig
 from toolkit.testing import StrategyContract
 from toolkit.zoo import tiny_random
 
@@ -62,7 +63,8 @@ def test_compressed_mid_differs_from_full(tiny):
 
 @pytest.mark.parametrize("kw", [
     {},
-    {"positions": "repack", "scope": "shared", "kv": "project", "compressor": "hr"},
+    {"positions": "repack", "scope": "shared", "kv": "project", "compressor": "hr",
+     "allow_random": True},
     {"positions": "absolute", "selection": "recency", "compressor": "pool_kv", "spatial": "grid"},
 ])
 def test_partitions_stay_in_bounds_over_60_blocks(tiny, kw):
@@ -87,7 +89,8 @@ def test_partitions_stay_in_bounds_over_60_blocks(tiny, kw):
 
 # -- a stub model: no transformer, K/V crafted directly ------------------------------------
 def _stub(spec):
-    return SimpleNamespace(spec=spec, rope=Rope(spec), device=torch.device("cpu"), vae=None)
+    return SimpleNamespace(spec=spec, rope=Rope(spec), device=torch.device("cpu"), vae=None,
+                           sampler=SamplerConfig(steps=2))
 
 
 def _raw(spec, index, fill=None, seed=0):
@@ -129,7 +132,7 @@ def test_incremental_sink_shift_equals_rerotation(tiny):
     for j, b in enumerate(pf._sink):
         t0 = float(oldest * bf - 4 + j * bf)
         assert b.t0 == t0
-        err = (b.keys - _rotated(spec, raws[j], t0)).abs().max().item()
+        err = (b.keys_at_t0(pf.rope) - _rotated(spec, raws[j], t0)).abs().max().item()
         print(f"sink block {j} shifted to {t0}: max abs diff {err:.2e}")
         assert err < 1e-5
 
@@ -179,6 +182,34 @@ def test_selected_block_returns_when_its_affinity_rises(tiny):
     print("selected per block (per layer):", history)
     assert history == [[[0], [0]], [[1], [1]], [[0], [0]], [[1], [1]], [[0], [0]]]
     assert pf.info()["archive"] == list(range(7))
+
+
+@pytest.mark.parametrize("queries, picked", [("both", 2), ("recent", 2), ("current", 1)])
+def test_topk_reads_the_recent_blocks_queries(tiny, queries, picked):
+    """Mid block 2 holds what the recent block shows (keys along u; the recent block's clean
+    queries along u); the current block's step-0 queries (noise) point elsewhere (-u, block
+    1). The paper's reading (current + recent) and recent alone must pick block 2."""
+    spec = tiny.spec
+    u = torch.zeros(spec.head_dim)
+    u[spec.rope_split[0] - 2] = 1.0  # the slowest time channel: RoPE barely turns it
+    pf = PackForcing(sink_frames=0, recent_frames=spec.block_frames, capacity=4, top_k=1,
+                     compressor="identity", positions="absolute", queries=queries)
+    pf.bind(_stub(spec))
+    fills = {1: -3.0 * u, 2: 3.0 * u}  # other blocks: zero keys
+    shape = (1, spec.num_heads, spec.tokens_per_block, spec.head_dim)
+    for index in range(6):
+        pf.begin_block(index)
+        if index == 5:  # the recent block's cache-fill pass: its clean queries along u
+            for layer in range(spec.num_layers):
+                pf.context_parts(layer, u.expand(shape), pf.fill_step)
+        _commit(pf, spec, index, _raw(spec, index, fill=fills.get(index, 0.0 * u)))
+    assert pf.info()["archive"] == [1, 2, 3, 4] and pf.info()["recent"] == [5]
+    assert set(pf.footprint()) == {"sink", "mid", "recent", "pending"} | \
+        ({"queries"} if queries != "current" else set())
+    pf.begin_block(6)
+    for layer in range(spec.num_layers):
+        pf.context_parts(layer, (-0.5 * u).expand(shape), 0)
+    assert pf.info()["selected"] == [[picked]] * spec.num_layers
 
 
 def test_affinity_is_the_papers_score(tiny):
@@ -251,7 +282,8 @@ class TestVariantContract(StrategyContract):
     """The contract suite on non-default variants (the defaults run in test_contract.py)."""
 
     @pytest.fixture(autouse=True, params=[
-        {"positions": "repack", "scope": "shared", "compressor": "hr", "kv": "project"},
+        {"positions": "repack", "scope": "shared", "compressor": "hr", "kv": "project",
+         "allow_random": True},
         {"positions": "absolute", "selection": "recency", "compressor": "pool_kv",
          "capacity": 2, "top_k": 1, "sink_frames": 0, "recent_frames": 0},
     ])
@@ -264,7 +296,7 @@ class TestVariantContract(StrategyContract):
 
 def test_compressor_module_survives_rebind():
     model = tiny_random(seed=0)
-    pf = PackForcing(compressor="hr")
+    pf = PackForcing(compressor="hr", allow_random=True)
     rollout(model, pf, ["a"], 4)
     module = pf.compressor_module
     rollout(model, pf, ["a"], 4)
@@ -294,3 +326,48 @@ def test_world_24x_rollout_is_flat_and_selection_is_cheap(positions):
     assert len({b.total_bytes for b in blocks[full_at:]}) == 1
     assert (totals["selection"] + totals["positions"]) / wall <= 0.05
     assert max(b.context_tokens for b in blocks) == 2 * 64 + 16 * 2 + 64
+
+
+@pytest.mark.parametrize("compressor", ["lr", "dual", "hr", "pool", "pool_kv"])
+def test_selfforcing_geometry_preset_runs_every_compressor_on_3_frame_blocks(compressor):
+    """packforcing-selfforcing on a tiny random Wan with Wan's causal VAE, blocks of 3."""
+    from toolkit.config import build_strategy, compose_config
+    from toolkit.zoo import tiny_wan
+
+    model = tiny_wan(block_frames=3)
+    extra = ["strategy.allow_random=true"] if compressor in ("hr", "dual") else []
+    node = compose_config(["strategy=packforcing-selfforcing",
+                           f"strategy.compressor={compressor}", *extra]).strategy
+    pf = build_strategy(node)
+    out = rollout(model, pf, ["a"], 24, seed=0)  # block 7 sees sink 0-2, archive 3-5, recent 6
+    last = out.trace.blocks[-1]
+    m = pf.compressor_module.tokens()
+    assert m == 1 * 1 * 1  # one cell of 3 frames x 8x8 latents (here: the whole 4x4 grid)
+    assert last.tokens["sink"] == 3 * model.spec.tokens_per_block
+    assert last.info["archive"] == [3, 4, 5] and last.info["selected"][0] == [3, 4, 5]
+    assert last.tokens["mid"] == 4 * m  # after block 7's commit: block 6 aged into mid
+    assert torch.isfinite(out.latents).all() and out.frames.shape[1] == 1 + 4 * 23
+
+
+def test_learned_compressors_without_fitting_weights_fail_unless_allowed(tiny, tmp_path):
+    import json
+
+    from strategies.compressors import build_compressor
+
+    with pytest.raises(ValueError, match=r"compressor='hr' has no trained weights.*"
+                                         r"strategy\.allow_random=true"):
+        rollout(tiny, PackForcing(compressor="hr"), ["a"], 4)
+    out = rollout(tiny, PackForcing(compressor="hr", allow_random=True), ["a"], 4)
+    assert out.trace.meta["provenance"]["compressor_sha256"] is None
+    weights = build_compressor("hr", tiny.spec).save(tmp_path / "hr.safetensors")
+    pf = PackForcing(compressor="hr", compressor_weights=str(weights))
+    prov = rollout(tiny, pf, ["a"], 4).trace.meta["provenance"]  # no card: nothing to contradict
+    assert len(prov["compressor_sha256"]) == 64 and prov["compressor_trained_for"] is None
+    weights.with_suffix(".json").write_text(json.dumps({"world": {"sha256": "a" * 64}}))
+    tiny.card = {"sha256": "b" * 64}  # this model's weights, as a loaded world model knows them
+    with pytest.raises(ValueError, match="were trained with model weights aaaaaaaaaaaa"):
+        rollout(tiny, PackForcing(compressor="hr", compressor_weights=str(weights)), ["a"], 4)
+    tiny.card = {"sha256": "a" * 64}
+    prov = rollout(tiny, PackForcing(compressor="hr", compressor_weights=str(weights)), ["a"],
+                   4).trace.meta["provenance"]
+    assert prov["compressor_trained_for"] == prov["model_sha256"] == "a" * 64

@@ -1,7 +1,9 @@
 """The real-size Wan2.1-T2V-1.3B architecture on a GPU (random weights, bf16): runs, accounts
-its KV bytes exactly, reports CUDA peak memory, and survives an out-of-memory strategy.
+its KV bytes exactly, reports CUDA peak memory against ``rollbench memory``'s figures, and
+survives an out-of-memory strategy.
 
-Skipped without CUDA (tests/conftest.py). Run with ``pytest -m gpu tests/test_real_gpu.py``.
+Skipped without CUDA (tests/conftest.py). Run with ``pytest -m gpu tests/test_real_gpu.py -s``
+(the check table: ``-k check``).
 """
 
 import json
@@ -10,8 +12,9 @@ import pytest
 import torch
 
 from strategies import Full, Sink, Window
+from strategies.packforcing import PackForcing
 from toolkit.real import wan_t2v
-from toolkit.realbench import run_strategy
+from toolkit.realbench import check, check_table, run_strategy
 from toolkit.rollout import rollout
 
 pytestmark = pytest.mark.gpu
@@ -80,3 +83,27 @@ def test_bench_command_prints_and_saves_cuda_accounting(tmp_path, capsys):
     results = json.loads(record.read_text())["results"]
     assert [r["status"] for r in results] == ["ok", "ok"]
     assert all(r["cuda_peak"] > 0 and len(r["blocks"]) == 4 for r in results)
+
+
+def test_check_full_window_packforcing_against_memory_accounting(big):
+    """The GPU check: 832x480, bf16, blocks of 3 (Self-Forcing's geometry), 10 blocks. Each
+    strategy's CUDA peak above what was allocated before holds the KV path that
+    ``rollbench memory`` predicts (meta tensors) plus the transformer's activations, which a
+    single cache-free block measures."""
+    from rich.console import Console
+
+    prompt = "a red fox in the snow"
+    base = torch.cuda.memory_allocated()
+    one = run_strategy(big, "one block", Full(), 3, prompt)
+    activations = one.cuda_peak - base - one.peak_kv
+    strategies = {"full": Full(), "window": Window(window_frames=12),
+                  "packforcing": PackForcing(sink_frames=6, recent_frames=3, capacity=4, top_k=2,
+                                             compress_time=3)}
+    results, reports = check(big, strategies, 30, prompt)
+    Console(width=160).print(check_table(results, reports, base))
+    print(f"activations of one cache-free block: {activations / 2**30:.2f} GiB")
+    for r in results:
+        extra, predicted = r.cuda_peak - base, reports[r.strategy].peak_live
+        assert r.status == "ok" and len(r.blocks) == 10
+        assert r.peak_kv == reports[r.strategy].peak.total_bytes  # the same bookkeeping
+        assert predicted <= extra <= predicted + 2 * activations + 2**29, r.strategy

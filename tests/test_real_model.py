@@ -341,3 +341,27 @@ def test_bench_routes_real_models_and_refuses_them_on_cpu(tmp_path, capsys):
     results = json.loads(record.read_text())["results"]
     assert [(r["strategy"], r["status"], len(r["blocks"])) for r in results] == \
         [("full", "ok", 3), ("window", "ok", 3)]
+
+
+def test_check_table_sets_runs_against_the_memory_accounting():
+    """The CPU side of the GPU check: runs and meta accounting of the same strategies."""
+    from rich.console import Console
+
+    from strategies import Window
+    from strategies.packforcing import PackForcing
+    from toolkit.realbench import check, check_table
+    from toolkit.zoo import tiny_random
+
+    model = tiny_random(seed=0)
+    strategies = {"full": Full(), "window": Window(window_frames=4), "packforcing":
+                  PackForcing(sink_frames=2, recent_frames=2, capacity=2, top_k=1)}
+    results, reports = check(model, strategies, 12, "x")
+    assert [r.status for r in results] == ["ok"] * 3
+    for r in results:  # the run's Trace and the meta accounting agree on the KV held
+        assert r.peak_kv == reports[r.strategy].peak.total_bytes
+        assert reports[r.strategy].peak_live > r.peak_kv  # working copies + the block's own
+    assert strategies["full"].blocks == []  # run and reset; the accounting ran on a copy
+    console = Console(width=200, record=True)
+    console.print(check_table(results, reports, None))
+    text = console.export_text()
+    assert "KV path peak GiB (memory)" in text and "n/a" in text

@@ -248,3 +248,20 @@ def test_runs_record_the_model_spec_and_card_for_the_report(tmp_path, store):
     assert tags["spec.train_frames"] == "20" and tags["spec.block_frames"] == "4"
     assert "model_card.json" in {a.path for a in client.list_artifacts(run_id)}
     assert json.loads((run_dir / "model_card.json").read_text()) == card
+
+
+def test_learned_compressor_weights_are_recorded(tmp_path, store):
+    """Which compressor weights a run used (sha256, or none: random on purpose) is a tag."""
+    assert main(["run", "model=world-pf", "strategy=packforcing-world", "video.latent_frames=8",
+                 f"run_root={tmp_path}", "progress=false", "tracking.metrics=fast"]) == 0
+    row = search(store).iloc[0]
+    card = json.loads((Path(__file__).parents[1] / "toolkit/world/weights/"
+                       "compressor-hr.json").read_text())
+    assert row["tags.provenance.compressor_sha256"] == card["sha256"]
+    assert row["tags.provenance.compressor_trained_for"] == \
+        row["tags.provenance.model_sha256"] == card["world"]["sha256"]
+    trace = json.loads((run_dir_of(tmp_path) / "trace.json").read_text())
+    assert trace["meta"]["provenance"]["compressor_sha256"] == card["sha256"]
+    # the same trained compressor on the base world model: trained for other weights, refused
+    assert main(["run", "model=world", "strategy=packforcing-world", "video.latent_frames=8",
+                 f"run_root={tmp_path}", "progress=false", "tracking.metrics=fast"]) == 1

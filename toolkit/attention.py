@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from toolkit.rope import apply_rope
+from toolkit.rope import rotate
 
 
 class AttentionPlan(Protocol):
@@ -46,21 +46,42 @@ class SelfAttention:
 
     def __init__(self, layer: int, slot: PlanSlot) -> None:
         self.layer, self.slot = layer, slot
+        self._attn = None  # the attention module whose submodules ``_mods`` holds
+        self._mods: tuple = ()
 
     def __call__(self, attn, hidden_states: Tensor, encoder_hidden_states=None,
                  attention_mask=None, rotary_emb=None) -> Tensor:
-        # 1. projections and q/k RMS-norm across heads, as diffusers' WanAttnProcessor
-        q = attn.norm_q(attn.to_q(hidden_states)).unflatten(2, (attn.heads, -1))  # (B, N, H, D)
-        k = attn.norm_k(attn.to_k(hidden_states)).unflatten(2, (attn.heads, -1))
-        v = attn.to_v(hidden_states).unflatten(2, (attn.heads, -1))
-        # 2. rotary embedding at the positions the caller chose: tables (1, N, 1, D)
+        if attn is not self._attn:  # look the submodules up once (ModuleList indexing is slow)
+            drop = attn.to_out[1]
+            self._attn, self._mods = attn, (attn.to_q, attn.norm_q, attn.to_k, attn.norm_k,
+                                            attn.to_v, attn.to_out[0], drop)
+        to_q, norm_q, to_k, norm_k, to_v, out, drop = self._mods
+        # 1. projections and q/k RMS-norm across heads, as diffusers' WanAttnProcessor (its
+        #    Linear / RMSNorm modules' own functional forms, without the module-call overhead)
+        q = _project(to_q, norm_q, hidden_states).unflatten(2, (attn.heads, -1))  # (B, N, H, D)
+        k = _project(to_k, norm_k, hidden_states).unflatten(2, (attn.heads, -1))
+        v = F.linear(hidden_states, to_v.weight, to_v.bias).unflatten(2, (attn.heads, -1))
+        # 2. rotary embedding at the positions the caller chose: a complex table (1, N, 1, D/2)
+        #    (WanCausalModel) or diffusers' (cos, sin) tables (1, N, 1, D)
         if rotary_emb is not None:
-            q, k = apply_rope(q, *rotary_emb), apply_rope(k, *rotary_emb)
+            table = rotary_emb if isinstance(rotary_emb, Tensor) else \
+                torch.complex(rotary_emb[0][..., 0::2], rotary_emb[1][..., 1::2])
+            q, k = rotate(q, table), rotate(k, table)
         # 3. the plan attends: (B, H, N, D) in and out
-        out = self.slot.plan.attend(self.layer, q.transpose(1, 2), k.transpose(1, 2),
-                                    v.transpose(1, 2))
-        out = out.transpose(1, 2).flatten(2, 3).type_as(q)
-        return attn.to_out[1](attn.to_out[0](out))
+        out_h = self.slot.plan.attend(self.layer, q.transpose(1, 2), k.transpose(1, 2),
+                                      v.transpose(1, 2))
+        out_h = out_h.transpose(1, 2).flatten(2, 3)
+        out_h = F.linear(out_h if out_h.dtype == q.dtype else out_h.to(q.dtype), out.weight,
+                         out.bias)
+        return drop(out_h) if drop.p else out_h
+
+
+def _project(linear: torch.nn.Linear, norm: torch.nn.Module, x: Tensor) -> Tensor:
+    """``norm(linear(x))`` for a Linear and a torch RMSNorm, as their forwards compute it."""
+    out = F.linear(x, linear.weight, linear.bias)
+    if isinstance(norm, torch.nn.RMSNorm):
+        return F.rms_norm(out, norm.normalized_shape, norm.weight, norm.eps)
+    return norm(out)
 
 
 class CrossAttention:

@@ -1,12 +1,17 @@
 """The cache-strategy contract: what a strategy stores, answers and accounts for.
 
 A strategy decides, for every layer, what the current block attends to and at which positions.
-Keys are stored already rotated at their block's temporal start ``t0``; moving a block to a new
-position is one more rotation of the time dims (``BlockKV.move_to``), so absolute, re-indexed
-and incrementally shifted positions all work from the same storage.
+Keys are stored already rotated at the position their block was generated at; moving a block
+(``BlockKV.move_to``) only records its new start ``t0``, and ``BlockKV.layer_kv`` rotates the
+time dims by the difference when the layer is read: absolute, re-indexed and incrementally
+shifted positions all work from the same storage, and a block moved a hundred times is still
+rounded once (bf16 keys moved in place drift: ``toolkit.rope.shift_drift``).
 
 ``CacheStrategy`` is the full contract (five methods). ``KeepBlocksStrategy`` is the narrow
 template for strategies that keep some finished blocks at full resolution: write ``assign``.
+A strategy hands the harness its context as a list of parts (``context_parts``, views of what
+it holds); the harness copies them, one layer at a time, into one reused buffer beside the
+block's own K/V, so no strategy needs a concatenated copy of its cache.
 """
 
 from __future__ import annotations
@@ -33,10 +38,12 @@ class BlockKV:
 
     Attributes:
         index: the block's number in the video.
-        keys: (L, B, H, N, D), rotated at temporal start ``t0``.
+        keys: (L, B, H, N, D), rotated at temporal start ``rotated_at``.
         values: (L, B, H, N, D).
-        t0: temporal position (in latent frames) the keys are rotated at.
+        t0: temporal position (in latent frames) the block sits at now.
         partition: name of the partition holding it (for accounting).
+        rotated_at: temporal start the stored keys are rotated at (default ``t0``); reads
+            (``layer_kv``, ``keys_at_t0``) rotate them by ``t0 - rotated_at``.
     """
 
     index: int
@@ -44,6 +51,16 @@ class BlockKV:
     values: Tensor
     t0: float
     partition: str = "cache"
+    rotated_at: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.rotated_at is None:
+            self.rotated_at = self.t0
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in ("keys", "values"):  # new tensors: forget the old ones' layer views
+            self.__dict__.pop("_views", None)
+        super().__setattr__(name, value)
 
     @property
     def tokens(self) -> int:
@@ -53,13 +70,48 @@ class BlockKV:
     def nbytes(self) -> int:
         return self.keys.nbytes + self.values.nbytes
 
-    def move_to(self, t0: float, rope: Rope) -> None:
-        """Re-position the block at temporal start t0 by rotating its keys' time dims."""
+    def move_to(self, t0: float, rope: Rope | None = None) -> None:
+        """Place the block at temporal start t0 (keys are rotated there when read)."""
+        self.t0 = float(t0)
+
+    def layer_kv(self, layer: int, rope: Rope) -> tuple[Tensor, Tensor]:
+        """Keys (rotated at ``t0``) and values (B, H, N, D) of one layer."""
         from toolkit.rope import shift_time
 
-        if t0 != self.t0:
-            self.keys = shift_time(self.keys, rope, t0 - self.t0)
-            self.t0 = t0
+        views = self.__dict__.get("_views")
+        if views is None:
+            views = self.__dict__["_views"] = _LayerViews(self.keys, self.values)
+        k, v = views.layers[layer]
+        return shift_time(k, rope, self.t0 - self.rotated_at), v
+
+    def keys_at_t0(self, rope: Rope) -> Tensor:
+        """All layers' keys (L, B, H, N, D) rotated at ``t0`` (a copy when the block moved)."""
+        from toolkit.rope import shift_time
+
+        return shift_time(self.keys, rope, self.t0 - self.rotated_at)
+
+    def drop_frames(self, frames: int, tokens_per_frame: int) -> None:
+        """Forget the first ``frames`` latent frames (copies the rest, so memory is freed)."""
+        if frames <= 0:
+            return
+        cut = frames * tokens_per_frame
+        self.keys = self.keys[..., cut:, :].clone()
+        self.values = self.values[..., cut:, :].clone()
+        self.t0 += frames
+        self.rotated_at += frames
+
+
+class _LayerViews:
+    """Per-layer views of a block's K/V, made once (indexing a layer is an op per call).
+
+    Views share the block's storage and hold no bytes of their own; ``__slots__`` keeps them
+    out of walks over a strategy's state (``toolkit.testing.held_tensors``).
+    """
+
+    __slots__ = ("layers",)
+
+    def __init__(self, keys: Tensor, values: Tensor) -> None:
+        self.layers = list(zip(keys.unbind(0), values.unbind(0), strict=True))
 
 
 @dataclass
@@ -89,9 +141,11 @@ class CacheStrategy(ABC):
     """Base of every cache strategy.
 
     The harness calls, per rollout: ``bind`` once; then per block ``begin_block``,
-    ``context`` (per layer, per denoising step and in the cache-fill pass), ``commit`` and
-    ``footprint``. Subclasses are dataclasses whose fields are the strategy's hyperparameters,
-    validated in ``__post_init__`` (and against the model in ``check``).
+    ``context_parts`` (per layer, per denoising step ``0 .. steps - 1`` and in the cache-fill
+    pass, whose step is ``fill_step``), ``commit`` and ``footprint``. ``context_parts``
+    defaults to ``[context(...)]``: a strategy writes one of the two. Subclasses are
+    dataclasses whose fields are the strategy's hyperparameters, validated in
+    ``__post_init__`` (and against the model in ``check``).
     """
 
     name: ClassVar[str] = ""
@@ -114,9 +168,22 @@ class CacheStrategy(ABC):
     def begin_block(self, index: int) -> float:
         """Prepare the context for block ``index``; return the block's temporal start position."""
 
+    @property
+    def fill_step(self) -> int:
+        """The ``step`` of the cache-fill pass (the denoising steps are 0 .. steps - 1)."""
+        return self.model.sampler.steps
+
     @abstractmethod
     def context(self, layer: int, q: Tensor, step: int) -> tuple[Tensor, Tensor]:
         """K and V (B, H, M, D) attended by layer ``layer``; q (B, H, N, D) is the block's query."""
+
+    def context_parts(self, layer: int, q: Tensor, step: int) -> list[tuple[Tensor, Tensor]]:
+        """The context as a list of (K, V) parts (B, H, M_i, D), attended in this order.
+
+        Parts may be views of what the strategy holds (no copy): the harness copies them, one
+        layer at a time, into its own buffer. Default: ``[context(layer, q, step)]``.
+        """
+        return [self.context(layer, q, step)]
 
     @abstractmethod
     def commit(self, block: FinishedBlock) -> None:
@@ -128,6 +195,10 @@ class CacheStrategy(ABC):
 
     def info(self) -> dict[str, Any]:
         """Per-block facts for the Trace (context blocks, positions, selections...)."""
+        return {}
+
+    def provenance(self) -> dict[str, Any]:
+        """Files the strategy's numbers depend on (e.g. trained weights and their sha256)."""
         return {}
 
     def hparams(self) -> dict[str, Any]:
@@ -153,20 +224,6 @@ def require_block_multiples(obj: Any, spec: ModelSpec, *names: str) -> None:
         if value % bf:
             raise ValueError(f"{name}={value}: must be a multiple of the block size {bf} "
                              f"(e.g. {value // bf * bf} or {(value // bf + 1) * bf})")
-
-
-def gather(blocks: Iterable[BlockKV], like: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """Concatenate blocks' K/V along tokens: (L, B, H, sum N, D) each."""
-    blocks = list(blocks)
-    if not blocks:
-        if like is None:
-            raise ValueError("gather of no blocks needs a template tensor")
-        empty = like.new_zeros((*like.shape[:3], 0, like.shape[-1]))
-        return empty, empty
-    if len(blocks) == 1:
-        return blocks[0].keys, blocks[0].values
-    return (torch.cat([b.keys for b in blocks], dim=3),
-            torch.cat([b.values for b in blocks], dim=3))
 
 
 def usage(blocks: Iterable[BlockKV], partitions: Iterable[str] = ()) -> dict[str, Usage]:
@@ -204,39 +261,51 @@ class KeepBlocksStrategy(CacheStrategy):
         """Partition of finished block ``index`` while block ``upcoming`` is generated."""
 
     def reset(self) -> None:
-        self.blocks, self._k, self._v = [], None, None
+        self.blocks = []
 
     def begin_block(self, index: int) -> float:
-        start = self.place(index)
-        self._k, self._v = gather(self.blocks, like=self._template())
-        return start
+        return self.place(index)
 
     def place(self, index: int) -> float:
         """Move kept blocks to their positions for block ``index``; return its start.
 
         ``absolute``: every block at its frame index. ``reindex``: kept blocks packed from 0
-        (moved incrementally, one time-dim rotation per change), the current block after them.
+        in order (each as many frames as it holds), the current block right after them.
         """
-        bf = self.spec.block_frames
         if self.positions == "absolute":
-            return float(index * bf)
-        for i, b in enumerate(self.blocks):
-            b.move_to(float(i * bf), self.rope)
-        return float(len(self.blocks) * bf)
+            return float(index * self.spec.block_frames)
+        start, tpf = 0, self.spec.tokens_per_frame
+        for b in self.blocks:
+            b.move_to(float(start))
+            start += b.tokens // tpf
+        return float(start)
 
-    def _template(self) -> Tensor:
-        s = self.spec
-        return torch.empty((s.num_layers, 1, s.num_heads, 0, s.head_dim), dtype=s.torch_dtype)
+    def context_parts(self, layer: int, q: Tensor, step: int) -> list[tuple[Tensor, Tensor]]:
+        if type(self).context is not KeepBlocksStrategy.context:  # a subclass's own context
+            return [self.context(layer, q, step)]
+        return self._block_parts(layer, q)
+
+    def _block_parts(self, layer: int, q: Tensor) -> list[tuple[Tensor, Tensor]]:
+        """Each kept block's K/V of one layer, rotated where it sits, in block order."""
+        parts = []
+        for b in self.blocks:
+            k, v = b.layer_kv(layer, self.rope)
+            if k.shape[0] != q.shape[0]:
+                k, v = k.expand(q.shape[0], *k.shape[1:]), v.expand(q.shape[0], *v.shape[1:])
+            parts.append((k, v))
+        return parts
 
     def context(self, layer: int, q: Tensor, step: int) -> tuple[Tensor, Tensor]:
-        k, v = self._k[layer], self._v[layer]
-        if k.shape[0] != q.shape[0] or k.device != q.device:  # empty template: match the batch
-            k = k.expand(q.shape[0], *k.shape[1:]).to(q.device)
-            v = v.expand(q.shape[0], *v.shape[1:]).to(q.device)
-        return k, v
+        """The context of one layer concatenated (a copy; the harness reads the parts)."""
+        own = type(self).context is not KeepBlocksStrategy.context  # called as super().context
+        parts = self._block_parts(layer, q) if own else self.context_parts(layer, q, step)
+        if not parts:
+            empty = q.new_zeros((q.shape[0], q.shape[1], 0, q.shape[3]),
+                                dtype=self.spec.torch_dtype)
+            return empty, empty
+        return torch.cat([k for k, _ in parts], dim=2), torch.cat([v for _, v in parts], dim=2)
 
     def commit(self, block: FinishedBlock) -> None:
-        self._k = self._v = None  # release the gathered copy
         self.blocks.append(block.kv)
         kept = []
         for b in self.blocks:

@@ -1,16 +1,24 @@
 """KV memory of any strategy at a real model's scale, from its own bookkeeping on meta tensors.
 
 ``account`` binds the strategy to a spec-only model (``toolkit.specmodel``) and drives it
-exactly as a rollout does (``begin_block``; ``context`` for every layer at every denoising step
-and in the cache-fill pass; ``commit`` of the block's per-layer K/V), with meta tensors of the
-true sizes: no weights, no allocation, no arithmetic. Tokens and bytes come from the
-strategy's ``footprint``; context sizes from what ``context`` returns.
+exactly as a rollout does, through the rollout's own attention plan (``CachePlan``:
+``begin_block``; the strategy's context for every layer at every denoising step and in the
+cache-fill pass, copied into the plan's buffer; the block's K/V recorded; ``commit``), with
+meta tensors of the true sizes: no weights, no allocation, no arithmetic. Tokens and bytes
+come from the strategy's ``footprint``; context sizes from what it hands the plan. With
+``track=True`` every tensor the plan and the strategy make is counted while it lives
+(``toolkit.allocations.LiveBytes``): the peak working memory of the KV path per block, against
+the KV a block needs (held when it starts + its own K/V). The transformer's other
+activations and a compressor's own computation are not counted (compressors do not run on
+meta tensors; their outputs have the declared size).
 
     rollbench memory model=wan-t2v-1.3b strategy=packforcing video.seconds=120
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,8 +27,10 @@ from hydra.utils import instantiate
 from rich.console import Console
 from rich.table import Table
 
-from toolkit.cache import BlockKV, CacheStrategy, FinishedBlock
+from toolkit.allocations import LiveBytes
+from toolkit.cache import CacheStrategy, FinishedBlock
 from toolkit.config import ConfigError, build_strategy, compose_config
+from toolkit.rollout import CachePlan
 from toolkit.spec import ModelSpec
 from toolkit.specmodel import SpecModel
 
@@ -36,16 +46,34 @@ class BlockMemory:
         context_tokens: cached tokens attended per layer (the largest over layers and steps).
         tokens: tokens per layer held per partition after the block's commit.
         bytes: bytes (all layers, K and V) held per partition after the block's commit.
+        start_bytes: bytes held when the block began.
+        own_bytes: the block's own K/V (all layers), recorded in its cache-fill pass.
+        peak_bytes: the most bytes the KV path had alive during the block (tracked runs).
     """
 
     index: int
     context_tokens: int
     tokens: dict[str, int]
     bytes: dict[str, int]
+    start_bytes: int = 0
+    own_bytes: int = 0
+    peak_bytes: int | None = None
 
     @property
     def total_bytes(self) -> int:
         return sum(self.bytes.values())
+
+    @property
+    def needed_bytes(self) -> int:
+        """The KV the block works with: held at its start plus its own K/V."""
+        return self.start_bytes + self.own_bytes
+
+    @property
+    def ratio(self) -> float | None:
+        """Peak working bytes over the KV the block needs (tracked runs)."""
+        if self.peak_bytes is None or not self.needed_bytes:
+            return None
+        return self.peak_bytes / self.needed_bytes
 
 
 @dataclass
@@ -75,9 +103,23 @@ class MemoryReport:
         """GB of K/V over all layers for ``tokens`` per layer."""
         return tokens * self.spec.kv_bytes_per_token / GB
 
+    @property
+    def tracked(self) -> bool:
+        return all(b.peak_bytes is not None for b in self.blocks)
 
-def account(model: Any, strategy: CacheStrategy, latent_frames: int, batch: int = 1
-            ) -> MemoryReport:
+    @property
+    def peak_live(self) -> int:
+        """The most bytes the KV path had alive in any block (tracked runs)."""
+        return max(b.peak_bytes or 0 for b in self.blocks)
+
+    @property
+    def worst_ratio(self) -> BlockMemory:
+        """The block with the highest peak / needed ratio (tracked runs)."""
+        return max(self.blocks, key=lambda b: b.ratio or 0.0)
+
+
+def account(model: Any, strategy: CacheStrategy, latent_frames: int, batch: int = 1,
+            track: bool = False) -> MemoryReport:
     """Drive ``strategy`` over ``latent_frames`` on meta tensors of ``model``'s sizes.
 
     Args:
@@ -85,6 +127,7 @@ def account(model: Any, strategy: CacheStrategy, latent_frames: int, batch: int 
         strategy: the cache strategy (its hyperparameters as configured).
         latent_frames: video length; a positive multiple of the block size.
         batch: videos per batch.
+        track: count the KV path's live bytes per block (``BlockMemory.peak_bytes``).
     """
     model = SpecModel.of(model)
     spec = model.spec
@@ -98,9 +141,14 @@ def account(model: Any, strategy: CacheStrategy, latent_frames: int, batch: int 
     q = torch.empty(batch, spec.num_heads, spec.tokens_per_block, spec.head_dim, **meta)
     latents = torch.empty(batch, spec.latent_channels, bf, spec.latent_height,
                           spec.latent_width, **meta)
+    plan = CachePlan(strategy, spec.num_layers)
+    plan.attention = fused_attention
+    tracker = LiveBytes() if track else None
     try:
-        for index in range(latent_frames // bf):
-            _block(strategy, report, index, q, latents, model.sampler.steps)
+        with tracker if tracker is not None else nullcontext():
+            for index in range(latent_frames // bf):
+                _block(strategy, plan, report, index, q, latents, model.sampler.steps,
+                       tracker)
     except RuntimeError as err:
         if "meta" not in str(err):
             raise
@@ -111,20 +159,39 @@ def account(model: Any, strategy: CacheStrategy, latent_frames: int, batch: int 
     return report
 
 
-def _block(strategy: CacheStrategy, report: MemoryReport, index: int, q: torch.Tensor,
-           latents: torch.Tensor, steps: int) -> None:
-    """One block as the rollout drives it, on meta tensors; appends its ``BlockMemory``."""
-    layers = report.spec.num_layers
+def fused_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """What a fused attention kernel (flash / memory-efficient) allocates: its output. (On
+    meta tensors ``scaled_dot_product_attention`` takes the unfused path, whose N x M score
+    matrix no GPU kernel materialises.)"""
+    return torch.empty_like(q)
+
+
+def _block(strategy: CacheStrategy, plan: CachePlan, report: MemoryReport, index: int,
+           q: torch.Tensor, latents: torch.Tensor, steps: int,
+           tracker: LiveBytes | None) -> None:
+    """One block as the rollout drives it, on meta tensors; appends its ``BlockMemory``.
+
+    q stands in for the block's queries, keys and values at every layer (same sizes).
+    """
+    start = sum(u.bytes for u in strategy.footprint().values())
+    if tracker is not None:
+        tracker.reset_peak()
     t0 = float(strategy.begin_block(index))
     context = 0
     for step in range(steps + 1):  # denoising steps, then the cache fill
-        for layer in range(layers):
-            context = max(context, strategy.context(layer, q, step)[0].shape[2])
-    kv = torch.empty(layers, *q.shape, dtype=q.dtype, device="meta")  # (L, B, H, N, D)
-    strategy.commit(FinishedBlock(index, latents, BlockKV(index, kv, torch.empty_like(kv), t0)))
+        plan.step, plan.recording = step, step == steps
+        for layer in range(report.spec.num_layers):
+            plan.attend(layer, q, q, q)
+            context = max(context, plan.context_tokens)
+    plan.recording = False
+    kv = plan.take_kv(index, t0)
+    own = kv.nbytes
+    strategy.commit(FinishedBlock(index, latents, kv))
+    del kv
     held = strategy.footprint()
     report.blocks.append(BlockMemory(index, context, {k: u.tokens for k, u in held.items()},
-                                     {k: u.bytes for k, u in held.items()}))
+                                     {k: u.bytes for k, u in held.items()}, start, own,
+                                     None if tracker is None else tracker.peak))
 
 
 def memory_table(report: MemoryReport) -> Table:
@@ -147,10 +214,10 @@ def memory_table(report: MemoryReport) -> Table:
 
 
 def summary_lines(report: MemoryReport) -> list[str]:
-    """Context sizes (cached + current block) and the full-history reference."""
+    """Context sizes (cached + current block), the full-history reference, working memory."""
     last = report.blocks[-1]
     full = report.latent_frames * report.spec.tokens_per_frame
-    return [
+    lines = [
         f"attended per layer (cached + current block): peak {report.peak_attended:,} tokens "
         f"= {report.gb(report.peak_attended):.2f} GB KV; final {report.attended(last):,} "
         f"tokens = {report.gb(report.attended(last)):.2f} GB",
@@ -158,6 +225,57 @@ def summary_lines(report: MemoryReport) -> list[str]:
         f"{last.total_bytes / GB:.2f} GB (1 GB = 10^9 bytes)",
         f"full history at this length: {full:,} tokens/layer = {report.gb(full):.2f} GB",
     ]
+    if report.tracked:
+        lines.append(transient_line(report))
+    return lines
+
+
+def size(nbytes: float) -> str:
+    """Bytes in decimal units: GB, MB or kB."""
+    for unit, scale in (("GB", GB), ("MB", 1e6)):
+        if nbytes >= scale:
+            return f"{nbytes / scale:.2f} {unit}"
+    return f"{nbytes / 1e3:.1f} kB"
+
+
+def transient_line(report: MemoryReport) -> str:
+    """Peak working memory of the KV path against the KV it works with (tracked runs)."""
+    worst = report.worst_ratio
+    return (f"working memory of the KV path (the rollout's own code on meta tensors): peak "
+            f"{size(report.peak_live)} live; worst block {worst.index}: "
+            f"{size(worst.peak_bytes)} = {worst.ratio:.3f}x the KV it works with "
+            f"(held at its start {size(worst.start_bytes)} + its own "
+            f"{size(worst.own_bytes)}); peak / peak held "
+            f"{report.peak_live / max(1, report.peak.total_bytes):.3f}x")
+
+
+def transient_table(reports: dict[str, MemoryReport]) -> Table:
+    """One row per strategy: held KV, peak working bytes and their ratios (tracked runs)."""
+    s = next(iter(reports.values())).spec
+    table = Table(title=f"working memory of the KV path ({s.num_layers} layers, "
+                        f"{s.tokens_per_frame:,} tokens/frame, {s.dtype}; meta tensors)")
+    for col in ("strategy", "peak held", "peak live", "worst block: peak / (held at its "
+                "start + its own K/V)", "peak live / peak held"):
+        table.add_column(col, justify="right")
+    for name, r in reports.items():
+        table.add_row(name, size(r.peak.total_bytes), size(r.peak_live),
+                      f"{r.worst_ratio.ratio:.3f}",
+                      f"{r.peak_live / max(1, r.peak.total_bytes):.3f}")
+    return table
+
+
+def working_memory_table(overrides: Sequence[str], names: Sequence[str]) -> Table:
+    """``transient_table`` of strategies ``names`` at the sizes and length of a run config
+    (``rollbench bench``'s overrides): each accounted on meta tensors, tracked."""
+    reports = {}
+    model = None
+    for name in names:
+        cfg = compose_config([*overrides, f"strategy={name}"])
+        model = model or SpecModel.of(instantiate(cfg.model))
+        frames = model.spec.frames_for(float(cfg.video.seconds)) \
+            if cfg.video.get("seconds") is not None else int(cfg.video.latent_frames)
+        reports[name] = account(model, build_strategy(cfg.strategy), frames, track=True)
+    return transient_table(reports)
 
 
 def cmd_memory(overrides: list[str]) -> int:
@@ -168,7 +286,7 @@ def cmd_memory(overrides: list[str]) -> int:
     seconds = cfg.video.get("seconds")
     frames = model.spec.frames_for(float(seconds)) if seconds is not None \
         else int(cfg.video.latent_frames)
-    report = account(model, strategy, frames)
+    report = account(model, strategy, frames, track=True)
     console = Console()
     console.print(memory_table(report))
     for line in summary_lines(report):

@@ -9,6 +9,7 @@ context chosen by the installed attention plan (``toolkit.attention``).
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Protocol, runtime_checkable
@@ -81,6 +82,15 @@ class WanCausalModel(torch.nn.Module):
         self.sampler = sampler or SamplerConfig()
         self.rope = Rope(spec)
         self._slot: PlanSlot | None = None
+        self._dtype = transformer.dtype  # diffusers' dtype walks every module: read it once
+        self._table: tuple[Tensor, Tensor] | None = None  # (pos, rotation table) of the block
+        self._temb: dict[tuple, tuple[Tensor, Tensor]] = {}  # per timestep, within a rollout
+
+    def _apply(self, fn, *args, **kwargs):  # .to() / .half(): keep the cached dtype true
+        out = super()._apply(fn, *args, **kwargs)
+        self._dtype = self.transformer.dtype
+        self._table, self._temb = None, {}
+        return out
 
     @property
     def device(self) -> torch.device:
@@ -95,11 +105,11 @@ class WanCausalModel(torch.nn.Module):
     def attach(self) -> Iterator[PlanSlot]:
         """Install rollbench's attention processors for the duration of a rollout."""
         with install(self.transformer) as slot:
-            self._slot = slot
+            self._slot, self._table, self._temb = slot, None, {}
             try:
                 yield slot
             finally:
-                self._slot = None
+                self._slot, self._table, self._temb = None, None, {}
 
     def forward_tokens(self, x: Tensor, timestep: Tensor, pos: Tensor, cond: Tensor,
                        project: bool = True, plan: Any = None) -> Tensor | None:
@@ -123,15 +133,14 @@ class WanCausalModel(torch.nn.Module):
             self._slot.plan = plan
         tf = self.transformer
         b, _, f, h, w = x.shape
-        # 1. rotary tables at the chosen positions, and patch embedding
-        cos, sin = self.rope.cos_sin(pos)
-        rotary = (cos.to(x.device), sin.to(x.device))
-        tokens = tf.patch_embedding(x.to(tf.dtype)).flatten(2).transpose(1, 2).contiguous()
+        # 1. rotary table at the chosen positions (once per block), and patch embedding
+        rotary = self._rotation(pos, x.device)
+        tokens = tf.patch_embedding(x.to(self._dtype)).flatten(2).transpose(1, 2).contiguous()
         # 2. timestep embedding (per sample or per token), as WanTimeTextImageEmbedding
         temb, proj = self._time_embedding(timestep.to(x.device), b)
         # 3. transformer blocks
         for block in tf.blocks:
-            tokens = block(tokens, cond, proj, rotary)
+            tokens = block_forward(block, tokens, cond, proj, rotary)
         if not project:
             return None
         # 4. output norm with the final modulation, projection, unpatchify
@@ -147,8 +156,29 @@ class WanCausalModel(torch.nn.Module):
         out = out.reshape(b, f // p_t, h // p_h, w // p_w, p_t, p_h, p_w, -1)
         return out.permute(0, 7, 1, 4, 2, 5, 3, 6).flatten(6, 7).flatten(4, 5).flatten(2, 3)
 
+    def _rotation(self, pos: Tensor, device: torch.device) -> Tensor:
+        """The complex RoPE table of ``pos``; reused while the same ``pos`` comes back."""
+        if self._table is None or self._table[0] is not pos:
+            self._table = (pos, self.rope.table(pos).to(device))
+        return self._table[1]
+
     def _time_embedding(self, timestep: Tensor, batch: int) -> tuple[Tensor, Tensor]:
-        """(temb, timestep_proj) as WanTimeTextImageEmbedding computes them (dtypes included)."""
+        """(temb, timestep_proj) as WanTimeTextImageEmbedding computes them (dtypes included).
+
+        Inside a rollout (processors attached, no autograd) each per-sample timestep is
+        computed once and reused by every later block.
+        """
+        key = None
+        if self._slot is not None and timestep.ndim == 1 and not torch.is_grad_enabled():
+            key = (tuple(timestep.tolist()), batch, timestep.device)
+            if key in self._temb:
+                return self._temb[key]
+        out = self._embed_time(timestep, batch)
+        if key is not None:
+            self._temb[key] = out
+        return out
+
+    def _embed_time(self, timestep: Tensor, batch: int) -> tuple[Tensor, Tensor]:
         ce = self.transformer.condition_embedder
         t = ce.timesteps_proj(timestep.flatten())
         if timestep.ndim == 2:  # per-token timesteps (B, N)
@@ -173,7 +203,7 @@ class WanCausalModel(torch.nn.Module):
 
     def patch_embed(self, latents: Tensor) -> Tensor:
         tf = self.transformer
-        return tf.patch_embedding(latents.to(tf.dtype)).flatten(2).transpose(1, 2)
+        return tf.patch_embedding(latents.to(self._dtype)).flatten(2).transpose(1, 2)
 
     def token_kv(self, tokens: Tensor, pos: Tensor, cond: Tensor) -> tuple[Tensor, Tensor]:
         """Cache-fill pass of hidden tokens: their per-layer K/V at timestep 0.
@@ -191,13 +221,12 @@ class WanCausalModel(torch.nn.Module):
         record = _RecordPlan(self.spec.num_layers)
         previous, self._slot.plan = self._slot.plan, record
         try:
-            cos, sin = self.rope.cos_sin(pos)
-            rotary = (cos.to(tokens.device), sin.to(tokens.device))
+            rotary = self.rope.table(pos).to(tokens.device)
             _, proj = self._time_embedding(torch.zeros(tokens.shape[0], device=tokens.device),
                                            tokens.shape[0])
-            x = tokens.to(self.transformer.dtype)
+            x = tokens.to(self._dtype)
             for block in self.transformer.blocks:
-                x = block(x, cond, proj, rotary)
+                x = block_forward(block, x, cond, proj, rotary)
         finally:
             self._slot.plan = previous
         return torch.stack(record.keys), torch.stack(record.values)
@@ -216,7 +245,7 @@ class WanCausalModel(torch.nn.Module):
         cos, sin = self.rope.cos_sin(pos)
         cos, sin = cos.to(tokens.device), sin.to(tokens.device)
         _, proj = self._time_embedding(torch.zeros(b, device=tokens.device), b)
-        x = tokens.to(self.transformer.dtype)
+        x = tokens.to(self._dtype)
         keys, values = [], []
         for block in self.transformer.blocks:
             shift, scale = (block.scale_shift_table + proj.float()).chunk(6, dim=1)[:2]
@@ -230,6 +259,72 @@ class WanCausalModel(torch.nn.Module):
 
     def num_parameters(self) -> int:
         return sum(math.prod(p.shape) for p in self.parameters())
+
+
+class _Parts:
+    """A ``WanTransformerBlock``'s submodules, looked up once (``ModuleList`` indexing and
+    module-call dispatch cost more than the tiny models' arithmetic)."""
+
+    def __init__(self, block: Any) -> None:
+        self.table, self.attn1, self.attn2 = block.scale_shift_table, block.attn1, block.attn2
+        self.eps1, self.eps3 = block.norm1.eps, block.norm3.eps
+        self.norm2 = block.norm2
+        net = list(block.ffn.net)
+        if not 3 <= len(net) <= 4 or not isinstance(net[1], torch.nn.Dropout):
+            raise ValueError(f"unexpected Wan feed-forward {block.ffn}")
+        self.up, self.approximate, self.down = net[0].proj, net[0].approximate, net[2]
+        self.drop = net[1] if net[1].p else None  # dropout after the activation
+        self.final = net[3] if len(net) == 4 else None  # a final dropout, when configured
+
+
+_PARTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def block_forward(block: Any, x: Tensor, cond: Tensor, temb: Tensor, rotary: Tensor) -> Tensor:
+    """``WanTransformerBlock.forward`` step by step (same ops, dtypes and order), calling the
+    installed attention processors and the norms / feed-forward in functional form.
+
+    Args:
+        block: a diffusers ``WanTransformerBlock``.
+        x: hidden tokens (B, N, width).
+        cond: projected prompt embeddings (the cross-attention's ``encoder_hidden_states``).
+        temb: timestep projection (B, 6, width), or per token (B, N, 6, width).
+        rotary: the rotation the self-attention processor applies.
+    """
+    p = _PARTS.get(block)
+    if p is None:
+        p = _PARTS[block] = _Parts(block)
+    if temb.ndim == 4:  # per-token timesteps: (B, N, 6, width)
+        mod = [m.squeeze(2) for m in (p.table.unsqueeze(0) + _f32(temb)).chunk(6, dim=2)]
+    else:
+        mod = (p.table + _f32(temb)).chunk(6, dim=1)
+    shift, scale, gate, c_shift, c_scale, c_gate = mod
+    width, dtype = (x.shape[-1],), x.dtype
+    # 1. self-attention
+    h = _as(F.layer_norm(_f32(x), width, None, None, p.eps1) * (1 + scale) + shift, dtype)
+    x = _as(_f32(x) + p.attn1.processor(p.attn1, h, None, None, rotary) * gate, dtype)
+    # 2. cross-attention
+    n2 = p.norm2
+    h = _as(F.layer_norm(_f32(x), width, _f32(n2.weight), _f32(n2.bias), n2.eps)
+            if isinstance(n2, torch.nn.LayerNorm) else n2(_f32(x)), dtype)
+    x = x + p.attn2.processor(p.attn2, h, cond, None, None)
+    # 3. feed-forward (diffusers' FeedForward: GELU(proj) -> dropout -> linear)
+    h = _as(F.layer_norm(_f32(x), width, None, None, p.eps3) * (1 + c_scale) + c_shift, dtype)
+    ff = F.gelu(F.linear(h, p.up.weight, p.up.bias), approximate=p.approximate)
+    ff = F.linear(ff if p.drop is None else p.drop(ff), p.down.weight, p.down.bias)
+    if p.final is not None:
+        ff = p.final(ff)
+    return _as(_f32(x) + _f32(ff) * c_gate, dtype)
+
+
+def _f32(x: Tensor) -> Tensor:
+    """``x.float()`` without a dispatcher call when it is already float32."""
+    return x if x.dtype == torch.float32 else x.float()
+
+
+def _as(x: Tensor, dtype: torch.dtype) -> Tensor:
+    """``x.to(dtype)`` without a dispatcher call when it already has it."""
+    return x if x.dtype == dtype else x.to(dtype)
 
 
 class _RecordPlan:

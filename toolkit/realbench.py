@@ -6,6 +6,11 @@
 (``model=X weights=...`` selects ``X-weights`` when ``X`` is a spec-only config with such a
 weights-backed twin: ``wan-t2v-1.3b`` is the spec-only model of ``rollbench memory``.)
 
+Every strategy is also accounted as ``rollbench memory`` does (meta tensors, the KV path's
+working memory tracked: ``toolkit.memory.account``), and a last table sets each one's CUDA
+peak above the weights against that figure: the GPU check of the memory accounting
+(``check_table``; ``pytest -m gpu tests/test_real_gpu.py`` runs it at 832x480 in bf16).
+
 The model is built once and every strategy runs on it in turn; a strategy that runs out of
 memory is reported as "OOM at block k" (k = the block that did not fit) and the next one runs.
 The full per-block record lands in ``<run_root>/bench/realbench-<time>.json``.
@@ -34,9 +39,11 @@ from toolkit.config import (
     compose_config,
     video_frames,
 )
+from toolkit.memory import MemoryReport, account, transient_table
 from toolkit.model import VideoModel
 from toolkit.registry import STRATEGIES
 from toolkit.rollout import RolloutError, rollout
+from toolkit.specmodel import SpecModel
 from toolkit.trace import BlockRecord
 
 console = Console()
@@ -167,6 +174,43 @@ def _per_block(results: list[BenchResult], rows: int = 8) -> Table:
     return table
 
 
+def check(model: Any, strategies: dict[str, CacheStrategy], latent_frames: int, prompt: Any,
+          seed: int = 0) -> tuple[list[BenchResult], dict[str, MemoryReport]]:
+    """Run each strategy on ``model`` and account a fresh twin of it on meta tensors.
+
+    Args:
+        strategies: name -> strategy; each is deep-copied for the accounting (run unbound).
+    """
+    import copy
+
+    reports = {name: account(SpecModel.of(model), copy.deepcopy(s), latent_frames, track=True)
+               for name, s in strategies.items()}
+    results = [run_strategy(model, name, s, latent_frames, prompt, seed)
+               for name, s in strategies.items()]
+    return results, reports
+
+
+def check_table(results: list[BenchResult], reports: dict[str, MemoryReport],
+                weights_bytes: int | None) -> Table:
+    """Per strategy: ms per block, KV held, the KV path's predicted peak (``rollbench
+    memory``) and the CUDA peak above the weights (what the rest adds: activations)."""
+    table = Table(title="CUDA peak against rollbench memory (KV path on meta tensors)")
+    for col in ("strategy", "status", "ms/block", "KV held GiB (Trace)",
+                "KV path peak GiB (memory)", "CUDA peak - weights GiB", "CUDA - KV path GiB"):
+        table.add_column(col)
+    for r in results:
+        report = reports.get(r.strategy)
+        predicted = report.peak_live if report is not None and report.tracked else None
+        extra = None if r.cuda_peak is None or weights_bytes is None else \
+            r.cuda_peak - weights_bytes
+        table.add_row(r.strategy, r.status, f"{r.ms(slice(None)):.1f}", f"{r.peak_kv / GIB:.3f}",
+                      "n/a" if predicted is None else f"{predicted / GIB:.3f}",
+                      "n/a" if extra is None else f"{extra / GIB:.3f}",
+                      "n/a" if extra is None or predicted is None else
+                      f"{(extra - predicted) / GIB:.3f}")
+    return table
+
+
 def cmd_realbench(overrides: list[str]) -> int:
     """Build the model once, run each strategy, print and save the accounting.
 
@@ -194,23 +238,31 @@ def cmd_realbench(overrides: list[str]) -> int:
     console.print(f"model {cfg.model._target_}: {model.spec}; {frames} latent frames "
                   f"({frames // model.spec.block_frames} blocks); strategies {names}")
     warm_up(model, prompt)
-    results = []
+    results, reports = [], {}
     for name in names:
         node = compose_config([*overrides, f"strategy={name}"]).strategy
         try:
             strategy = build_strategy(node)
-        except ValueError as err:
+            done, memory = check(model, {name: strategy}, frames, prompt, cfg.seed)
+        except ValueError as err:  # bad for this model: reported, the next one runs
             results.append(BenchResult(name, f"skipped: {err}"))
             continue
-        results.append(run_strategy(model, name, strategy, frames, prompt, cfg.seed))
+        results += done
+        reports.update(memory)
         console.print(f"{name}: {results[-1].status}")
     console.print(_summary(results, weights_bytes))
     console.print(_per_block(results))
+    if reports:
+        console.print(transient_table(reports))
+    console.print(check_table(results, reports, weights_bytes))
     out = Path(cfg.run_root) / "bench" / f"realbench-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
+    predicted = {n: {"kv_path_peak": r.peak_live, "held_peak": r.peak.total_bytes}
+                 for n, r in reports.items()}
     out.write_text(json.dumps({"spec": asdict(model.spec), "latent_frames": frames,
                                "weights_bytes": weights_bytes, "device": str(model.device),
-                               "results": [asdict(r) for r in results]}, indent=1))
+                               "results": [asdict(r) for r in results],
+                               "memory": predicted}, indent=1))
     console.print(f"per-block record: {out}")
     return 0
 

@@ -39,29 +39,60 @@ class Rollout:
 class CachePlan:
     """Attention plan of a rollout: the strategy's context, then the block itself.
 
-    While ``recording`` (the cache-fill pass) it keeps each layer's K/V of the block.
+    Per layer, the strategy's context parts and the block's own K/V are copied into one
+    buffer reused by every layer and pass (a new one only when the context's size changes),
+    and attention reads it: the only working copy of the cache is one layer's context. While
+    ``recording`` (the cache-fill pass) each layer's K/V of the block is written into the
+    block's (L, B, H, N, D) tensors, which ``take_kv`` hands to the strategy.
     """
 
     def __init__(self, strategy: CacheStrategy, num_layers: int) -> None:
         self.strategy, self.step, self.recording = strategy, 0, False
-        self.keys: list[Tensor | None] = [None] * num_layers
-        self.values: list[Tensor | None] = [None] * num_layers
+        self.num_layers = num_layers
         self.context_tokens = 0
+        self._buffer: tuple[Tensor, Tensor] | None = None  # (B, H, capacity, D) each
+        self._block: tuple[Tensor, Tensor] | None = None  # (L, B, H, N, D) each
+        self.attention = F.scaled_dot_product_attention  # the kernel (memory accounting swaps)
 
     def attend(self, layer: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         if self.recording:
-            self.keys[layer], self.values[layer] = k, v
-        ck, cv = self.strategy.context(layer, q, self.step)
-        self.context_tokens = ck.shape[2]
-        if ck.shape[2]:
-            k, v = torch.cat([ck.to(k.dtype), k], dim=2), torch.cat([cv.to(v.dtype), v], dim=2)
-        return F.scaled_dot_product_attention(q, k, v)
+            self._record(layer, k, v)
+        parts = self.strategy.context_parts(layer, q, self.step)
+        cached = sum(pk.shape[2] for pk, _ in parts)
+        self.context_tokens = cached
+        if not cached:
+            return self.attention(q, k, v)
+        bk, bv = self._room(k, cached + k.shape[2])
+        if not bk.is_meta:  # meta tensors (memory accounting): the buffer's size is all
+            torch.cat([_as(pk, k.dtype) for pk, _ in parts] + [k], dim=2, out=bk)
+            torch.cat([_as(pv, v.dtype) for _, pv in parts] + [v], dim=2, out=bv)
+        return self.attention(q, bk, bv)
+
+    def _room(self, k: Tensor, tokens: int) -> tuple[Tensor, Tensor]:
+        """The reused buffer of exactly ``tokens``; a new one when the size or kind changes."""
+        shape = (*k.shape[:2], tokens, k.shape[3])
+        have = self._buffer[0] if self._buffer is not None else None
+        if have is None or have.shape != shape or have.dtype != k.dtype or \
+                have.device != k.device:
+            have = self._buffer = None  # free the old one before allocating the new one
+            self._buffer = (k.new_empty(shape), k.new_empty(shape))
+        return self._buffer
+
+    def _record(self, layer: int, k: Tensor, v: Tensor) -> None:
+        if self._block is None:
+            shape = (self.num_layers, *k.shape)
+            self._block = (k.new_empty(shape), k.new_empty(shape))
+        self._block[0][layer].copy_(k)
+        self._block[1][layer].copy_(v)
 
     def take_kv(self, index: int, t0: float) -> BlockKV:
-        kv = BlockKV(index, torch.stack(self.keys), torch.stack(self.values), t0)
-        self.keys = [None] * len(self.keys)
-        self.values = [None] * len(self.values)
-        return kv
+        keys, values = self._block
+        self._block = None
+        return BlockKV(index, keys, values, t0)
+
+
+def _as(x: Tensor, dtype: torch.dtype) -> Tensor:
+    return x if x.dtype == dtype else x.to(dtype)
 
 
 BlockCallback = Callable[[BlockRecord], None]
@@ -99,7 +130,8 @@ def rollout(model: Any, strategy: CacheStrategy, prompts: Sequence[Any], latent_
     plan = CachePlan(strategy, spec.num_layers)
     trace = Trace(strategy=type(strategy).__name__, block_frames=bf,
                   meta={"hparams": strategy.hparams(), "latent_frames": latent_frames,
-                        "seed": seed, "switches": conditioning.switches()})
+                        "seed": seed, "provenance": strategy.provenance(),
+                        "switches": conditioning.switches()})
     if trace.meta["switches"]:
         trace.meta["schedule"] = conditioning.describe()
     out: list[Tensor] = []

@@ -130,10 +130,16 @@ class MaskedWanProcessor:
         return self.inner(attn, hidden_states, encoder_hidden_states, self.mask, rotary_emb)
 
 
-def block_causal_reference(model: Any, prompts: list[Any], frames: int, seed: int) -> Tensor:
+def block_causal_reference(model: Any, prompts: list[Any], frames: int, seed: int,
+                           local_frames: int | None = None) -> Tensor:
     """Chunk-wise sampling WITHOUT a cache: every step re-runs diffusers' own forward (its RoPE,
     its Wan processor) over the prefix with a block-causal mask, at the model's sampler
-    settings. Cached generation under ``full`` must equal it (the harness's reference)."""
+    settings. Cached generation under ``full`` must equal it (the harness's reference).
+
+    ``local_frames``: Self-Forcing's local attention instead (its
+    ``_prepare_blockwise_causal_attn_mask``): a token of a block ending at frame e attends to
+    the frames [e - local_frames, e), its own block included. ``window`` with
+    ``include_current=True`` must equal it."""
     spec, tf = model.spec, model.transformer
     bf, tpf = spec.block_frames, spec.tokens_per_frame
     raw = model.prompt_encoder(prompts)
@@ -145,8 +151,11 @@ def block_causal_reference(model: Any, prompts: list[Any], frames: int, seed: in
         for n in range(frames // bf):
             noise = torch.randn(shape, generator=gen)
             f = (n + 1) * bf
-            block = torch.arange(f).repeat_interleave(tpf) // bf
-            mask = block[None, :] <= block[:, None]
+            frame = torch.arange(f).repeat_interleave(tpf)
+            end = (frame // bf + 1) * bf  # each token's block end (exclusive), in frames
+            mask = frame[None, :] < end[:, None]
+            if local_frames is not None:
+                mask &= frame[None, :] >= end[:, None] - local_frames
             for b in tf.blocks:
                 b.attn1.set_processor(MaskedWanProcessor(mask))
 

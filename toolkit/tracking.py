@@ -213,7 +213,9 @@ def record_run(out: Any, cfg: DictConfig, run_dir: str | Path, model: Any = None
             "prompt": _prompt_text(prompt), "run_key": run_key(cfg),
             "run_dir": str(run_dir.resolve()), **git_state(), **versions(), **spec_tags(spec),
             **switch_tags(out.trace),
-            **{f"unavailable.{k}": v[:TAG_CHARS] for k, v in results.unavailable.items()}}
+            **{f"unavailable.{k}": v[:TAG_CHARS] for k, v in results.unavailable.items()},
+            **{f"provenance.{k}": str(v)  # e.g. the learned compressor's weights' sha256
+               for k, v in out.trace.meta.get("provenance", {}).items()}}
     if parent:
         tags["mlflow.parentRunId"] = parent
     card = getattr(model, "card", None)

@@ -76,3 +76,25 @@ def tiny_random(seed: int = 0, num_layers: int = 2, num_heads: int = 2, head_dim
     model = WanCausalModel(transformer, spec, encoder, vae=None, prediction="flow",
                            sampler=SamplerConfig(steps=steps, shift=shift, mode=sampler))
     return model.eval()
+
+
+def tiny_wan(block_frames: int = 3, seed: int = 0, steps: int = 2) -> WanCausalModel:
+    """A seeded tiny random Wan with a tiny random causal Wan VAE (``AutoencoderKLWan``: 1 + 4k
+    pixel frames <-> 1 + k latent frames, 8x spatial), 32x32 pixels: 4x4 latents, 2x2 tokens
+    per frame. For tests of what needs Wan's own VAE (``lr`` / ``dual`` compressors)."""
+    from diffusers import AutoencoderKLWan
+
+    from toolkit.real import StreamingWanVAE, spec_for
+
+    torch.manual_seed(seed)
+    transformer = WanTransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=24, in_channels=4,
+        out_channels=4, text_dim=16, freq_dim=32, ffn_dim=64, num_layers=2,
+        rope_max_seq_len=1024)
+    vae = AutoencoderKLWan(base_dim=8, z_dim=4, dim_mult=[1, 2, 2, 2], num_res_blocks=1,
+                           latents_mean=[0.1, -0.2, 0.3, 0.0], latents_std=[1.5, 0.7, 2.0, 1.0])
+    spec = spec_for(transformer, 32, 32, block_frames, "float32", train_frames=8)
+    model = WanCausalModel(transformer, spec, TokenPromptEncoder(vocab=32, length=4, dim=16),
+                           vae=StreamingWanVAE(vae.eval(), block_frames), prediction="flow",
+                           sampler=SamplerConfig(steps=steps, shift=5.0, mode="euler"))
+    return model.eval()

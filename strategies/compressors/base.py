@@ -10,10 +10,19 @@ Two kinds:
   them into per-layer K/V (through the transformer, or each layer's K/V projection);
 - ``kv``: the block's per-layer K/V, keys un-rotated (L, B, H, N, D) -> (L, B, H, M, D); the
   strategy rotates the keys at the cells' positions.
+
+A strategy shows a compressor every finished block of a video in order (``observe``; ``reset``
+starts a new video), so a compressor can keep state along the stream (``lr`` decodes each
+block with its temporal context). Learned compressors record the weights they loaded
+(``weights_sha256``) and, from the card beside them, the model weights they were trained
+with (``trained_for``); ``untrained_problem`` says when they would stand in untrained.
 """
 
 from __future__ import annotations
 
+import hashlib
+import inspect
+import json
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -89,6 +98,43 @@ class Compressor(torch.nn.Module):
         self.spec, self.requested = spec, (time, space)
         self.time, self.space = (1, spec.patch[1]) if self.fixed_rate else \
             resolve_rate(spec, time, space)
+        self.weights_file: str | None = None  # what ``load`` read, its sha256 and card
+        self.weights_sha256: str | None = None
+        self.card: dict[str, Any] = {}
+
+    def reset(self) -> None:
+        """A new video starts: forget any state kept along the previous one."""
+
+    def observe(self, latents: Tensor, model: Any) -> None:
+        """The video's next finished block (B, C, F, H, W), in order, compressed or not."""
+
+    @property
+    def trained_for(self) -> str | None:
+        """sha256 of the model weights the loaded weights were trained with (from their card)."""
+        for key in ("model", "world"):
+            entry = self.card.get(key)
+            if isinstance(entry, dict) and entry.get("sha256"):
+                return str(entry["sha256"])
+        return None
+
+    def untrained_problem(self, model: Any) -> str | None:
+        """Why this learned compressor would run untrained on ``model`` (None: it would not).
+
+        Without weights it is its random initialisation; with weights whose card names the
+        model weights they were trained with, and a model whose weights are known (its card's
+        sha256) and differ, it was trained for another model.
+        """
+        if not self.learned:
+            return None
+        if self.weights_file is None:
+            return (f"compressor={self.name!r} has no trained weights "
+                    "(strategy.compressor_weights=null): it would run with its random "
+                    "initialisation")
+        mine = model_sha256(model)
+        if self.trained_for is not None and mine is not None and mine != self.trained_for:
+            return (f"compressor weights {self.weights_file} were trained with model weights "
+                    f"{self.trained_for[:12]}..., but this model's weights are {mine[:12]}...")
+        return None
 
     def cells(self, spec: ModelSpec | None = None) -> tuple[int, int, int]:
         """Full-resolution token cells per compressed cell: (rt, rh, rw)."""
@@ -176,6 +222,26 @@ class Compressor(torch.nn.Module):
         except RuntimeError as err:
             raise ValueError(f"compressor weights {path} do not fit compressor "
                              f"{self.name!r} (rate {self.requested}): {err}") from err
+        self.weights_file, self.weights_sha256 = str(path), file_sha256(path)
+        card = path.with_suffix(".json")
+        self.card = json.loads(card.read_text()) if card.is_file() else {}
+
+
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file's bytes (read in 1 MiB chunks)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def model_sha256(model: Any) -> str | None:
+    """sha256 of a model's weights when it knows it (a card's, or ``weights_sha256``)."""
+    card = getattr(model, "card", None)
+    if isinstance(card, dict) and card.get("sha256"):
+        return str(card["sha256"])
+    return getattr(model, "weights_sha256", None)
 
 
 def compressor_class(name: str) -> type[Compressor]:
@@ -194,7 +260,8 @@ def compressor_class(name: str) -> type[Compressor]:
 
 
 def build_compressor(name: str, spec: ModelSpec, time: int = 2, space: int | None = None,
-                     channels: int = 16, weights: str | None = None, seed: int = 0) -> Compressor:
+                     channels: int = 16, weights: str | None = None, seed: int = 0,
+                     decode: str = "stream") -> Compressor:
     """A registered compressor configured for ``spec``.
 
     Args:
@@ -205,11 +272,15 @@ def build_compressor(name: str, spec: ModelSpec, time: int = 2, space: int | Non
         channels: largest hidden width of a learned compressor's stages (``hr``, ``dual``).
         weights: safetensors file of a learned compressor's trained parameters.
         seed: seeds a learned compressor's random initialisation (without ``weights``).
+        decode: how VAE compressors (``lr``, ``dual``) decode a block: ``stream`` (in the
+            video's stream, with its temporal context) or ``block`` (on its own).
     """
     cls = compressor_class(name)
+    extra = {"decode": decode} if "decode" in inspect.signature(cls).parameters else {}
     if cls.learned:
-        return cls(spec, time=time, space=space, channels=channels, weights=weights, seed=seed)
+        return cls(spec, time=time, space=space, channels=channels, weights=weights, seed=seed,
+                   **extra)
     if weights is not None:
         raise ValueError(f"compressor_weights={weights!r}: compressor {name!r} has no "
                          "parameters (learned ones: hr, dual)")
-    return cls(spec, time=time, space=space)
+    return cls(spec, time=time, space=space, **extra)

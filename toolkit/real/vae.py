@@ -38,6 +38,11 @@ class StreamingWanVAE(torch.nn.Module):
     def dtype(self) -> torch.dtype:
         return self.vae.dtype
 
+    def stream(self) -> StreamingWanVAE:
+        """A decode stream of its own on the same VAE (its own causal cache; frames stay on the
+        VAE's device), e.g. for a compressor decoding blocks while the video is generated."""
+        return StreamingWanVAE(self.vae, self.block_frames, output_device=None)
+
     def _stats(self, like: Tensor) -> tuple[Tensor, Tensor]:
         shape = (1, -1, 1, 1, 1)
         mean = torch.tensor(self.vae.config.latents_mean, dtype=like.dtype, device=like.device)
