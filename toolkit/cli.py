@@ -106,6 +106,14 @@ def cmd_memory(overrides: list[str]) -> int:
     return memory(overrides)
 
 
+def cmd_throughput(overrides: list[str]) -> int:
+    """``rollbench throughput``: ms per block of a rollout beside a plain loop of its linear
+    layers (same shapes), measured side by side in one process."""
+    from toolkit.throughput import cmd_throughput as throughput
+
+    return throughput(overrides)
+
+
 def cmd_relog(args: list[str]) -> int:
     """``rollbench relog DIR``: log run directories whose tracking failed."""
     from toolkit.tracking import cmd_relog as relog
@@ -169,6 +177,9 @@ def cmd_bench(overrides: list[str]) -> int:
                       seed=cfg.seed, decode=False)
         rows.append((name, summarise(out, time.perf_counter() - start)))
     print_summaries("rollbench bench", rows)
+    from toolkit.memory import working_memory_table
+
+    console.print(working_memory_table(overrides, names))
     return 0
 
 
@@ -198,7 +209,8 @@ def cmd_bench_any(overrides: list[str]) -> int:
 
 COMMANDS = {"run": cmd_run, "ls": cmd_ls, "bench": cmd_bench_any, "train": cmd_train,
             "grid": cmd_grid, "sweep": cmd_sweep, "memory": cmd_memory, "relog": cmd_relog,
-            "realbench": cmd_realbench, "report": cmd_report, "findings": cmd_findings}
+            "realbench": cmd_realbench, "report": cmd_report, "findings": cmd_findings,
+            "throughput": cmd_throughput}
 
 
 def main(argv: list[str] | None = None) -> int:
