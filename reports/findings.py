@@ -1,9 +1,15 @@
 """The findings section: each claim of the paper, its measured effect, CI, test and verdict.
 
-A pure function of the tracking store and ``ablations/findings.yaml`` (it never runs a model,
-nor composes a run config): the command plans the runs and passes their run keys; ``collect``
-finds each (arm, seed) in the store by its ``run_key`` tag, ``toolkit.findings`` computes the
-measures and verdicts, and ``write`` renders Markdown with its figures beside it:
+A pure function of the tracking store and a findings file (it never runs a model, nor composes
+a run config): the command plans the runs and passes their run keys; ``collect`` finds each
+(arm, seed) in the store by its ``run_key`` tag, ``toolkit.findings`` computes the measures and
+verdicts (``evaluate_spec``: the file's ``statistics`` block, Holm's adjusted p, the smallest
+detectable effect, exact and not-testable measures), and ``write`` renders Markdown with its
+figures beside it. What the page says about its statistics (the correction at the top, the notes
+under the verdict table) comes from ``toolkit.findings.notes``, written from what was computed.
+Per test the page shows p and Holm p, the smallest detectable effect at 80% power (flagged when
+larger than the test's margin), exact values for measures set by the config alone (no p), and
+"not testable" with its reason. Figures:
 
 - curves of each claim's figure measure over the rollout (mean over seeds, 95% t band kept in
   the measure's range; a per-frame 0/1 measure as its rolling mean over one block, the raw
@@ -26,19 +32,27 @@ from matplotlib.figure import Figure
 from reports import figures
 from reports.data import block_frames_of, block_of_curve
 from reports.tables import heading, num, unit_of
-from toolkit.aggregate import UNBOUNDED, mean_ci, value_range
+from toolkit.aggregate import UNBOUNDED, value_range
 from toolkit.findings import (
+    ALPHA,
     EXPERIMENT,
+    NOT_TESTABLE,
     Claim,
     Result,
     Spec,
     claim_verdict,
-    evaluate,
+    correction_note,
+    evaluate_spec,
     measure_runs,
+    method_notes,
+    parse_measure,
+    values_of,
 )
+from toolkit.findings.inference import POWER, interval
 
 MARK = {"holds": "✅ holds", "fails": "❌ fails", "inconclusive": "❔ inconclusive",
-        "partly holds": "◐ partly holds"}
+        "partly holds": "◐ partly holds", NOT_TESTABLE: "⊘ not testable"}
+VERDICTS = ("holds", "partly holds", "fails", "inconclusive", NOT_TESTABLE)
 BIN = 10  # latent frames per point of the curve figures
 
 
@@ -57,7 +71,7 @@ class Findings:
 def collect(planned: Mapping[tuple[str, int], str],
             uri: str) -> tuple[pd.DataFrame, list[tuple[str, int]]]:
     """The latest finished run of every planned ``(arm, seed) -> run key`` (arm, seed, run_id,
-    revision), and the planned pairs the store lacks."""
+    revision as shown, its commit and dirty flag), and the planned pairs the store lacks."""
     from toolkit.aggregate import load_runs
 
     stored = load_runs(uri, EXPERIMENT)
@@ -66,15 +80,17 @@ def collect(planned: Mapping[tuple[str, int], str],
         hit = stored[stored["run_key"] == key] if len(stored) else stored
         if len(hit):
             run = hit.iloc[0]
-            rev = str(run.get("tags.git_revision", "unknown"))[:12]
+            tag = run.get("tags.git_revision")
+            rev = tag[:12] if isinstance(tag, str) and tag else "unknown"
             dirty = str(run.get("tags.git_dirty", "unknown")) == "true"
             rows.append({"arm": arm, "seed": seed, "run_id": run["run_id"],
                          "revision": rev + (" (uncommitted changes)" if dirty else ""),
+                         "commit": rev, "dirty": dirty,
                          "block_frames": block_frames_of(run.to_dict())})
         else:
             missing.append((arm, seed))
-    return pd.DataFrame(rows, columns=["arm", "seed", "run_id", "revision", "block_frames"]), \
-        missing
+    columns = ["arm", "seed", "run_id", "revision", "commit", "dirty", "block_frames"]
+    return pd.DataFrame(rows, columns=columns), missing
 
 
 def provenance(f: Findings, head: str) -> list[str]:
@@ -101,7 +117,7 @@ def analyse(spec: Spec, planned: Mapping[tuple[str, int], str], uri: str) -> Fin
         raise ConfigError(f"no finished findings runs in {mask(uri)}: run `rollbench findings` "
                           "without render_only first")
     table = measure_runs(spec, runs, uri)
-    results = {c.id: [evaluate(t, table) for t in c.tests] for c in spec.claims}
+    results = evaluate_spec(spec, table)
     return Findings(spec, table, results, missing, runs, uri)
 
 
@@ -115,18 +131,19 @@ def _binned(steps: np.ndarray, values: np.ndarray, size: int) -> tuple[np.ndarra
 def measure_range(measure: str, paired: bool = False) -> tuple[float, float]:
     """The values a findings measure (or a paired difference of it) can take.
 
-    A window of a curve has the curve's range (``fidelity@last``: [0, 1]); a drop (first minus
-    last) and a difference against a baseline span [low - high, high - low] each; ``kv_growth``
-    is >= 0 and ``kv_linearity`` (an R²) <= 1.
+    A logged curve or scalar has its unit's range, a window of a curve the curve's
+    (``fidelity@last``: [0, 1]); a drop (first minus last) and a difference against a baseline
+    span [low - high, high - low] each; a derived ratio is >= 0 (``Measure.bounds``);
+    ``kv_growth`` is >= 0 and ``kv_linearity`` (an R²) <= 1.
     """
     if measure == "kv_growth":
         low, high = 0.0, np.inf
     elif measure == "kv_linearity":
         low, high = -np.inf, 1.0
+    elif "@" in measure:
+        low, high = parse_measure(measure).bounds
     else:
-        low, high = value_range(measure.split("@", 1)[0])
-        if measure.endswith("@drop"):
-            low, high = low - high, high - low
+        low, high = value_range(measure)
     if paired and measure != "kv_linearity":
         low, high = low - high, high - low
     return low, high
@@ -180,7 +197,7 @@ def effects_png(f: Findings, claim: Claim) -> bytes:
             ax.axhspan(t.than - t.margin, t.than + t.margin, color="0.9", lw=0,
                        label=f"±{t.margin:g}")
         ax.axhline(t.than, color="k", lw=0.8, ls="--")
-        x = np.linspace(-0.15, 0.15, max(1, len(r.values)))
+        x = np.linspace(-0.15, 0.15, len(r.values))
         ax.scatter(x, r.values, s=12, color="tab:blue", zorder=3)
         if np.isfinite(r.low):
             low, high = np.clip((r.low, r.high), *measure_range(t.measure, bool(t.baseline)))
@@ -218,17 +235,67 @@ def _effect(t) -> str:
     return f"{t.arm} − {t.baseline}" if t.baseline else t.arm
 
 
+def _p(p: float) -> str:
+    return f"{p:.2g}" if np.isfinite(p) else "—"
+
+
+def _exact(mean: float, low: float, high: float) -> str:
+    """Exact values: ``exact 0.5``, or their range over seeds ``exact 0.4..0.6``."""
+    if not np.isfinite(mean):
+        return "—"
+    return f"exact {num(low)}..{num(high)}" if high > low else f"exact {num(mean)}"
+
+
+def _value(r: Result, span: tuple[float, float]) -> str:
+    """The 24x effect: mean [95% CI], or the exact value(s) of an exact measure."""
+    return _exact(r.mean, r.low, r.high) if r.exact else _ci(r.mean, r.low, r.high, span)
+
+
+def _one_x(f: Findings, r: Result, span: tuple[float, float]) -> str | None:
+    """The same effect in the 1x window (None without one)."""
+    if not r.at_1x:
+        return None
+    if r.exact:
+        d = values_of(r.test, f.table, r.test.at("first"))[0]
+        return _exact(float(d.mean()), float(d.min()), float(d.max())) if len(d) else "—"
+    return _ci(*r.at_1x, span)
+
+
+def _sde(r: Result) -> str:
+    """The smallest detectable effect's cell, saying so when it exceeds the margin."""
+    if r.exact or r.verdict == NOT_TESTABLE or np.isnan(r.sde):
+        return "—"
+    text = "∞" if np.isinf(r.sde) else num(r.sde)
+    return text + (" (larger than the margin)" if r.underpowered else "")
+
+
+def _power(r: Result) -> str:
+    """The bullet's sentence on power."""
+    if np.isnan(r.sde):
+        return "no detectable effect computed (fewer than 2 values)"
+    if np.isinf(r.sde):
+        return (f"no effect is detectable at {POWER:.0%} power with n={len(r.values)} "
+                f"(no p can fall below {ALPHA})")
+    out = f"smallest detectable effect at {POWER:.0%} power {num(r.sde)}"
+    if r.underpowered:
+        out += (f", larger than the margin {r.test.margin:g}: an effect worth the name may "
+                "well end inconclusive (underpowered)")
+    return out
+
+
 def verdict_table(f: Findings) -> list[str]:
-    lines = ["| claim | test | effect: measure | 24x: mean [95% CI] | 1x | p | rule | verdict |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| claim | test | effect: measure | 24x: mean [95% CI] | 1x | p | Holm p | SDE | "
+             "rule | verdict |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for claim in f.spec.claims:
         for r in f.results[claim.id]:
             t = r.test
             span = measure_range(t.measure, bool(t.baseline))
-            one = _ci(*r.at_1x, span) if r.at_1x else "—"
+            one = _one_x(f, r, span) or "—"
+            p = "—" if r.exact else _p(r.p)
             lines.append(f"| [{claim.id}](#{claim.id}) | {t.name} | `{_effect(t)}`: "
-                         f"`{t.measure}` | {_ci(r.mean, r.low, r.high, span)} | {one} | "
-                         f"{r.p:.2g} | {_rule(r)} | {MARK[r.verdict]} |")
+                         f"`{t.measure}` | {_value(r, span)} | {one} | {p} | "
+                         f"{_p(r.p_holm)} | {_sde(r)} | {_rule(r)} | {MARK[r.verdict]} |")
     return lines
 
 
@@ -242,10 +309,31 @@ def arms_table(f: Findings) -> list[str]:
              "|---|---|---|" + "---|" * len(cols)]
     for arm in f.spec.arms_used():
         sub = f.table[f.table["arm"] == arm]
-        cells = [_ci(*mean_ci(sub[c].to_numpy(float), bounds=measure_range(c))) for c in cols]
+        method = f.spec.statistics.interval
+        cells = [_ci(*interval(sub[c].to_numpy(float), method), measure_range(c)) for c in cols]
         config = " ".join(f"`{o}`" for o in f.spec.arms[arm])
         lines.append(f"| {arm} | {config} | {len(sub)} | " + " | ".join(cells) + " |")
     return lines
+
+
+def bullet(f: Findings, r: Result) -> str:
+    """One test of a claim in words: its effect, statistics, power, rule and verdict."""
+    t = r.test
+    span = measure_range(t.measure, bool(t.baseline))
+    one = _one_x(f, r, span)
+    head = (f"- {t.name}: `{_effect(t)}` on `{t.measure}` = {_value(r, span)} "
+            f"(n={len(r.values)}" + (f"; at 1x {one}" if one else "") + ")")
+    if r.exact:
+        head += "; set by the arms' configs alone, so reported as exact values, not tested"
+    elif r.verdict == NOT_TESTABLE:
+        head += f", p = {_p(r.p)} (left out of Holm's family)"
+    else:
+        head += f", p = {_p(r.p)}, Holm p = {_p(r.p_holm)}; {_power(r)}"
+    out = f"{head}; rule {_rule(r)} → **{r.verdict}** ({r.reason})."
+    if r.bound and r.verdict != NOT_TESTABLE:
+        out += (f" ⚠ Not testable by the rule of later findings files: {r.bound}. This file "
+                "states no such rule, so its verdict stands as pre-registered.")
+    return out
 
 
 def claim_section(f: Findings, claim: Claim, images: dict[str, bytes],
@@ -256,16 +344,10 @@ def claim_section(f: Findings, claim: Claim, images: dict[str, bytes],
     if claim.note:
         out += [f"**Note.** {claim.note}", ""]
     out += [f"**Verdict: {MARK[claim_verdict(res)]}.**", ""]
-    for r in res:
-        t = r.test
-        span = measure_range(t.measure, bool(t.baseline))
-        one = f"; at 1x {_ci(*r.at_1x, span)}" if r.at_1x else ""
-        out.append(f"- {t.name}: `{_effect(t)}` on `{t.measure}` = "
-                   f"{_ci(r.mean, r.low, r.high, span)} (n={len(r.values)}{one}), p = {r.p:.2g}; "
-                   f"rule {_rule(r)} → **{r.verdict}** ({r.reason}).")
+    out += [bullet(f, r) for r in res]
     out.append("")
     for fig in claim.figures:
-        name = f"{folder}/{claim.id}-{fig['measure']}.png"
+        name = f"{folder}/{claim.id}-{fig['measure'].replace('/', '-')}.png"
         images[name] = curve_png(f, fig["measure"], list(fig["arms"]))
         out += [f"![{claim.id}: {fig['measure']}]({name})", ""]
     name = f"{folder}/{claim.id}-effects.png"
@@ -283,9 +365,8 @@ def to_markdown(f: Findings, header: list[str], out: Path) -> tuple[str, dict[st
     images: dict[str, bytes] = {}
     spec = f.spec
     counts = {w: sum(claim_verdict(f.results[c.id]) == w for c in spec.claims)
-              for w in ("holds", "partly holds", "fails", "inconclusive")}
+              for w in VERDICTS}
     link = Path(os.path.relpath(spec.path.resolve(), out.parent.resolve())).as_posix()
-    pairs = f.runs["seed"].nunique()
     lines = [f"# {spec.title}", "", *header, "",
              "Each claim of PackForcing (arXiv 2603.25730, summarised in ../shared/PAPER.md) is "
              "tested on the built-in world model with paired runs (same held-out prompt, same "
@@ -297,17 +378,15 @@ def to_markdown(f: Findings, header: list[str], out: Path) -> tuple[str, dict[st
              f"'24x' is the last {spec.window}.", "",
              *([spec.about, ""] if spec.about else []),
              *([f"**Record.** {' '.join(spec.record)}", ""] if spec.record else []),
-             "Claims: " + ", ".join(f"{n} {w}" for w, n in counts.items() if n) + ".", ""]
+             "Claims: " + ", ".join(f"{n} {w}" for w, n in counts.items() if n) + ".", "",
+             correction_note(spec.statistics, f.results), ""]
     if f.missing:
         lines += [f"**Missing runs** ({len(f.missing)}): " + ", ".join(
             f"{a} seed {s}" for a, s in f.missing) + ". Their tests use the runs present.", ""]
     lines += ["## Verdicts", "", *verdict_table(f), "",
-              "p: two-sided Wilcoxon signed-rank test over seeds against the threshold (for "
-              "'within', the larger of the two one-sided tests against the band's edges); "
-              "pairs with a zero difference are dropped (scipy's default), so with ties fewer "
-              f"than {pairs} pairs are tested and p cannot fall below 2^(1-n) for n pairs. "
-              "CI: 95% bootstrap (BCa) of the mean over seeds, kept in the measure's range; "
-              "none (the mean alone) with fewer than 3 seeds.", "",
+              *[f"- {n}" for n in method_notes(spec.statistics, f.results)],
+              "- Intervals are kept in the measure's range; none (the mean alone) with fewer "
+              "than 3 seeds.", "",
               "## Arms (mean over seeds, 95% CI)", "", *arms_table(f), ""]
     folder = f"figures/{out.stem.lower()}"
     for claim in spec.claims:

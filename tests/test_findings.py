@@ -170,15 +170,24 @@ claims:
 """
 
 
-def test_findings_command_end_to_end_reproduces_its_numbers(tmp_path, capsys):
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    """TINY run once (6 tiny runs): its folder, its page's path and first text, and the args."""
     from toolkit.cli import main
 
+    tmp_path = tmp_path_factory.mktemp("toy")
     spec = tmp_path / "findings.yaml"
     spec.write_text(textwrap.dedent(TINY))
     out = tmp_path / "report" / "FINDINGS.md"
     args = [f"spec={spec}", f"out={out}", f"run_root={tmp_path / 'runs'}"]
     assert main(["findings", *args]) == 0
-    first = out.read_text()
+    return tmp_path, out, out.read_text(), args
+
+
+def test_findings_command_end_to_end_reproduces_its_numbers(toy):
+    from toolkit.cli import main
+
+    _, out, first, args = toy
     assert "6 runs executed" in first and "Git revision" in first and "Wall time" in first
     assert first.startswith("# Toy findings") and "Two window widths on fresh prompts." in first
     assert "2 held-out prompts per arm (prompts 5..6)" in first
@@ -199,6 +208,85 @@ def test_findings_command_end_to_end_reproduces_its_numbers(tmp_path, capsys):
     third = out.read_text()
     assert "re-rendered from the store" in third and "0 runs executed, 6 reused" in third
     assert numbers(third) == numbers(first)
+    # the file is in no commit (a temporary folder): the pre-registration check says so
+    assert "- Findings file: `findings.yaml`, not in any commit" in first
+    assert "Pre-registration: ⚠ the findings file is not committed" in first
+    # no statistics block: the first pages' methods, Holm's p shown beside the raw one only
+    assert "each verdict uses its own raw p (no correction)" in first
+    assert "Wilcoxon signed-rank" in first and "BCa" in first and "not testable" not in first
+
+
+TINY_STATS = TINY.replace("title: Toy findings", "title: Toy findings v2").replace(
+    "claims:", """statistics: {test: permutation, interval: t, correction: holm, not_testable: 0.9,
+             exact: true, band_test: true}
+claims:""", 1).split("claims:")[0] + """claims:
+  - id: toy
+    claim: a wider window joins blocks more smoothly
+    paper: none
+    figures:
+      - {measure: boundary_jump/local, arms: [wide, narrow]}
+    tests:
+      - name: wider has smaller boundary jumps
+        measure: boundary_ratio@whole
+        arm: wide
+        baseline: narrow
+        expect: less
+        margin: 0.05
+      - name: wider holds more KV
+        measure: kv_bytes@last
+        arm: wide
+        baseline: narrow
+        expect: greater
+  - id: motion
+    claim: a wider window moves more
+    paper: none
+    tests:
+      - name: wider moves more
+        measure: moving@last
+        arm: wide
+        baseline: narrow
+        expect: greater
+        margin: 0.05
+"""
+
+
+def _rows(page: str) -> dict[str, list[str]]:
+    """The verdict table's rows by test name: a list of cells each."""
+    return {cells[1]: cells for cells in ([c.strip() for c in ln.strip("|").split("|")]
+                                          for ln in page.splitlines() if ln.startswith("| ["))}
+
+
+def test_a_statistics_block_renders_holm_sde_exact_and_not_testable(toy):
+    """The same stored runs under a file with ``statistics:``: a derived measure with raw and
+    Holm p and its detectable effect, an exact KV measure (no p), a saturated measure (the tiny
+    model's frames all count as moving) not testable, and a figure of a logged sub-curve."""
+    from toolkit.cli import main
+
+    tmp_path, _, _, args = toy
+    spec = tmp_path / "stats.yaml"
+    spec.write_text(textwrap.dedent(TINY_STATS))
+    out = tmp_path / "report" / "STATS.md"
+    assert main(["findings", f"spec={spec}", f"out={out}", args[2], "render_only=true"]) == 0
+    page = out.read_text()
+    assert "| p | Holm p | SDE |" in page
+    assert "Claims: 1 inconclusive, 1 not testable." in page
+    assert ("**Multiple tests.** 1 of the 3 tests were tested (2 not: exact values or not "
+            "testable)") in page
+    assert "Verdicts use Holm's adjusted p" in page
+    assert "sign-flip permutation test" in page and "Student t interval" in page
+    assert "Not testable (1)" in page and "Exact:" in page and "BCa" not in page
+    rows = _rows(page)
+    jumps, kv, moving = (rows[n] for n in ("wider has smaller boundary jumps",
+                                           "wider holds more KV", "wider moves more"))
+    assert jumps[5] == jumps[6] == "0.5"  # 2 seeds: the smallest sign-flip p; Holm over 1 test
+    assert jumps[7] == "∞ (larger than the margin)"
+    assert kv[3] == "exact 262,144" and kv[5] == kv[6] == kv[7] == "—"  # one 8-frame block more
+    assert kv[9].startswith("✅ holds")
+    assert moving[9].startswith("⊘ not testable")
+    assert "→ **not testable** (`narrow` sits at the measure's ceiling (1) in 2 of 2 seeds" in page
+    assert "set by the arms' configs alone, so reported as exact values, not tested" in page
+    assert "no effect is detectable at 80% power with n=2" in page
+    assert (out.parent / "figures/stats/toy-boundary_jump-local.png").stat().st_size > 1000
 
 
 def test_first_seed_moves_every_arm_to_fresh_prompts(tmp_path):
@@ -282,3 +370,157 @@ def test_findings_and_reports_do_not_import_each_other():
 def test_the_import_check_sees_lazy_imports(tmp_path):
     (tmp_path / "m.py").write_text("def f():\n    from reports.findings import write\n")
     assert "reports.findings" in imports_of(tmp_path / "m.py")
+
+
+PAGE = """
+title: Page
+seeds: 8
+latent_frames: 16
+window: 4
+arms:
+  a: [model=world, strategy=window, strategy.window_frames=8]
+  b: [model=world, strategy=window, strategy.window_frames=4]
+claims:
+  - id: c
+    claim: a keeps fidelity
+    paper: none
+    tests:
+      - {name: noisy, measure: fidelity@last, arm: a, baseline: b, expect: greater,
+         margin: 0.02}
+      - {name: clear, measure: fidelity@first, arm: a, baseline: b, expect: greater,
+         margin: 0.02}
+      - {name: kv, measure: kv_bytes@last, arm: a, baseline: b, expect: greater}
+      - {name: moves, measure: moving@last, arm: a, baseline: b, expect: greater, margin: 0.05}
+"""
+
+
+def _page(tmp_path, statistics=""):
+    """The page of PAGE (with ``statistics``) on a made-up table of 8 seeds, no store."""
+    from reports.findings import Findings, to_markdown
+    from toolkit.findings import evaluate_spec
+
+    path = tmp_path / "page.yaml"
+    path.write_text(textwrap.dedent(PAGE).replace("claims:", statistics + "claims:", 1))
+    spec = load_spec(path)
+    rng = np.random.default_rng(1)
+    base = rng.uniform(0.3, 0.6, 8)
+    noisy = base + 0.05 + rng.normal(0, 0.1, 8)  # 0.02 is far below what 8 seeds detect
+    rows = [{"arm": "b", "seed": s, "fidelity@last": base[s], "fidelity@first": base[s],
+             "kv_bytes@last": 1.0, "kv_bytes@first": 1.0, "moving@last": 1.0,
+             "moving@first": 1.0} for s in range(8)]
+    rows += [{"arm": "a", "seed": s, "fidelity@last": noisy[s],
+              "fidelity@first": base[s] + 0.3 + 0.001 * s, "kv_bytes@last": 2.0 + (s == 3),
+              "kv_bytes@first": 1.0, "moving@last": 1.0, "moving@first": 1.0}
+             for s in range(8)]
+    table = pd.DataFrame(rows)
+    f = Findings(spec, table, evaluate_spec(spec, table), [], pd.DataFrame({"seed": range(8)}),
+                 "")
+    text, _ = to_markdown(f, ["- header"], tmp_path / "PAGE.md")
+    return text, _rows(text), f.results["c"], table
+
+
+def test_a_page_without_statistics_keeps_the_first_pages_numbers(tmp_path):
+    """No ``statistics:``: BCa intervals and scipy's Wilcoxon p as the first pages printed them,
+    no exact or not-testable verdicts; Holm's p and the detectable effect only added."""
+    from scipy import stats
+
+    from reports.findings import measure_range
+    from reports.tables import num
+    from toolkit.aggregate import mean_ci
+
+    text, rows, results, table = _page(tmp_path)
+    for name, measure in (("noisy", "fidelity@last"), ("clear", "fidelity@first")):
+        d = (table[table.arm == "a"][measure].to_numpy() - table[table.arm == "b"][measure]
+             .to_numpy())
+        mean, low, high = mean_ci(d, bounds=measure_range(measure, True))
+        assert rows[name][3] == f"{num(mean)} [{num(low)}, {num(high)}]"
+        assert rows[name][5] == f"{stats.wilcoxon(d).pvalue:.2g}"
+    assert rows["kv"][3].startswith("1.12 [") and rows["kv"][5] != "—"  # tested, as before
+    assert rows["moves"][9] == "❌ fails"  # as pre-registered (no effect worth the name) ...
+    assert "⚠ Not testable by the rule of later findings files: `b` sits at the measure's " \
+           "ceiling (1) in 8 of 8 seeds" in text  # ... with the reason it says nothing
+    assert "not testable" not in text.split("## Verdicts")[0] and "exact" not in rows["kv"][3]
+    assert "each verdict uses its own raw p (no correction)" in text
+    holm = __import__("toolkit.findings", fromlist=["holm"]).holm([r.p for r in results])
+    assert [rows[n][6] for n in ("noisy", "clear", "kv", "moves")] == [f"{q:.2g}" for q in holm]
+
+
+def test_a_page_with_statistics_shows_holm_power_exact_and_not_testable(tmp_path):
+    text, rows, results, _ = _page(tmp_path, "statistics: {test: permutation, interval: t, "
+                                   "correction: holm, not_testable: 0.9, exact: true}\n")
+    noisy, clear = results[:2]
+    assert clear.p == pytest.approx(2 / 2**8) and clear.p_holm == pytest.approx(2 * clear.p)
+    assert rows["clear"][5] == "0.0078" and rows["clear"][6] == "0.016"
+    assert rows["clear"][9] == "✅ holds" and "Holm p = 0.016 < 0.05" in clear.reason
+    # the noisy test's SD (about 0.05) puts its detectable effect far above its margin of 0.02
+    assert noisy.underpowered and 0.03 < noisy.sde < 0.2 and not clear.underpowered
+    from reports.tables import num
+    assert rows["noisy"][7] == f"{num(noisy.sde)} (larger than the margin)"
+    assert rows["clear"][7] == num(clear.sde)
+    assert (f"smallest detectable effect at 80% power {num(noisy.sde)}, larger than the "
+            "margin 0.02: an effect worth the name may well end inconclusive") in text
+    assert rows["kv"][3] == "exact 1.00..2.00" and rows["kv"][5:8] == ["—", "—", "—"]
+    assert rows["kv"][4] == "exact 0" and rows["kv"][9] == "✅ holds"
+    assert rows["moves"][9] == "⊘ not testable" and "→ **not testable** (`b` sits at" in text
+    assert "Claims: 1 holds." in text  # the not testable test does not count against it
+    assert rows["moves"][7] == "—" and "**not testable**" in text.split("- moves:")[1]
+    assert "Verdicts use Holm's adjusted p over these 2" in text
+
+
+def test_figures_name_logged_curves(tmp_path):
+    base = textwrap.dedent(TINY)
+    for measure, message in (
+            ("boundary_ratio@last", "is a ratio computed per window, not a logged curve; plot "
+                                    "a logged one: boundary_jump, boundary_jump/within, "
+                                    "boundary_jump/local"),
+            ("fidelity@last", "has a window; a figure plots the logged curve over the whole "
+                              "rollout: write 'fidelity'"),
+            ("kv_linearity", "summarises the whole curve kv_bytes; plot 'kv_bytes'"),
+            ("boundary_jump/jump", "series of 'boundary_jump/jump'")):
+        path = tmp_path / "f.yaml"
+        path.write_text(base.replace("{measure: fidelity,", f"{{measure: {measure},"))
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            load_spec(path)
+    path.write_text(base.replace("{measure: fidelity,", "{measure: boundary_jump/local,"))
+    assert load_spec(path).claims[0].figures[0]["measure"] == "boundary_jump/local"
+
+
+def test_the_page_checks_the_file_was_committed_before_its_runs(tmp_path):
+    import subprocess
+
+    from toolkit.findings.run import registration
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+
+    def git(*args):
+        return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args],
+                              cwd=repo, check=True, capture_output=True, text=True).stdout.strip()
+
+    git("init", "-q")
+    spec = repo / "spec.yaml"
+    spec.write_text("a: 1\n")
+    git("add", "spec.yaml")
+    git("commit", "-qm", "file")
+    written = git("rev-parse", "HEAD")
+    (repo / "code.py").write_text("x = 1\n")
+    git("add", "code.py")
+    git("commit", "-qm", "code")
+    runs = git("rev-parse", "HEAD")[:12]
+    line, check = registration(spec, [runs] * 3)
+    assert f"last changed in commit `{written[:12]}`" in line
+    assert "committed before the runs and has not changed since" in check and "⚠" not in check
+    assert "some runs were made with uncommitted changes" in registration(spec, [runs], True)[1]
+    spec.write_text("a: 2\n")
+    assert "the findings file has uncommitted changes" in registration(spec, [runs])[1]
+    git("commit", "-qam", "edit the rules")
+    later = git("rev-parse", "HEAD")[:12]
+    check = registration(spec, [runs])[1]
+    assert "⚠ the findings file changed after the runs were made" in check
+    assert f"is not in the history of the runs' commit `{runs}`" in check
+    assert f"2 different commits (`{runs}`, `{later}`)" in registration(spec, [runs, later])[1] \
+        or f"2 different commits (`{later}`, `{runs}`)" in registration(spec, [runs, later])[1]
+    assert "`0123456789ab` is not in this repository" in registration(spec, ["0123456789ab"])[1]
+    loose = tmp_path / "loose.yaml"
+    loose.write_text("a: 1\n")
+    assert registration(loose, [runs])[0].endswith("not in any commit")

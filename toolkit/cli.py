@@ -72,7 +72,7 @@ def cmd_findings(args: list[str]) -> int:
 
     from reports.findings import analyse, provenance, write
     from toolkit.findings import claim_verdict, keys_of
-    from toolkit.findings.run import execute, prepare, seeds_line, wall_line
+    from toolkit.findings.run import execute, prepare, registration, seeds_line, wall_line
     from toolkit.stores import mask
     from toolkit.tracking import git_state
 
@@ -91,6 +91,8 @@ def cmd_findings(args: list[str]) -> int:
     last = json.loads(inv.timing.read_text()) if inv.timing.exists() else None
     header = [f"- Command: `{inv.command}`", f"- Git revision: `{head}`",
               *wall_line(wall, inv.render_only, last), *provenance(findings, head),
+              *registration(inv.spec.path, findings.runs["commit"].tolist(),
+                            bool(findings.runs["dirty"].any())),
               seeds_line(inv)]
     out = write(findings, inv.out, header)
     console.print(f"findings: {out} ({wall / 60:.1f} min)")

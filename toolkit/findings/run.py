@@ -1,4 +1,6 @@
-"""Planning and running the findings' jobs, and the options of ``rollbench findings``.
+"""Planning and running the findings' jobs, the options of ``rollbench findings``, and the page
+header's lines on how the runs were made (wall time, seeds, the pre-registration check: the
+findings file's last commit against the commits the runs were made at).
 
 Nothing here renders: the command (``toolkit.cli``) plans and runs through this module, then
 hands the planned run keys to ``reports.findings``, which reads the stored runs by their tags.
@@ -7,6 +9,8 @@ hands the planned run keys to ``reports.findings``, which reads the stored runs 
 from __future__ import annotations
 
 import json
+import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -216,3 +220,80 @@ def seeds_line(inv: Invocation) -> str:
     return (f"- Seeds: {inv.seeds} held-out prompts per arm (prompts {prompts[0]}..{prompts[-1]})"
             + (" (the quick variant)" if inv.seeds < inv.spec.seeds else "")
             + f"; {inv.spec.latent_frames} latent frames per run")
+
+
+# --- pre-registration: the findings file's commit against the runs' ---------------------------
+def _git(cwd: Path, *args: str) -> subprocess.CompletedProcess | None:
+    try:
+        return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True,
+                              timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _ok(cwd: Path, *args: str) -> bool:
+    out = _git(cwd, *args)
+    return out is not None and out.returncode == 0
+
+
+def file_commit(path: str | Path) -> tuple[str, str] | None:
+    """(hash, date) of the last commit that changed ``path`` (``git log -1 -- path``); None when
+    no commit holds it (not committed, or not in a git repository)."""
+    path = Path(path).resolve()
+    out = _git(path.parent, "log", "-1", "--format=%H %cs", "--", path.name)
+    if out is None or out.returncode or not out.stdout.strip():
+        return None
+    commit, date = out.stdout.split()
+    return commit, date
+
+
+def registration(path: str | Path, commits: Sequence[str], dirty: bool = False) -> list[str]:
+    """The page's lines on the findings file's commit and the pre-registration check.
+
+    The file counts as written before the runs when its last change is in the history of every
+    commit the runs were made at (``git merge-base --is-ancestor``) and it has no uncommitted
+    changes; anything else is said plainly: the file changed after the runs, uncommitted file
+    or runs, runs made at different commits, a run commit this repository lacks.
+
+    Args:
+        path: the findings file.
+        commits: the commits (hash or prefix) the runs were made at, one per run.
+        dirty: some runs were made with uncommitted changes.
+    """
+    path = Path(path).resolve()
+    got = file_commit(path)
+    status = _git(path.parent, "status", "--porcelain", "--", path.name)
+    edited = bool(status and status.returncode == 0 and status.stdout.strip())
+    runs = sorted(set(commits))
+    warn = []
+    if got is None:
+        line = f"- Findings file: `{path.name}`, not in any commit"
+        warn.append("the findings file is not committed, so nothing shows it was written "
+                    "before the runs")
+    else:
+        line = f"- Findings file: `{path.name}`, last changed in commit `{got[0][:12]}` ({got[1]})"
+        if edited:
+            warn.append("the findings file has uncommitted changes: the rules on this page are "
+                        "not the committed ones")
+        for run in runs:
+            if run == "unknown" or not _ok(path.parent, "cat-file", "-e", f"{run}^{{commit}}"):
+                warn.append(f"the runs' commit `{run}` is not in this repository: cannot check")
+                continue
+            if not _ok(path.parent, "merge-base", "--is-ancestor", got[0], run):
+                warn.append(f"the findings file changed after the runs were made: its last "
+                            f"change `{got[0][:12]}` is not in the history of the runs' commit "
+                            f"`{run}`")
+    if not runs:
+        warn.append("no runs to check against")
+    if len(runs) > 1:
+        warn.append(f"the runs were made at {len(runs)} different commits ("
+                    + ", ".join(f"`{r}`" for r in runs) + ")")
+    if dirty:
+        warn.append("some runs were made with uncommitted changes, which no commit records")
+    if warn:
+        check = "- Pre-registration: ⚠ " + "; ⚠ ".join(warn) + "."
+    else:
+        check = (f"- Pre-registration: the file's last change `{got[0][:12]}` is in the history "
+                 f"of the runs' commit `{runs[0]}`: it was committed before the runs and has "
+                 "not changed since.")
+    return [line, check]

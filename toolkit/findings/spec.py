@@ -133,6 +133,36 @@ def check_measure(measure: str, where: str) -> None:
     parse_measure(measure, where)
 
 
+def check_figure(figure: dict[str, Any], where: str, arms: list[str]) -> None:
+    """Raise ConfigError unless a claim's figure names a logged curve (``fidelity``,
+    ``boundary_jump/local``) and known arms: a figure plots the curve over the whole rollout,
+    so a window (``@last``), a derived ratio or a whole-curve summary is not one."""
+    from toolkit.metrics import METRICS
+
+    extra = sorted(set(figure) - {"measure", "arms"})
+    if extra:
+        raise ConfigError(f"{where}: unknown figure keys {extra}; allowed: measure, arms")
+    measure = figure.get("measure")
+    if not isinstance(measure, str) or not measure:
+        raise ConfigError(f"{where}: figure measure={measure!r}: name a logged curve, e.g. "
+                          "fidelity")
+    name = measure.split("@", 1)[0]
+    if name in DERIVED:
+        curve = DERIVED[name][0]
+        logged = [f"{curve}/{s}" if s else curve for s in METRICS.get(curve).series or ("",)]
+        raise ConfigError(f"{where}: figure measure={measure!r} is a ratio computed per window, "
+                          f"not a logged curve; plot a logged one: {', '.join(logged)}")
+    if name in WHOLE:
+        raise ConfigError(f"{where}: figure measure={measure!r} summarises the whole curve "
+                          f"{WHOLE[name]}; plot {WHOLE[name]!r}")
+    if "@" in measure:
+        raise ConfigError(f"{where}: figure measure={measure!r} has a window; a figure plots the "
+                          f"logged curve over the whole rollout: write {name!r}")
+    _series(measure, ("curve_frame", "curve_block"), where, measure)
+    for arm in figure.get("arms") or []:
+        _choice(f"{where}: figure arm", arm, arms)
+
+
 # --- statistics ------------------------------------------------------------------------------
 TESTS = ("wilcoxon", "permutation")
 INTERVALS = ("bca", "t")
@@ -304,8 +334,7 @@ def load_spec(path: str | Path = SPEC) -> Spec:
             raise ConfigError(f"claim {c.get('id')!r} has no tests")
         figures = tuple(c.get("figures") or ())
         for f in figures:
-            for a in f.get("arms", []):
-                _choice(f"claim {c['id']!r}: figure arm", a, list(arms))
+            check_figure(f, f"claim {c['id']!r}", list(arms))
         claims.append(Claim(id=c["id"], claim=c["claim"], paper=c.get("paper", ""),
                             note=c.get("note", ""), tests=tuple(tests), figures=figures))
     quick = raw.get("quick") or {}
