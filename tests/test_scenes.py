@@ -130,3 +130,36 @@ def test_recall_is_at_chance_on_shuffled_returns():
     ident = np.mean([r["recall"] for r in rows])
     assert abs(colour - 0.25) < 0.1 and abs(ident - 1 / 12) < 0.07, (colour, ident)
     assert abs(np.mean([r["recall_chance/colour"] for r in rows]) - 0.25) < 0.1
+
+
+def test_memory_recipe_yaml_mirrors_its_defaults_and_resumes(tmp_path):
+    """`rollbench train world-memory` composes to the recipe's defaults; two tiny steps
+    checkpoint, resume and export a loadable memory model with its card."""
+    from omegaconf import OmegaConf
+
+    from toolkit.config import compose_config
+    from toolkit.recipes import RECIPES
+    from toolkit.world.memory_train import MemoryTrainConfig, train_memory
+    from toolkit.world.model import MemoryWorldModel, load_world
+
+    recipe = RECIPES.get("world-memory")
+    composed = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(recipe.config),
+                                                   compose_config([], "train/world-memory")))
+    assert dataclasses.asdict(composed) == dataclasses.asdict(MemoryTrainConfig())
+    cfg = MemoryTrainConfig(steps=1, batch=2, log_every=1, eval_every=0, out=str(tmp_path / "a"))
+    cfg_2 = dataclasses.replace(cfg, steps=2)
+    import toolkit.world.memory_eval as evaluation
+
+    calls = []
+    real = evaluation.record_gates
+    evaluation.record_gates = lambda path, clips=64: calls.append(path) or real(path, clips=2)
+    try:
+        train_memory(cfg, log=lambda _: None)
+        rows: list[str] = []
+        path = train_memory(cfg_2, log=rows.append)
+    finally:
+        evaluation.record_gates = real
+    assert any("resumed" in r and "step 1" in r for r in rows) and calls
+    model = load_world(path)
+    assert isinstance(model, MemoryWorldModel) and "gates" in model.card
+    assert model.card["steps"] == 2 and model.card["init"]["sha256"]

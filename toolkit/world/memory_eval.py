@@ -71,7 +71,10 @@ def recall_at_1x(model: Any, strategy: CacheStrategy, clips: list[Schedule],
         with contextlib.suppress(Unavailable):  # no boundary without a cut shows a sprite
             cont.append(continuity.fn(inp)["shape"])
     readable = [r for r in rows if r["readable"]]
-    odds = chance(rows)
+    try:
+        odds = chance(rows)
+    except Unavailable:  # fewer than two readable sprites: no chance level to compare with
+        odds = {"": float("nan"), "colour": float("nan")}
 
     def mean(key: str, of: list[dict]) -> float:
         return float(np.mean([r[key] for r in of])) if of else float("nan")
