@@ -129,9 +129,10 @@ def memory_gates(model: Any, clips: int = 64, seed: int = 0) -> dict[str, Any]:
 
 def record_gates(path: str | Path, clips: int = 64) -> dict[str, Any]:
     """Measure a memory model's gates and write them into its card (``gates``)."""
-    from toolkit.world.model import load_world, shipped
+    from toolkit.weights import find_weights
+    from toolkit.world.model import load_world
 
-    path = shipped(path)
+    path = find_weights(path)
     gates = memory_gates(load_world(path), clips=clips)
     card_path = Path(path).with_suffix(".json")
     card = json.loads(card_path.read_text())

@@ -66,6 +66,7 @@ from tqdm.auto import tqdm
 from strategies.compressors import SPATIAL, Compressor, build_compressor, compressor_class
 from strategies.packforcing import KV_MODES
 from strategies.packforcing_layout import Layout, block_errors, contexts, pack_layout, predict
+from toolkit.weights import find_weights
 from toolkit.world.memory_train import colour_recall, encode_shots, return_weights
 from toolkit.world.model import (
     WEIGHTS_DIR,
@@ -73,7 +74,6 @@ from toolkit.world.model import (
     WorldModel,
     load_world,
     save_world,
-    shipped,
 )
 from toolkit.world.scenes import ClipMix, sample_clips
 from toolkit.world.sim import FRAME_SIZE, sample_batch
@@ -294,7 +294,7 @@ def train_packforcing(cfg: PFTrainConfig, log=print) -> Path:
 
     model, compressor = build_modules(cfg)
     validate(cfg, model.spec)
-    init_path = shipped(cfg.init) if cfg.init else WEIGHTS_DIR / "world-model.safetensors"
+    init_path = find_weights(cfg.init) if cfg.init else WEIGHTS_DIR / "world-model.safetensors"
     init_card = dict(model.card)
     world_cfg = WorldConfig(**init_card["config"])
     ema_model, ema_comp = copy.deepcopy(model).eval(), copy.deepcopy(compressor).eval()
