@@ -110,7 +110,7 @@ def memory_gates(model: Any, clips: int = 64, seed: int = 0) -> dict[str, Any]:
         use = context_use(model, cfg, pos, mask, clips=clips)
     chosen = gate_clips(clips, bf, seed=seed)
     full = recall_at_1x(model, Full(), chosen, seed)
-    masked = recall_at_1x(model, Sink(sink_frames=bf, window_frames=0), chosen, seed)
+    masked = recall_at_1x(model, Sink(sink_frames=bf, recent_frames=0), chosen, seed)
     checks = {
         f"context use >= {USE_RATIO_GATE}": use["use_ratio"] >= USE_RATIO_GATE,
         f"colour recall (full) >= {COLOUR_GATE}": full["colour"] >= COLOUR_GATE,

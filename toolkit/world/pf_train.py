@@ -158,7 +158,8 @@ def make_batch(cfg: PFTrainConfig, model: WorldModel, step: int, gen: torch.Gene
     seed, bf = (cfg.seed + 7919) * 1_000_003 + step, model.spec.block_frames
     if memory_world(model):
         share = cfg.memory_share if memory_share is None else memory_share
-        mix = ClipMix(share, cfg.sink_frames // bf, cfg.recent_frames // bf)
+        mix = ClipMix(share, model.spec.blocks_of(cfg.sink_frames),
+                      model.spec.blocks_of(cfg.recent_frames))
         videos, shots, scheds = sample_clips(cfg.batch, cfg.clip_frames, bf, seed, mix=mix)
         cond = encode_shots(model, shots)
     else:
@@ -184,7 +185,7 @@ def context_use(model: WorldModel, compressor: Compressor, cfg: PFTrainConfig,
     """
     gen = torch.Generator().manual_seed(99)
     x0, _, _, cond, scheds = make_batch(cfg, model, 10**7, gen, memory_share=1.0)
-    nb = x0.shape[2] // model.spec.block_frames
+    nb = model.spec.blocks_of(x0.shape[2])
     sigma = torch.full((x0.shape[0], nb), 0.999, device=x0.device)
     noise = torch.randn(x0.shape, generator=gen).to(x0.device)
     xt = 0.001 * x0 + 0.999 * noise
@@ -226,13 +227,12 @@ def validate(cfg: PFTrainConfig, spec) -> None:
         if value not in allowed:
             raise ValueError(f"{name}={value!r}: allowed {list(allowed)}")
     bf = spec.block_frames
-    for name in ("clip_frames", "sink_frames", "recent_frames"):
-        value = getattr(cfg, name)
-        if value < 0 or value % bf:
-            raise ValueError(f"{name}={value}: must be a non-negative multiple of the block "
-                             f"size {bf}")
-    nb = cfg.clip_frames // bf
-    if not any(mid for _, mid, _ in contexts(nb, cfg.sink_frames // bf, cfg.recent_frames // bf)):
+    names = ("clip_frames", "sink_frames", "recent_frames")
+    for name in names:
+        if getattr(cfg, name) < 0:
+            raise ValueError(f"{name}={getattr(cfg, name)}: must be >= 0")
+    blocks = [spec.check_blocks(name, getattr(cfg, name)) for name in names]
+    if not any(mid for _, mid, _ in contexts(*blocks)):
         raise ValueError(f"sink_frames={cfg.sink_frames} + recent_frames={cfg.recent_frames} "
                          f"leave no mid partition inside a {cfg.clip_frames}-frame clip: they "
                          f"must total at most clip_frames - 2 blocks ({cfg.clip_frames - 2 * bf})")
