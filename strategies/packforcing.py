@@ -246,17 +246,19 @@ class PackForcing(CacheStrategy):
         n = len(self._mid)
         return n if self.selection == "all" else min(self.top_k, n)
 
-    def context_parts(self, layer: int, q: Tensor, step: int) -> list[tuple[Tensor, Tensor]]:
-        if step == self.fill_step and self.recording:  # the cache-fill pass: clean queries
+    def context_parts(self, layer: int, q: Tensor, step: int, fill: bool = False
+                      ) -> list[tuple[Tensor, Tensor]]:
+        if fill and self.recording:  # the cache-fill pass: the block's clean queries
             self._fill[layer] = query_sum(q, self._heads(q), self.score_queries)
-        if self._chosen[layer] is None:  # first request of this block (step 0): select
+        if self._chosen[layer] is None:  # the block's first request (step 0): select
             self._chosen[layer] = self._select(layer, q)
         with self.timer.section("positions"):
             return self._parts(layer, self._chosen[layer])
 
-    def context(self, layer: int, q: Tensor, step: int) -> tuple[Tensor, Tensor]:
+    def context(self, layer: int, q: Tensor, step: int, fill: bool = False
+                ) -> tuple[Tensor, Tensor]:
         """The context of one layer concatenated (a copy; the harness reads the parts)."""
-        parts = self.context_parts(layer, q, step)
+        parts = self.context_parts(layer, q, step, fill)
         if not parts:
             empty = q.new_zeros((q.shape[0], q.shape[1], 0, q.shape[3]))
             return empty, empty
@@ -324,11 +326,11 @@ class PackForcing(CacheStrategy):
     def commit(self, block: FinishedBlock) -> None:
         fill, self._fill = self._fill, [None] * self.spec.num_layers
         self._clear_block()
-        kv, bf = block.kv, self.spec.block_frames
+        kv = block.kv
         meta = kv.keys.is_meta
         if self.capacity and not meta:
             self._module.observe(block.latents, self.model)  # every block, in order
-        if block.index < self.sink_frames // bf:
+        if block.index < self.blocks_of(self.sink_frames):
             kv.partition = "sink"
             self._sink.append(kv)
             return
@@ -338,7 +340,7 @@ class PackForcing(CacheStrategy):
             self._queries[block.index] = torch.stack(fill)
         if self.capacity:
             self._pending[block.index] = self._compress(block)
-        while len(self._recent) > self.recent_frames // bf:
+        while len(self._recent) > self.blocks_of(self.recent_frames):
             old = self._recent.pop(0).index
             self._queries.pop(old, None)
             aged = self._pending.pop(old, None)

@@ -75,8 +75,8 @@ def pack_layout(spec, compressor: Compressor, frames: int, sink_frames: int,
                 clean_context: str = "strategy") -> Layout:
     """Positions and mask of [clean | noisy | compressed-mid] for a clip of ``frames``."""
     bf, tpb = spec.block_frames, spec.tokens_per_block
-    nb = frames // bf
-    ctx = contexts(nb, sink_frames // bf, recent_frames // bf)
+    nb = spec.blocks_of(frames)
+    ctx = contexts(nb, spec.blocks_of(sink_frames), spec.blocks_of(recent_frames))
     mid_blocks = sorted({m for _, mid, _ in ctx for m in mid})
     per = compressor.tokens(spec)
     n = nb * tpb

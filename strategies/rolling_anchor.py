@@ -1,4 +1,4 @@
-"""Rolling anchor (Rolling Forcing): the first block(s) re-positioned just before the window."""
+"""Rolling anchor (Rolling Forcing): the sink re-positioned just before the recent window."""
 
 from __future__ import annotations
 
@@ -13,41 +13,43 @@ from toolkit.spec import ModelSpec
 @STRATEGIES.register("rolling_anchor")
 @dataclass
 class RollingAnchor(KeepBlocksStrategy):
-    """A working window at absolute positions plus an anchor that rolls along with it.
+    """A recent window at absolute positions plus a sink (Rolling Forcing's anchor) that rolls
+    along with it.
 
-    The anchor (the first ``anchor_frames`` of the video) is never evicted; before each block
-    its keys are moved (one time-dim rotation) to sit right before the oldest window block, so
-    its distance to the current block stays constant however long the video gets.
+    The sink (the first ``sink_frames`` of the video) is never evicted; before each block its
+    keys are moved (one time-dim rotation) to sit right before the oldest recent block, so its
+    distance to the current block stays constant however long the video gets.
 
     Attributes:
-        anchor_frames: frames of the anchor (a multiple of the block size).
-        window_frames: most recent finished frames kept (a multiple of the block size).
-        positions: ``absolute`` for the window (the anchor always rolls).
+        sink_frames: frames of the rolling sink (a multiple of the block size; formerly
+            ``anchor_frames``, still accepted).
+        recent_frames: most recent finished frames kept (a multiple of the block size;
+            formerly ``window_frames``, still accepted).
+        positions: ``absolute`` for the recent window (the sink always rolls).
     """
 
-    anchor_frames: int = 4
-    window_frames: int = 8
-    partitions: ClassVar[tuple[str, ...]] = ("anchor", "recent")
+    sink_frames: int = 4
+    recent_frames: int = 8
+    partitions: ClassVar[tuple[str, ...]] = ("sink", "recent")
+    renamed: ClassVar[dict[str, str]] = {"anchor_frames": "sink_frames",
+                                         "window_frames": "recent_frames"}
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        require_non_negative(self, "anchor_frames", "window_frames")
+        require_non_negative(self, "sink_frames", "recent_frames")
 
     def check(self, spec: ModelSpec) -> None:
-        require_block_multiples(self, spec, "anchor_frames", "window_frames")
+        require_block_multiples(self, spec, "sink_frames", "recent_frames")
 
     def assign(self, index: int, upcoming: int) -> str | None:
-        bf = self.spec.block_frames
-        if index < self.anchor_frames // bf:
-            return "anchor"
-        return "recent" if index >= upcoming - self.window_frames // bf else None
+        return self.sink_recent(index, upcoming, self.sink_frames, self.recent_frames)
 
     def place(self, index: int) -> float:
         start = super().place(index)
         bf = self.spec.block_frames
-        anchors = [b for b in self.blocks if b.partition == "anchor"]
-        window = [b for b in self.blocks if b.partition == "recent"]
-        front = min((b.t0 for b in window), default=start)
-        for i, b in enumerate(anchors):
-            b.move_to(front - (len(anchors) - i) * bf, self.rope)
+        sink = [b for b in self.blocks if b.partition == "sink"]
+        recent = [b for b in self.blocks if b.partition == "recent"]
+        front = min((b.t0 for b in recent), default=start)
+        for i, b in enumerate(sink):
+            b.move_to(front - (len(sink) - i) * bf, self.rope)
         return start

@@ -13,26 +13,25 @@ from toolkit.spec import ModelSpec
 @STRATEGIES.register("sink")
 @dataclass
 class Sink(KeepBlocksStrategy):
-    """Keep the first ``sink_frames`` and the last ``window_frames`` finished latent frames.
+    """Keep the first ``sink_frames`` and the last ``recent_frames`` finished latent frames.
 
     Attributes:
         sink_frames: frames at the start of the video never evicted (a multiple of the block).
-        window_frames: most recent finished frames kept (a multiple of the block).
+        recent_frames: most recent finished frames kept (a multiple of the block; formerly
+            ``window_frames``, still accepted).
     """
 
     sink_frames: int = 4
-    window_frames: int = 8
+    recent_frames: int = 8
     partitions: ClassVar[tuple[str, ...]] = ("sink", "recent")
+    renamed: ClassVar[dict[str, str]] = {"window_frames": "recent_frames"}
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        require_non_negative(self, "sink_frames", "window_frames")
+        require_non_negative(self, "sink_frames", "recent_frames")
 
     def check(self, spec: ModelSpec) -> None:
-        require_block_multiples(self, spec, "sink_frames", "window_frames")
+        require_block_multiples(self, spec, "sink_frames", "recent_frames")
 
     def assign(self, index: int, upcoming: int) -> str | None:
-        bf = self.spec.block_frames
-        if index < self.sink_frames // bf:
-            return "sink"
-        return "recent" if index >= upcoming - self.window_frames // bf else None
+        return self.sink_recent(index, upcoming, self.sink_frames, self.recent_frames)

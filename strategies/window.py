@@ -27,6 +27,10 @@ class Window(KeepBlocksStrategy):
     itself among them, so it sees ``window_frames - block_frames`` finished frames, cut at a
     frame boundary inside the oldest kept block when that is not a whole number of blocks.
 
+    Its one partition is ``recent``; ``window_frames`` is the window's span (with
+    ``include_current`` it counts the block itself, so it is not the finished ``recent_frames``
+    of the multi-partition strategies).
+
     Attributes:
         window_frames: latent frames in the window.
         include_current: False: ``window_frames`` finished frames (a multiple of the block
@@ -55,8 +59,7 @@ class Window(KeepBlocksStrategy):
         return self.window_frames - (self.spec.block_frames if self.include_current else 0)
 
     def assign(self, index: int, upcoming: int) -> str | None:
-        bf = self.spec.block_frames
-        return "recent" if (index + 1) * bf > upcoming * bf - self._finished_frames() else None
+        return self.sink_recent(index, upcoming, 0, self._finished_frames())
 
     def commit(self, block: FinishedBlock) -> None:
         super().commit(block)

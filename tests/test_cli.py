@@ -16,7 +16,7 @@ def test_run_writes_outputs(tmp_path, capsys):
     assert code == 0
     (run_dir,) = (tmp_path / "rollouts").iterdir()
     assert {"config.yaml", "trace.json", "latents.pt"} <= {p.name for p in run_dir.iterdir()}
-    assert "rollout: Sink" in capsys.readouterr().out
+    assert "rollout: sink" in capsys.readouterr().out
 
 
 def test_ls_lists_strategies(capsys):

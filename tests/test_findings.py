@@ -349,6 +349,7 @@ def imports_of(path: Path) -> set[str]:
             found |= {a.name for a in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
             found.add(node.module)
+            found |= {f"{node.module}.{a.name}" for a in node.names}  # from toolkit import world
     return found
 
 
@@ -365,6 +366,20 @@ def test_findings_and_reports_do_not_import_each_other():
     assert {p: m for p, m in upward.items() if m} == {}
     assert any(m.startswith("toolkit.findings") for m in imports_of(root / "reports" /
                                                                    "findings.py"))
+
+
+def test_strategies_do_not_import_the_world():
+    """Strategies are written against the contract and the generic model, never one concrete
+    model: nothing under strategies/ imports toolkit.world (weights are found through
+    toolkit.weights; the world's PackForcing recipe lives in toolkit/world/pf_train.py)."""
+    root = Path(__file__).resolve().parents[1]
+    files = sorted((root / "strategies").rglob("*.py"))
+    assert len(files) >= 10  # the check reads the package, compressors included
+    world = {str(p.relative_to(root)): sorted(m for m in imports_of(p)
+                                              if m == "toolkit.world" or
+                                              m.startswith("toolkit.world."))
+             for p in files}
+    assert {p: m for p, m in world.items() if m} == {}
 
 
 def test_the_import_check_sees_lazy_imports(tmp_path):
@@ -524,3 +539,5 @@ def test_the_page_checks_the_file_was_committed_before_its_runs(tmp_path):
     loose = tmp_path / "loose.yaml"
     loose.write_text("a: 1\n")
     assert registration(loose, [runs])[0].endswith("not in any commit")
+    (tmp_path / "w.py").write_text("def g():\n    from toolkit import world\n")
+    assert "toolkit.world" in imports_of(tmp_path / "w.py")

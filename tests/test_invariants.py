@@ -34,14 +34,14 @@ def test_sink_zero_equals_window(tiny):
     for positions in ("absolute", "reindex"):
         win = rollout(tiny, Window(window_frames=4, positions=positions), ["x"], FRAMES,
                       seed=3).latents
-        sink = rollout(tiny, Sink(sink_frames=0, window_frames=4, positions=positions), ["x"],
+        sink = rollout(tiny, Sink(sink_frames=0, recent_frames=4, positions=positions), ["x"],
                        FRAMES, seed=3).latents
         assert torch.equal(win, sink), positions
 
 
 def test_sink_covering_video_equals_full(tiny):
     full = rollout(tiny, Full(), ["x"], FRAMES, seed=4).latents
-    sink = rollout(tiny, Sink(sink_frames=4, window_frames=FRAMES - 4), ["x"], FRAMES,
+    sink = rollout(tiny, Sink(sink_frames=4, recent_frames=FRAMES - 4), ["x"], FRAMES,
                    seed=4).latents
     assert torch.allclose(sink, full, atol=1e-6)
 

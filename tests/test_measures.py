@@ -134,7 +134,7 @@ def test_scalar_measures_read_their_logged_value_and_feed_a_test():
 # --- cache events and frame resets -----------------------------------------------------
 def pf_trace(moves: bool) -> Trace:
     """PackForcing-like info: the archive evicts from block 4 on; the sink moves with it."""
-    t = Trace("PackForcing", 4)
+    t = Trace("packforcing", 4)
     for i in range(8):
         gone = max(0, i - 4)
         sink_t0 = [4.0 * gone if moves else 0.0]
@@ -149,7 +149,7 @@ def test_cache_events_are_read_from_the_trace():
     assert shift["dropped"].tolist() == [0, 0, 0, 0, 0, 1, 1, 1]
     assert shift["moved"].tolist() == [0, 0, 0, 0, 0, 4, 4, 4]
     assert absolute["moved"].tolist() == [0] * 8
-    window = Trace("Window", 4)
+    window = Trace("window", 4)
     for i in range(5):  # a 2-block window: block i-2 leaves at block i
         ctx = list(range(max(0, i - 2), i))
         window.blocks.append(BlockRecord(i, 4.0 * i, 0, {}, {}, {},

@@ -81,7 +81,7 @@ def test_bad_input_fails_clearly(capsys):
     lambda: PackForcing(sink_frames=2, recent_frames=2, capacity=4, top_k=2),
     lambda: PackForcing(sink_frames=0, recent_frames=4, capacity=3, top_k=3,
                         compressor="pool_kv", positions="repack"),
-    lambda: Sink(sink_frames=2, window_frames=4),
+    lambda: Sink(sink_frames=2, recent_frames=4),
     Full,
 ])
 def test_meta_accounting_equals_a_real_rollout(tiny, make):

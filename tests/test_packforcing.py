@@ -48,7 +48,7 @@ def test_covering_budgets_make_every_position_mode_exact(tiny, sink_blocks):
 
 
 def test_no_archive_equals_sink(tiny):
-    sink = rollout(tiny, Sink(sink_frames=4, window_frames=4), ["a"], FRAMES, seed=4).latents
+    sink = rollout(tiny, Sink(sink_frames=4, recent_frames=4), ["a"], FRAMES, seed=4).latents
     pf = PackForcing(sink_frames=4, recent_frames=4, capacity=0, selection="all",
                      positions="absolute")
     assert torch.equal(rollout(tiny, pf, ["a"], FRAMES, seed=4).latents, sink)
@@ -201,7 +201,7 @@ def test_topk_reads_the_recent_blocks_queries(tiny, queries, picked):
         pf.begin_block(index)
         if index == 5:  # the recent block's cache-fill pass: its clean queries along u
             for layer in range(spec.num_layers):
-                pf.context_parts(layer, u.expand(shape), pf.fill_step)
+                pf.context_parts(layer, u.expand(shape), pf.fill_step, fill=True)
         _commit(pf, spec, index, _raw(spec, index, fill=fills.get(index, 0.0 * u)))
     assert pf.info()["archive"] == [1, 2, 3, 4] and pf.info()["recent"] == [5]
     assert set(pf.footprint()) == {"sink", "mid", "recent", "pending"} | \

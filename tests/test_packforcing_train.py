@@ -10,8 +10,7 @@ import torch
 from strategies.compressors import build_compressor
 from strategies.packforcing import PackForcing
 from strategies.packforcing_layout import block_errors, contexts, pack_layout, predict
-from toolkit.cache import FinishedBlock
-from toolkit.rollout import CachePlan, rollout
+from toolkit.rollout import BlockDriver, rollout
 from toolkit.rope import grid_positions
 from toolkit.world.model import load_world
 from toolkit.world.pf_train import (
@@ -106,18 +105,17 @@ def test_pass_equals_the_cached_rollout(modules, tmp_path, name, kv):
     with torch.no_grad(), model.attach() as slot:
         got = predict(model, comp, layout, x0, xt, sigma, cond, kv)
         pf.bind(model)
-        plan = CachePlan(pf, model.spec.num_layers)
-        slot.plan = plan
+        driver = BlockDriver(pf, model.spec.num_layers, model.sampler.steps)
+        slot.plan = driver.plan
         for b in range(5):
-            t0 = pf.begin_block(b)
+            t0 = driver.begin(b)
             pos = grid_positions(model.spec, t0, 4)
-            plan.step = 0
+            driver.step(0)
             ref.append(model.predict_x0(xt[:, :, 4 * b:4 * b + 4], sigma[0, b].item(), pos,
                                         cond))
-            plan.recording, plan.step = True, model.sampler.steps
-            model.fill(x0[:, :, 4 * b:4 * b + 4], pos, cond)
-            plan.recording = False
-            pf.commit(FinishedBlock(b, x0[:, :, 4 * b:4 * b + 4], plan.take_kv(b, t0), cond))
+            with driver.filling():
+                model.fill(x0[:, :, 4 * b:4 * b + 4], pos, cond)
+            driver.commit(x0[:, :, 4 * b:4 * b + 4], cond)
     model.train()
     ref = torch.cat(ref, 2)
     assert torch.allclose(got, ref, atol=2e-5), (got - ref).abs().max()

@@ -35,7 +35,7 @@ def test_real_size_strategies_run_with_exact_kv_bytes(big):
     per_frame = spec.tokens_per_frame * spec.kv_bytes_per_token  # 287.5 MB in bf16
     expect = {"full": FRAMES, "window": 6, "sink": 6}
     for name, strategy in (("full", Full()), ("window", Window(window_frames=6)),
-                           ("sink", Sink(sink_frames=3, window_frames=3))):
+                           ("sink", Sink(sink_frames=3, recent_frames=3))):
         result = run_strategy(big, name, strategy, FRAMES, "a red fox in the snow")
         print(f"{name}: {result.ms(slice(None)):.0f} ms/block, KV {result.peak_kv / 2**30:.2f} "
               f"GiB, CUDA peak {result.cuda_peak / 2**30:.2f} GiB")

@@ -90,7 +90,7 @@ def test_cli_run_480_frames_is_an_mlflow_run(tmp_path, store):
 def world_rollout(frames: int = 480) -> tuple[Rollout, object]:
     prompt = prompt_for_seed(0, "heldout")
     video = simulate([prompt], [split_seed(0, "heldout")], frames)  # (1, F, 3, 16, 16)
-    trace = Trace("Sink", SPEC.block_frames)
+    trace = Trace("sink", SPEC.block_frames)
     for i in range(frames // SPEC.block_frames):
         trace.blocks.append(BlockRecord(i, float(i * 4), 64, {"sink": 64, "recent": 64},
                                         {"sink": 4096, "recent": 4096},

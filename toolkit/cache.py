@@ -12,6 +12,22 @@ template for strategies that keep some finished blocks at full resolution: write
 A strategy hands the harness its context as a list of parts (``context_parts``, views of what
 it holds); the harness copies them, one layer at a time, into one reused buffer beside the
 block's own K/V, so no strategy needs a concatenated copy of its cache.
+
+Per block the harness (``toolkit.rollout.BlockDriver``) calls ``begin_block``; then
+``context_parts(layer, q, step, fill)`` for every layer in every denoising step
+(``step = 0 .. steps - 1``, ``fill=False``) and once more per layer in the cache-fill pass
+(``fill=True``: the clean block at timestep 0, whose K/V are recorded; ``step`` is then
+``steps``, the ``fill_step``); then ``commit`` and ``footprint``. Step 0 is always the block's
+first request. A strategy written before the ``fill`` flag (``context(layer, q, step)``) still
+runs, with a FutureWarning saying what to add (``toolkit.contract``).
+
+Partition names, one vocabulary: ``sink`` (the video's first frames, never evicted; moved or
+not), ``mid`` (between sink and recent: pruned, compressed or selected), ``recent`` (the last
+finished frames at full resolution; their count is ``recent_frames``), ``pending``
+(compressed copies of recent blocks); ``window`` keeps only ``recent``, sized by its span
+``window_frames``. Hyperparameters renamed for this (``window_frames`` -> ``recent_frames``,
+...) are listed in a strategy's ``renamed`` and still accepted, with a FutureWarning
+(``toolkit.contract.renamed_params``).
 """
 
 from __future__ import annotations
@@ -25,6 +41,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
+from toolkit.contract import StrategyType, ask_context, check_contract
 from toolkit.rope import Rope
 from toolkit.spec import ModelSpec
 from toolkit.timing import Timer
@@ -137,22 +154,24 @@ class Usage:
     bytes: int = 0
 
 
-class CacheStrategy(ABC):
+class CacheStrategy(ABC, metaclass=StrategyType):
     """Base of every cache strategy.
 
     The harness calls, per rollout: ``bind`` once; then per block ``begin_block``,
-    ``context_parts`` (per layer, per denoising step ``0 .. steps - 1`` and in the cache-fill
-    pass, whose step is ``fill_step``), ``commit`` and ``footprint``. ``context_parts``
-    defaults to ``[context(...)]``: a strategy writes one of the two. Subclasses are
-    dataclasses whose fields are the strategy's hyperparameters, validated in
-    ``__post_init__`` (and against the model in ``check``).
+    ``context_parts`` (per layer, per denoising step ``0 .. steps - 1`` with ``fill=False``,
+    then in the cache-fill pass with ``fill=True``), ``commit`` and ``footprint`` (see the
+    module docstring). ``context_parts`` defaults to ``[context(...)]``: a strategy writes one
+    of the two. Subclasses are dataclasses whose fields are the strategy's hyperparameters,
+    validated in ``__post_init__`` (and against the model in ``check``).
     """
 
     name: ClassVar[str] = ""
     shared: ClassVar[tuple[str, ...]] = ("model", "spec", "rope", "timer")  # not held state
+    renamed: ClassVar[dict[str, str]] = {}  # old hyperparameter name -> new (still accepted)
 
     def bind(self, model: Any, timer: Timer | None = None) -> None:
         """Attach to a model for a new rollout and forget any previous state."""
+        check_contract(self)
         self.check(model.spec)
         self.model, self.spec, self.rope = model, model.spec, model.rope
         self.timer = timer or Timer()
@@ -164,26 +183,41 @@ class CacheStrategy(ABC):
     def reset(self) -> None:
         """Clear per-rollout state (called by ``bind``)."""
 
+    def blocks_of(self, frames: int) -> int:
+        """Blocks holding ``frames`` latent frames (``ModelSpec.blocks_of``)."""
+        return self.spec.blocks_of(frames)
+
     @abstractmethod
     def begin_block(self, index: int) -> float:
         """Prepare the context for block ``index``; return the block's temporal start position."""
 
     @property
     def fill_step(self) -> int:
-        """The ``step`` of the cache-fill pass (the denoising steps are 0 .. steps - 1)."""
+        """The ``step`` the cache-fill pass carries (``steps``); tell that pass by ``fill``."""
         return self.model.sampler.steps
 
     @abstractmethod
-    def context(self, layer: int, q: Tensor, step: int) -> tuple[Tensor, Tensor]:
-        """K and V (B, H, M, D) attended by layer ``layer``; q (B, H, N, D) is the block's query."""
+    def context(self, layer: int, q: Tensor, step: int, fill: bool = False
+                ) -> tuple[Tensor, Tensor]:
+        """K and V (B, H, M, D) attended by layer ``layer``.
 
-    def context_parts(self, layer: int, q: Tensor, step: int) -> list[tuple[Tensor, Tensor]]:
+        Args:
+            layer: the transformer layer asking.
+            q: the block's queries (B, H, N, D) at this layer.
+            step: the denoising step, 0 .. steps - 1 (``fill_step`` in the cache-fill pass).
+            fill: True in the cache-fill pass (the clean block at timestep 0; its K/V are
+                recorded and handed to ``commit``), False in the denoising steps.
+        """
+
+    def context_parts(self, layer: int, q: Tensor, step: int, fill: bool = False
+                      ) -> list[tuple[Tensor, Tensor]]:
         """The context as a list of (K, V) parts (B, H, M_i, D), attended in this order.
 
         Parts may be views of what the strategy holds (no copy): the harness copies them, one
-        layer at a time, into its own buffer. Default: ``[context(layer, q, step)]``.
+        layer at a time, into its own buffer. Arguments as ``context``. Default:
+        ``[context(layer, q, step, fill)]``.
         """
-        return [self.context(layer, q, step)]
+        return [ask_context(self.context, layer, q, step, fill)]
 
     @abstractmethod
     def commit(self, block: FinishedBlock) -> None:
@@ -217,13 +251,10 @@ def require_non_negative(obj: Any, *names: str) -> None:
 
 
 def require_block_multiples(obj: Any, spec: ModelSpec, *names: str) -> None:
-    """Raise ValueError naming the first field that is not a multiple of the block size."""
-    bf = spec.block_frames
+    """Raise ValueError naming the first field that is not a multiple of the block size
+    (``ModelSpec.check_blocks``)."""
     for name in names:
-        value = getattr(obj, name)
-        if value % bf:
-            raise ValueError(f"{name}={value}: must be a multiple of the block size {bf} "
-                             f"(e.g. {value // bf * bf} or {(value // bf + 1) * bf})")
+        spec.check_blocks(name, getattr(obj, name))
 
 
 def usage(blocks: Iterable[BlockKV], partitions: Iterable[str] = ()) -> dict[str, Usage]:
@@ -260,6 +291,18 @@ class KeepBlocksStrategy(CacheStrategy):
     def assign(self, index: int, upcoming: int) -> str | None:
         """Partition of finished block ``index`` while block ``upcoming`` is generated."""
 
+    def sink_recent(self, index: int, upcoming: int, sink_frames: int, recent_frames: int,
+                    mid: str | None = None) -> str | None:
+        """The sink + recent-window assignment the built-in templates share.
+
+        ``sink`` for the blocks of the first ``sink_frames``; ``recent`` for the blocks
+        holding the last ``recent_frames`` finished frames before block ``upcoming`` (a
+        partly covered block counts); otherwise ``mid`` (None: evicted).
+        """
+        if index < self.blocks_of(sink_frames):
+            return "sink"
+        return "recent" if index >= upcoming - self.blocks_of(recent_frames) else mid
+
     def reset(self) -> None:
         self.blocks = []
 
@@ -280,9 +323,10 @@ class KeepBlocksStrategy(CacheStrategy):
             start += b.tokens // tpf
         return float(start)
 
-    def context_parts(self, layer: int, q: Tensor, step: int) -> list[tuple[Tensor, Tensor]]:
+    def context_parts(self, layer: int, q: Tensor, step: int, fill: bool = False
+                      ) -> list[tuple[Tensor, Tensor]]:
         if type(self).context is not KeepBlocksStrategy.context:  # a subclass's own context
-            return [self.context(layer, q, step)]
+            return [ask_context(self.context, layer, q, step, fill)]
         return self._block_parts(layer, q)
 
     def _block_parts(self, layer: int, q: Tensor) -> list[tuple[Tensor, Tensor]]:
@@ -295,10 +339,12 @@ class KeepBlocksStrategy(CacheStrategy):
             parts.append((k, v))
         return parts
 
-    def context(self, layer: int, q: Tensor, step: int) -> tuple[Tensor, Tensor]:
+    def context(self, layer: int, q: Tensor, step: int, fill: bool = False
+                ) -> tuple[Tensor, Tensor]:
         """The context of one layer concatenated (a copy; the harness reads the parts)."""
         own = type(self).context is not KeepBlocksStrategy.context  # called as super().context
-        parts = self._block_parts(layer, q) if own else self.context_parts(layer, q, step)
+        parts = self._block_parts(layer, q) if own else \
+            ask_context(self.context_parts, layer, q, step, fill)
         if not parts:
             empty = q.new_zeros((q.shape[0], q.shape[1], 0, q.shape[3]),
                                 dtype=self.spec.torch_dtype)
@@ -320,3 +366,4 @@ class KeepBlocksStrategy(CacheStrategy):
     def info(self) -> dict[str, Any]:
         return {"context_blocks": [b.index for b in self.blocks],
                 "context_t0": [b.t0 for b in self.blocks]}
+

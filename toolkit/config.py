@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import re
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -122,12 +123,23 @@ def compose_config(overrides: Sequence[str] = (), config_name: str = "config") -
     """
     register_strategy_configs()
     overrides = with_experiments_dir(rewrite_custom(overrides))
-    try:
-        cfg = _compose(overrides, config_name)
-    except Exception as err:
-        if not type(err).__module__.startswith(("hydra", "omegaconf")):
-            raise
-        raise ConfigError(explain(err, overrides, config_name)) from None
+    notes, tried = [], {}  # deprecations; new key -> (the error, the overrides) of its old one
+    while True:
+        try:
+            cfg = _compose(overrides, config_name)
+            break
+        except Exception as err:
+            if not type(err).__module__.startswith(("hydra", "omegaconf")):
+                raise
+            renamed = rename_override(err, overrides)
+            if renamed is None:  # a renamed key this strategy lacks: say it as the user wrote it
+                err, said = tried.get(_unknown_key(err) or "", (err, overrides))
+                raise ConfigError(explain(err, said, config_name)) from None
+            tried[renamed[1]] = (err, overrides)
+            overrides = renamed[0]
+            notes.append(renamed[2])
+    for note in notes:
+        warnings.warn(note, FutureWarning, stacklevel=2)
     if config_name == "config":
         check_run_config(cfg)
     return cfg
@@ -137,6 +149,43 @@ def _compose(overrides: Sequence[str], config_name: str) -> DictConfig:
     GlobalHydra.instance().clear()
     with initialize_config_module(config_module="ablations", version_base="1.3"):
         return compose(config_name=config_name, overrides=list(overrides))
+
+
+def renamed_keys() -> dict[str, str]:
+    """Old -> new hyperparameter names of every registered strategy (their ``renamed``)."""
+    out: dict[str, str] = {}
+    for cls in STRATEGIES.items().values():
+        out.update(getattr(cls, "renamed", {}))
+    return out
+
+
+def _unknown_key(err: Exception) -> str | None:
+    text = f"{err}\n{err.__cause__ or ''}"
+    key = re.search(r"Could not (?:override|append to) '([^']+)'", text)
+    return key.group(1) if key and "not in struct" in text else None
+
+
+def rename_override(err: Exception, overrides: Sequence[str]
+                    ) -> tuple[list[str], str, str] | None:
+    """For a renamed strategy hyperparameter that Hydra refused (``strategy.window_frames=12``):
+    the overrides with it under its new name, the new key and the deprecation note; None when
+    the error is about something else."""
+    key = _unknown_key(err)
+    old = key[len("strategy."):] if key and key.startswith("strategy.") else None
+    new = renamed_keys().get(old or "")
+    if new is None:
+        return None
+    out, note = [], ""
+    for o in overrides:
+        prefix = o[:len(o) - len(o.lstrip("+~"))]
+        name, eq, value = o[len(prefix):].partition("=")
+        if name == key and eq:
+            out.append(f"{prefix}strategy.{new}={value}")
+            note = (f"strategy.{old} was renamed strategy.{new} (same meaning); write "
+                    f"strategy.{new}={value}")
+        else:
+            out.append(o)
+    return (out, f"strategy.{new}", note) if note else None
 
 
 def _keys(node: Any, prefix: str = "") -> list[str]:
@@ -155,9 +204,8 @@ def _keys(node: Any, prefix: str = "") -> list[str]:
 def explain(err: Exception, overrides: Sequence[str], config_name: str = "config") -> str:
     """One line for a Hydra composition error: the bad override and the closest valid names."""
     text = f"{err}\n{err.__cause__ or ''}"
-    key = re.search(r"Could not (?:override|append to) '([^']+)'", text)
-    if key and "not in struct" in text:
-        name = key.group(1)
+    name = _unknown_key(err)
+    if name is not None:
         value = next((o.split("=", 1)[1] for o in overrides
                       if o.lstrip("+~").split("=", 1)[0] == name), "?")
         groups = [o for o in overrides if "=" in o and "." not in o.split("=", 1)[0]]
@@ -169,6 +217,10 @@ def explain(err: Exception, overrides: Sequence[str], config_name: str = "config
         close = difflib.get_close_matches(name, keys, n=1, cutoff=0.6)
         hint = f" Did you mean {close[0]}?" if close else ""
         siblings = [k.rpartition(".")[2] for k in keys if k.rpartition(".")[0] == parent]
+        new = renamed_keys().get(name.rpartition(".")[2]) if parent == "strategy" else None
+        if new in siblings:
+            hint = (f" {name} was renamed {parent}.{new} (same meaning): write {new} in its "
+                    "place.")
         where = f" Keys of {parent}: {', '.join(siblings)}." if parent and siblings else ""
         return f"unknown config key {name!r} ({name}={value}).{hint}{where}"
     missing = re.search(r"Could not find '([^'/]+)/([^']+)'", text)
@@ -235,10 +287,10 @@ def video_frames(cfg: DictConfig, spec: Any) -> int:
     frames = spec.frames_for(float(seconds)) if seconds is not None else cfg.video.latent_frames
     if isinstance(frames, bool) or not isinstance(frames, int):
         raise ConfigError(f"video.latent_frames={frames!r}: must be a whole number")
-    bf = spec.block_frames
-    if frames < bf or frames % bf:
-        raise ConfigError(f"video.latent_frames={frames}: must be a positive multiple of the "
-                          f"block size {bf}")
+    try:
+        spec.check_blocks("video.latent_frames", frames, positive=True)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     return frames
 
 
@@ -247,6 +299,7 @@ def build_strategy(node: DictConfig | dict[str, Any]) -> CacheStrategy:
     params = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) \
         else dict(node)
     from toolkit.cache import CacheStrategy
+    from toolkit.contract import renamed_params
 
     target = params.pop("_target_", None)
     params.pop("label", None)  # the name reports show; not a hyperparameter
@@ -256,6 +309,10 @@ def build_strategy(node: DictConfig | dict[str, Any]) -> CacheStrategy:
     cls = STRATEGIES.get(str(target))
     if not (isinstance(cls, type) and issubclass(cls, CacheStrategy)):
         raise ConfigError(f"strategy._target_={target!r} ({where(cls)}) is not a CacheStrategy")
+    try:
+        params = renamed_params(cls, params)
+    except ValueError as err:
+        raise ConfigError(f"strategy {target!r}: {err}") from None
     if dataclasses.is_dataclass(cls):
         allowed = [f.name for f in dataclasses.fields(cls) if f.init]
         unknown = sorted(set(params) - set(allowed))

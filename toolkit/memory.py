@@ -1,10 +1,11 @@
 """KV memory of any strategy at a real model's scale, from its own bookkeeping on meta tensors.
 
 ``account`` binds the strategy to a spec-only model (``toolkit.specmodel``) and drives it
-exactly as a rollout does, through the rollout's own attention plan (``CachePlan``:
-``begin_block``; the strategy's context for every layer at every denoising step and in the
-cache-fill pass, copied into the plan's buffer; the block's K/V recorded; ``commit``), with
-meta tensors of the true sizes: no weights, no allocation, no arithmetic. Tokens and bytes
+exactly as a rollout does, through the rollout's own block driver
+(``toolkit.rollout.BlockDriver``: ``begin_block``; the strategy's context for every layer at
+every denoising step and in the cache-fill pass, copied into the plan's buffer; the block's
+K/V recorded; ``commit``; the block's ``BlockRecord``), with meta tensors of the true sizes:
+no weights, no allocation, no arithmetic. Tokens and bytes
 come from the strategy's ``footprint``; context sizes from what it hands the plan. With
 ``track=True`` every tensor the plan and the strategy make is counted while it lives
 (``toolkit.allocations.LiveBytes``): the peak working memory of the KV path per block, against
@@ -28,52 +29,15 @@ from rich.console import Console
 from rich.table import Table
 
 from toolkit.allocations import LiveBytes
-from toolkit.cache import CacheStrategy, FinishedBlock
-from toolkit.config import ConfigError, build_strategy, compose_config
-from toolkit.rollout import CachePlan
+from toolkit.cache import CacheStrategy
+from toolkit.config import ConfigError, build_strategy, compose_config, video_frames
+from toolkit.registry import strategy_name
+from toolkit.rollout import BlockDriver
 from toolkit.spec import ModelSpec
 from toolkit.specmodel import SpecModel
+from toolkit.trace import BlockRecord
 
 GB = 1e9  # reports use decimal gigabytes, as the paper does
-
-
-@dataclass
-class BlockMemory:
-    """One block of an accounted rollout.
-
-    Attributes:
-        index: block number.
-        context_tokens: cached tokens attended per layer (the largest over layers and steps).
-        tokens: tokens per layer held per partition after the block's commit.
-        bytes: bytes (all layers, K and V) held per partition after the block's commit.
-        start_bytes: bytes held when the block began.
-        own_bytes: the block's own K/V (all layers), recorded in its cache-fill pass.
-        peak_bytes: the most bytes the KV path had alive during the block (tracked runs).
-    """
-
-    index: int
-    context_tokens: int
-    tokens: dict[str, int]
-    bytes: dict[str, int]
-    start_bytes: int = 0
-    own_bytes: int = 0
-    peak_bytes: int | None = None
-
-    @property
-    def total_bytes(self) -> int:
-        return sum(self.bytes.values())
-
-    @property
-    def needed_bytes(self) -> int:
-        """The KV the block works with: held at its start plus its own K/V."""
-        return self.start_bytes + self.own_bytes
-
-    @property
-    def ratio(self) -> float | None:
-        """Peak working bytes over the KV the block needs (tracked runs)."""
-        if self.peak_bytes is None or not self.needed_bytes:
-            return None
-        return self.peak_bytes / self.needed_bytes
 
 
 @dataclass
@@ -84,14 +48,14 @@ class MemoryReport:
     model: str
     spec: ModelSpec
     latent_frames: int
-    blocks: list[BlockMemory] = field(default_factory=list)
+    blocks: list[BlockRecord] = field(default_factory=list)
 
-    def attended(self, block: BlockMemory) -> int:
+    def attended(self, block: BlockRecord) -> int:
         """Tokens per layer a block attends: cached context plus the block itself."""
         return block.context_tokens + self.spec.tokens_per_block
 
     @property
-    def peak(self) -> BlockMemory:
+    def peak(self) -> BlockRecord:
         """The block holding the most bytes (the first such)."""
         return max(self.blocks, key=lambda b: b.total_bytes)
 
@@ -113,7 +77,7 @@ class MemoryReport:
         return max(b.peak_bytes or 0 for b in self.blocks)
 
     @property
-    def worst_ratio(self) -> BlockMemory:
+    def worst_ratio(self) -> BlockRecord:
         """The block with the highest peak / needed ratio (tracked runs)."""
         return max(self.blocks, key=lambda b: b.ratio or 0.0)
 
@@ -127,28 +91,39 @@ def account(model: Any, strategy: CacheStrategy, latent_frames: int, batch: int 
         strategy: the cache strategy (its hyperparameters as configured).
         latent_frames: video length; a positive multiple of the block size.
         batch: videos per batch.
-        track: count the KV path's live bytes per block (``BlockMemory.peak_bytes``).
+        track: count the KV path's live bytes per block (``BlockRecord.peak_bytes``).
     """
     model = SpecModel.of(model)
     spec = model.spec
-    bf = spec.block_frames
-    if latent_frames < bf or latent_frames % bf:
-        raise ConfigError(f"video.latent_frames={latent_frames}: must be a positive multiple "
-                          f"of the block size {bf}")
+    try:
+        blocks = spec.check_blocks("video.latent_frames", latent_frames, positive=True)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     meta = {"device": "meta", "dtype": spec.torch_dtype}
     strategy.bind(model)
-    report = MemoryReport(type(strategy).__name__, model.name, spec, latent_frames)
+    report = MemoryReport(strategy_name(strategy), model.name, spec, latent_frames)
+    # q stands in for the block's queries, keys and values at every layer (same sizes)
     q = torch.empty(batch, spec.num_heads, spec.tokens_per_block, spec.head_dim, **meta)
-    latents = torch.empty(batch, spec.latent_channels, bf, spec.latent_height,
+    latents = torch.empty(batch, spec.latent_channels, spec.block_frames, spec.latent_height,
                           spec.latent_width, **meta)
-    plan = CachePlan(strategy, spec.num_layers)
-    plan.attention = fused_attention
+    driver = BlockDriver(strategy, spec.num_layers, model.sampler.steps)
+    driver.plan.attention = fused_attention
     tracker = LiveBytes() if track else None
     try:
         with tracker if tracker is not None else nullcontext():
-            for index in range(latent_frames // bf):
-                _block(strategy, plan, report, index, q, latents, model.sampler.steps,
-                       tracker)
+            for index in range(blocks):
+                if tracker is not None:
+                    tracker.reset_peak()
+                driver.begin(index)
+                for step in range(model.sampler.steps):
+                    driver.step(step)
+                    _attend_all(driver, q)
+                with driver.filling():
+                    _attend_all(driver, q)
+                driver.commit(latents)
+                record = driver.record()
+                record.peak_bytes = None if tracker is None else tracker.peak
+                report.blocks.append(record)
     except RuntimeError as err:
         if "meta" not in str(err):
             raise
@@ -159,39 +134,17 @@ def account(model: Any, strategy: CacheStrategy, latent_frames: int, batch: int 
     return report
 
 
+def _attend_all(driver: BlockDriver, q: torch.Tensor) -> None:
+    """One pass of every layer through the driver's plan (q as queries, keys and values)."""
+    for layer in range(driver.plan.num_layers):
+        driver.plan.attend(layer, q, q, q)
+
+
 def fused_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """What a fused attention kernel (flash / memory-efficient) allocates: its output. (On
     meta tensors ``scaled_dot_product_attention`` takes the unfused path, whose N x M score
     matrix no GPU kernel materialises.)"""
     return torch.empty_like(q)
-
-
-def _block(strategy: CacheStrategy, plan: CachePlan, report: MemoryReport, index: int,
-           q: torch.Tensor, latents: torch.Tensor, steps: int,
-           tracker: LiveBytes | None) -> None:
-    """One block as the rollout drives it, on meta tensors; appends its ``BlockMemory``.
-
-    q stands in for the block's queries, keys and values at every layer (same sizes).
-    """
-    start = sum(u.bytes for u in strategy.footprint().values())
-    if tracker is not None:
-        tracker.reset_peak()
-    t0 = float(strategy.begin_block(index))
-    context = 0
-    for step in range(steps + 1):  # denoising steps, then the cache fill
-        plan.step, plan.recording = step, step == steps
-        for layer in range(report.spec.num_layers):
-            plan.attend(layer, q, q, q)
-            context = max(context, plan.context_tokens)
-    plan.recording = False
-    kv = plan.take_kv(index, t0)
-    own = kv.nbytes
-    strategy.commit(FinishedBlock(index, latents, kv))
-    del kv
-    held = strategy.footprint()
-    report.blocks.append(BlockMemory(index, context, {k: u.tokens for k, u in held.items()},
-                                     {k: u.bytes for k, u in held.items()}, start, own,
-                                     None if tracker is None else tracker.peak))
 
 
 def memory_table(report: MemoryReport) -> Table:
@@ -272,9 +225,8 @@ def working_memory_table(overrides: Sequence[str], names: Sequence[str]) -> Tabl
     for name in names:
         cfg = compose_config([*overrides, f"strategy={name}"])
         model = model or SpecModel.of(instantiate(cfg.model))
-        frames = model.spec.frames_for(float(cfg.video.seconds)) \
-            if cfg.video.get("seconds") is not None else int(cfg.video.latent_frames)
-        reports[name] = account(model, build_strategy(cfg.strategy), frames, track=True)
+        reports[name] = account(model, build_strategy(cfg.strategy),
+                                video_frames(cfg, model.spec), track=True)
     return transient_table(reports)
 
 
@@ -283,10 +235,7 @@ def cmd_memory(overrides: list[str]) -> int:
     cfg = compose_config(overrides)
     strategy = build_strategy(cfg.strategy)
     model = SpecModel.of(instantiate(cfg.model))
-    seconds = cfg.video.get("seconds")
-    frames = model.spec.frames_for(float(seconds)) if seconds is not None \
-        else int(cfg.video.latent_frames)
-    report = account(model, strategy, frames, track=True)
+    report = account(model, strategy, video_frames(cfg, model.spec), track=True)
     console = Console()
     console.print(memory_table(report))
     for line in summary_lines(report):

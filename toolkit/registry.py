@@ -61,6 +61,11 @@ class Registry(Generic[T]):
         self._load()
         return dict(sorted(self._items.items()))
 
+    def name_of(self, obj: Any) -> str | None:
+        """The name ``obj`` itself is registered under (not a registered parent's), or None."""
+        self._load()
+        return next((n for n, o in self._items.items() if o is obj), None)
+
     def get(self, name: str) -> T:
         """The registered object, or one imported from a dotted ``module.Name`` path."""
         self._load()
@@ -84,3 +89,10 @@ def where(obj: Any) -> str:
 
 
 STRATEGIES: Registry[type] = Registry("strategy", "rollbench.strategies", "strategies")
+
+
+def strategy_name(strategy: Any) -> str:
+    """What runs, traces and reports call a strategy: its registry name, else the
+    ``module.Class`` path that builds it (``strategy._target_=...``)."""
+    cls = type(strategy)
+    return STRATEGIES.name_of(cls) or where(cls)

@@ -1,8 +1,13 @@
-"""The rollout harness: one strategy-agnostic loop over blocks and denoising steps."""
+"""The rollout harness: one strategy-agnostic loop over blocks and denoising steps.
+
+``BlockDriver`` is the per-block protocol of the cache contract, written once: the rollout
+drives real blocks through it, ``toolkit.memory`` drives meta-tensor blocks through it.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,6 +17,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from toolkit.cache import BlockKV, CacheStrategy, FinishedBlock
+from toolkit.contract import ask_context
+from toolkit.registry import strategy_name
 from toolkit.rope import grid_positions
 from toolkit.sampling import BlockSampler
 from toolkit.schedule import Conditioning
@@ -42,8 +49,10 @@ class CachePlan:
     Per layer, the strategy's context parts and the block's own K/V are copied into one
     buffer reused by every layer and pass (a new one only when the context's size changes),
     and attention reads it: the only working copy of the cache is one layer's context. While
-    ``recording`` (the cache-fill pass) each layer's K/V of the block is written into the
-    block's (L, B, H, N, D) tensors, which ``take_kv`` hands to the strategy.
+    ``recording`` (the cache-fill pass; the strategy is asked with ``fill=True``) each layer's
+    K/V of the block is written into the block's (L, B, H, N, D) tensors, which ``take_kv``
+    hands to the strategy. ``context_tokens``: the most cached tokens any layer attended since
+    it was last set to 0.
     """
 
     def __init__(self, strategy: CacheStrategy, num_layers: int) -> None:
@@ -57,9 +66,9 @@ class CachePlan:
     def attend(self, layer: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         if self.recording:
             self._record(layer, k, v)
-        parts = self.strategy.context_parts(layer, q, self.step)
+        parts = ask_context(self.strategy.context_parts, layer, q, self.step, self.recording)
         cached = sum(pk.shape[2] for pk, _ in parts)
-        self.context_tokens = cached
+        self.context_tokens = max(self.context_tokens, cached)
         if not cached:
             return self.attention(q, k, v)
         bk, bv = self._room(k, cached + k.shape[2])
@@ -95,6 +104,59 @@ def _as(x: Tensor, dtype: torch.dtype) -> Tensor:
     return x if x.dtype == dtype else x.to(dtype)
 
 
+class BlockDriver:
+    """The per-block protocol of the cache contract, in one place.
+
+    Per block: ``begin(index)`` (the strategy's ``begin_block``: the block's start); then
+    ``step(s)`` before each denoising step s = 0 .. steps - 1 and ``filling()`` around the
+    cache-fill pass, every attention call in between asking the strategy for its context
+    through ``plan`` (install it in the model's slot); ``commit(latents, cond)`` hands the
+    strategy the block with its recorded K/V; ``record(...)`` is the block's ``BlockRecord``
+    from the strategy's ``footprint``.
+    """
+
+    def __init__(self, strategy: CacheStrategy, num_layers: int, steps: int) -> None:
+        self.strategy, self.steps = strategy, steps
+        self.plan = CachePlan(strategy, num_layers)
+        self.index, self.t0, self.start_bytes, self.own_bytes = -1, 0.0, 0, 0
+
+    def begin(self, index: int) -> float:
+        """Start block ``index``; its temporal start, as the strategy places it."""
+        self.start_bytes = sum(u.bytes for u in self.strategy.footprint().values())
+        self.plan.context_tokens, self.own_bytes = 0, 0
+        self.index, self.t0 = index, float(self.strategy.begin_block(index))
+        return self.t0
+
+    def step(self, step: int) -> None:
+        """The next attention calls are denoising step ``step``."""
+        self.plan.step, self.plan.recording = step, False
+
+    @contextmanager
+    def filling(self) -> Iterator[None]:
+        """The attention calls inside are the cache-fill pass (the block's K/V recorded)."""
+        self.plan.step, self.plan.recording = self.steps, True
+        try:
+            yield
+        finally:
+            self.plan.recording = False
+
+    def commit(self, latents: Tensor, cond: Tensor | None = None) -> None:
+        """Hand the strategy the finished block: clean latents, recorded K/V, conditioning."""
+        kv = self.plan.take_kv(self.index, self.t0)
+        self.own_bytes = kv.nbytes
+        self.strategy.commit(FinishedBlock(self.index, latents, kv, cond))
+
+    def record(self, seconds: dict[str, float] | None = None,
+               info: dict[str, Any] | None = None) -> BlockRecord:
+        """The committed block's record: what the strategy holds now, what it attended."""
+        held = self.strategy.footprint()
+        return BlockRecord(index=self.index, t0=self.t0, context_tokens=self.plan.context_tokens,
+                           tokens={k: u.tokens for k, u in held.items()},
+                           bytes={k: u.bytes for k, u in held.items()},
+                           seconds=seconds or {}, info=info or {},
+                           start_bytes=self.start_bytes, own_bytes=self.own_bytes)
+
+
 BlockCallback = Callable[[BlockRecord], None]
 
 
@@ -118,17 +180,15 @@ def rollout(model: Any, strategy: CacheStrategy, prompts: Sequence[Any], latent_
     # 1. sizes, noise, prompt conditioning (each distinct prompt encoded once, up front)
     spec, device = model.spec, model.device
     bf = spec.block_frames
-    if latent_frames < bf or latent_frames % bf:
-        raise ValueError(f"video.latent_frames={latent_frames}: must be a positive multiple of "
-                         f"the block size {bf}")
+    blocks = spec.check_blocks("video.latent_frames", latent_frames, positive=True)
     timer = Timer(cuda=device.type == "cuda")
     generator = torch.Generator().manual_seed(seed)
     sampler = BlockSampler(model.sampler)
     conditioning = Conditioning(model.encode_prompt, prompts, bf, latent_frames)
     shape = (len(prompts), spec.latent_channels, bf, spec.latent_height, spec.latent_width)
     strategy.bind(model, timer)
-    plan = CachePlan(strategy, spec.num_layers)
-    trace = Trace(strategy=type(strategy).__name__, block_frames=bf,
+    driver = BlockDriver(strategy, spec.num_layers, model.sampler.steps)
+    trace = Trace(strategy=strategy_name(strategy), block_frames=bf,
                   meta={"hparams": strategy.hparams(), "latent_frames": latent_frames,
                         "seed": seed, "provenance": strategy.provenance(),
                         "switches": conditioning.switches()})
@@ -136,20 +196,20 @@ def rollout(model: Any, strategy: CacheStrategy, prompts: Sequence[Any], latent_
         trace.meta["schedule"] = conditioning.describe()
     out: list[Tensor] = []
     with model.attach() as slot:
-        slot.plan = plan
-        for index in tqdm(range(latent_frames // bf), disable=not progress, desc=trace.strategy,
+        slot.plan = driver.plan
+        for index in tqdm(range(blocks), disable=not progress, desc=trace.strategy,
                           unit="block"):
             # 2. the strategy prepares the context and says where this block sits
             cond = conditioning.at(index * bf)
             with timer.section("cache_update"):
-                t0 = float(strategy.begin_block(index))
+                t0 = driver.begin(index)
                 pos = grid_positions(spec, t0, bf)
             # 3. denoise the block
             noise = torch.randn(shape, generator=generator).to(device)
             with timer.section("denoise"):
                 def predict(x: Tensor, sigma: float, step: int, pos: Tensor = pos,
                             cond: Tensor = cond) -> Tensor:
-                    plan.step = step
+                    driver.step(step)
                     return model.predict_x0(x, sigma, pos, cond)
 
                 x0 = sampler.sample(predict, noise, generator)
@@ -160,17 +220,12 @@ def rollout(model: Any, strategy: CacheStrategy, prompts: Sequence[Any], latent_
                                    trace)
             # 4. cache-fill pass at timestep 0, then the strategy takes the block
             with timer.section("cache_update"):
-                plan.recording, plan.step = True, model.sampler.steps
-                model.fill(x0, pos, cond)
-                plan.recording = False
-                strategy.commit(FinishedBlock(index, x0, plan.take_kv(index, t0), cond))
+                with driver.filling():
+                    model.fill(x0, pos, cond)
+                driver.commit(x0, cond)
             out.append(x0)
             # 5. record the block
-            held = strategy.footprint()
-            record = BlockRecord(index=index, t0=t0, context_tokens=plan.context_tokens,
-                                 tokens={k: u.tokens for k, u in held.items()},
-                                 bytes={k: u.bytes for k, u in held.items()},
-                                 seconds=timer.take(), info=info)
+            record = driver.record(timer.take(), info)
             trace.blocks.append(record)
             for callback in callbacks:
                 callback(record)

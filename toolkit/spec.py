@@ -83,6 +83,26 @@ class ModelSpec:
         hw = 2 * (self.head_dim // 6)
         return self.head_dim - 2 * hw, hw, hw
 
+    def blocks_of(self, frames: int) -> int:
+        """Blocks holding ``frames`` latent frames (a partly filled block counts)."""
+        return -(-frames // self.block_frames)
+
+    def check_blocks(self, name: str, frames: int, positive: bool = False) -> int:
+        """``frames`` in whole blocks; the one block-multiple check of rollbench.
+
+        Raises:
+            ValueError: naming ``name=frames`` and the nearest allowed values, unless ``frames``
+                is a multiple of the block size (a positive one with ``positive``).
+        """
+        bf = self.block_frames
+        if frames % bf == 0 and (frames > 0 or not positive):
+            return frames // bf
+        low = bf if positive else 0
+        near = sorted({max(low, frames // bf * bf), max(low, (frames // bf + 1) * bf)})
+        kind = "positive multiple" if positive else "multiple"
+        raise ValueError(f"{name}={frames}: must be a {kind} of the block size {bf} "
+                         f"(e.g. {' or '.join(map(str, near))})")
+
     def frames_for(self, seconds: float) -> int:
         """Latent frames of a video of ``seconds``, rounded up to whole blocks."""
         frames = seconds * self.latent_fps

@@ -20,6 +20,10 @@ class BlockRecord:
         bytes: exact bytes held per partition after the block was committed.
         seconds: wall time per section (denoise, cache_update, compression, ...).
         info: strategy-specific facts (context blocks, selections, ...).
+        start_bytes: bytes held when the block began.
+        own_bytes: the block's own K/V (all layers), recorded in its cache-fill pass.
+        peak_bytes: the most bytes the KV path had alive during the block (memory accounting
+            with ``track=True``; None otherwise).
     """
 
     index: int
@@ -29,15 +33,31 @@ class BlockRecord:
     bytes: dict[str, int]
     seconds: dict[str, float]
     info: dict[str, Any] = field(default_factory=dict)
+    start_bytes: int = 0
+    own_bytes: int = 0
+    peak_bytes: int | None = None
 
     @property
     def total_bytes(self) -> int:
         return sum(self.bytes.values())
 
+    @property
+    def needed_bytes(self) -> int:
+        """The KV the block works with: held at its start plus its own K/V."""
+        return self.start_bytes + self.own_bytes
+
+    @property
+    def ratio(self) -> float | None:
+        """Peak working bytes over the KV the block needs (tracked accounting)."""
+        if self.peak_bytes is None or not self.needed_bytes:
+            return None
+        return self.peak_bytes / self.needed_bytes
+
 
 @dataclass
 class Trace:
-    """Per-block records of one rollout, plus what produced it."""
+    """Per-block records of one rollout, plus what produced it (``strategy``: its registry
+    name, or the ``module.Class`` path of an unregistered one)."""
 
     strategy: str
     block_frames: int

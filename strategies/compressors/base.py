@@ -210,12 +210,13 @@ class Compressor(torch.nn.Module):
         """Read parameters written by ``save`` (shapes must match this configuration)."""
         from safetensors.torch import load_file
 
-        from toolkit.world.model import shipped
+        from toolkit.weights import find_weights, missing_weights
 
-        path = shipped(path)
+        path = find_weights(path)
         if not path.exists():
-            raise FileNotFoundError(f"compressor weights {path} not found (train them with "
-                                    "`rollbench train packforcing`)")
+            raise FileNotFoundError(missing_weights(path, "compressor weights",
+                                                    "train them with `rollbench train "
+                                                    "packforcing`"))
         state = load_file(str(path))
         try:
             self.load_state_dict(state)

@@ -1,9 +1,13 @@
 """The built-in sprite world: prompts, simulator and ground-truth analysers.
 
 See :mod:`toolkit.world.sim` for the world's rules and seeds, and :mod:`toolkit.world.analyse`
-for how frames are read back.
+for how frames are read back. Importing it registers the world's weight folder
+(``toolkit/world/weights``) on the weights search path (``toolkit.weights``).
 """
 
+from pathlib import Path
+
+from toolkit.weights import register_weights_dir
 from toolkit.world.analyse import (
     FrameObs,
     SpriteObs,
@@ -38,6 +42,9 @@ from toolkit.world.sim import (
     trajectories,
 )
 
+#: The world's shipped weights and their cards.
+WEIGHTS_DIR = register_weights_dir("world", Path(__file__).resolve().parent / "weights")
+
 __all__ = [
     "BACKGROUNDS",
     "COLOURS",
@@ -52,6 +59,7 @@ __all__ = [
     "SPLITS",
     "SPLIT_SEEDS",
     "VOCAB_SIZE",
+    "WEIGHTS_DIR",
     "FrameObs",
     "Prompt",
     "SpriteObs",

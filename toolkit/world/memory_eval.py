@@ -113,7 +113,7 @@ def memory_gates(model: Any, clips: int = 64, seed: int = 0) -> dict[str, Any]:
         use = context_use(model, cfg, pos, mask, clips=clips)
     chosen = gate_clips(clips, bf, seed=seed)
     full = recall_at_1x(model, Full(), chosen, seed)
-    masked = recall_at_1x(model, Sink(sink_frames=bf, window_frames=0), chosen, seed)
+    masked = recall_at_1x(model, Sink(sink_frames=bf, recent_frames=0), chosen, seed)
     checks = {
         f"context use >= {USE_RATIO_GATE}": use["use_ratio"] >= USE_RATIO_GATE,
         f"colour recall (full) >= {COLOUR_GATE}": full["colour"] >= COLOUR_GATE,
@@ -132,9 +132,10 @@ def memory_gates(model: Any, clips: int = 64, seed: int = 0) -> dict[str, Any]:
 
 def record_gates(path: str | Path, clips: int = 64) -> dict[str, Any]:
     """Measure a memory model's gates and write them into its card (``gates``)."""
-    from toolkit.world.model import load_world, shipped
+    from toolkit.weights import find_weights
+    from toolkit.world.model import load_world
 
-    path = shipped(path)
+    path = find_weights(path)
     gates = memory_gates(load_world(path), clips=clips)
     card_path = Path(path).with_suffix(".json")
     card = json.loads(card_path.read_text())

@@ -21,13 +21,13 @@ from toolkit.model import WanCausalModel
 from toolkit.sampling import SamplerConfig
 from toolkit.schedule import PromptSchedule
 from toolkit.spec import ModelSpec
+from toolkit.weights import find_weights
+from toolkit.world import WEIGHTS_DIR
 from toolkit.world.scenes import SCENE_VOCAB_SIZE, Shot, schedule_for_seed
 from toolkit.world.sim import FRAME_SIZE, PROMPT_TOKENS, VOCAB_SIZE, Prompt, prompt_for_seed
 from toolkit.zoo import TokenPromptEncoder
 
 WORLDS = ("sprites", "scenes")
-
-WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 
 
 class PixelVAE(torch.nn.Module):
@@ -166,14 +166,6 @@ def build_world(cfg: WorldConfig, vae: PixelVAE | None = None,
     return model
 
 
-def shipped(path: str | Path) -> Path:
-    """A weights path as given, or, when relative and absent, the file shipped under that name."""
-    path = Path(path)
-    if not path.is_absolute() and not path.exists() and (WEIGHTS_DIR / path).exists():
-        return WEIGHTS_DIR / path
-    return path
-
-
 def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -199,7 +191,7 @@ def load_world(
     """Load shipped (or given) world weights, checking the card's hash and config."""
     from safetensors.torch import load_file
 
-    path = shipped(path) if path else WEIGHTS_DIR / "world-model.safetensors"
+    path = find_weights(path) if path else WEIGHTS_DIR / "world-model.safetensors"
     card_path = path.with_suffix(".json")
     if not path.exists() or not card_path.exists():
         raise FileNotFoundError(

@@ -66,6 +66,7 @@ from tqdm.auto import tqdm
 from strategies.compressors import SPATIAL, Compressor, build_compressor, compressor_class
 from strategies.packforcing import KV_MODES
 from strategies.packforcing_layout import Layout, block_errors, contexts, pack_layout, predict
+from toolkit.weights import find_weights
 from toolkit.world.memory_train import colour_recall, encode_shots, return_weights
 from toolkit.world.model import (
     WEIGHTS_DIR,
@@ -73,7 +74,6 @@ from toolkit.world.model import (
     WorldModel,
     load_world,
     save_world,
-    shipped,
 )
 from toolkit.world.scenes import ClipMix, sample_clips
 from toolkit.world.sim import FRAME_SIZE, sample_batch
@@ -158,7 +158,8 @@ def make_batch(cfg: PFTrainConfig, model: WorldModel, step: int, gen: torch.Gene
     seed, bf = (cfg.seed + 7919) * 1_000_003 + step, model.spec.block_frames
     if memory_world(model):
         share = cfg.memory_share if memory_share is None else memory_share
-        mix = ClipMix(share, cfg.sink_frames // bf, cfg.recent_frames // bf)
+        mix = ClipMix(share, model.spec.blocks_of(cfg.sink_frames),
+                      model.spec.blocks_of(cfg.recent_frames))
         videos, shots, scheds = sample_clips(cfg.batch, cfg.clip_frames, bf, seed, mix=mix)
         cond = encode_shots(model, shots)
     else:
@@ -184,7 +185,7 @@ def context_use(model: WorldModel, compressor: Compressor, cfg: PFTrainConfig,
     """
     gen = torch.Generator().manual_seed(99)
     x0, _, _, cond, scheds = make_batch(cfg, model, 10**7, gen, memory_share=1.0)
-    nb = x0.shape[2] // model.spec.block_frames
+    nb = model.spec.blocks_of(x0.shape[2])
     sigma = torch.full((x0.shape[0], nb), 0.999, device=x0.device)
     noise = torch.randn(x0.shape, generator=gen).to(x0.device)
     xt = 0.001 * x0 + 0.999 * noise
@@ -226,13 +227,12 @@ def validate(cfg: PFTrainConfig, spec) -> None:
         if value not in allowed:
             raise ValueError(f"{name}={value!r}: allowed {list(allowed)}")
     bf = spec.block_frames
-    for name in ("clip_frames", "sink_frames", "recent_frames"):
-        value = getattr(cfg, name)
-        if value < 0 or value % bf:
-            raise ValueError(f"{name}={value}: must be a non-negative multiple of the block "
-                             f"size {bf}")
-    nb = cfg.clip_frames // bf
-    if not any(mid for _, mid, _ in contexts(nb, cfg.sink_frames // bf, cfg.recent_frames // bf)):
+    names = ("clip_frames", "sink_frames", "recent_frames")
+    for name in names:
+        if getattr(cfg, name) < 0:
+            raise ValueError(f"{name}={getattr(cfg, name)}: must be >= 0")
+    blocks = [spec.check_blocks(name, getattr(cfg, name)) for name in names]
+    if not any(mid for _, mid, _ in contexts(*blocks)):
         raise ValueError(f"sink_frames={cfg.sink_frames} + recent_frames={cfg.recent_frames} "
                          f"leave no mid partition inside a {cfg.clip_frames}-frame clip: they "
                          f"must total at most clip_frames - 2 blocks ({cfg.clip_frames - 2 * bf})")
@@ -294,7 +294,7 @@ def train_packforcing(cfg: PFTrainConfig, log=print) -> Path:
 
     model, compressor = build_modules(cfg)
     validate(cfg, model.spec)
-    init_path = shipped(cfg.init) if cfg.init else WEIGHTS_DIR / "world-model.safetensors"
+    init_path = find_weights(cfg.init) if cfg.init else WEIGHTS_DIR / "world-model.safetensors"
     init_card = dict(model.card)
     world_cfg = WorldConfig(**init_card["config"])
     ema_model, ema_comp = copy.deepcopy(model).eval(), copy.deepcopy(compressor).eval()
