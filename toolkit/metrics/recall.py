@@ -2,8 +2,9 @@
 
 The run's prompt is a schedule of memory-world shots (``toolkit.world.scenes``); from the shots
 alone follow the return moments (every cut back to a scene). The analysers read every frame of
-the GENERATED video (with the memory world's backgrounds); a block's sprite is the (colour,
-shape) read in most of its frames. For each return moment the sprite of the returning block is
+the GENERATED video (with the memory world's backgrounds); a block's sprite is the colour read
+in most of the frames where a sprite is read, with the shape read most often (``unknown`` when
+no frame's shape is readable); a block in which no frame shows a sprite has none. For each return moment the sprite of the returning block is
 compared with the sprite the model itself drew in the last block that showed that scene's
 sprite (``drawn``): memory of what it made, not of the simulator's truth. Moments where that
 earlier block shows no readable sprite cannot test recall and are left out (counted in
@@ -46,7 +47,8 @@ GAP_BINS = ((2, 2), (3, 4), (5, 8), (9, 10**9))
 
 @dataclass(frozen=True)
 class BlockSprite:
-    """The sprite a block shows: modal (colour, shape) over its frames, and centroids."""
+    """The sprite a block shows: its modal colour and shape over the frames that show one,
+    and the centroids in its first and last frames (None where no sprite is read)."""
 
     colour: str | None
     shape: str | None
@@ -90,10 +92,11 @@ def block_sprites(inp: MetricInput) -> list[BlockSprite]:
         for b in range(len(obs) // bf):
             seen = [max(o.sprites, key=lambda s: s.area) if o.sprites else None
                     for o in obs[b * bf:(b + 1) * bf]]
-            ids = Counter((s.colour, s.shape) for s in seen if s is not None)
-            (colour, shape), n = ids.most_common(1)[0] if ids else ((None, None), 0)
-            if n * 2 <= bf:  # no sprite read in most frames: nothing to compare
-                colour = shape = None
+            read = [s for s in seen if s is not None]
+            colours = Counter(s.colour for s in read)
+            shapes = Counter(s.shape for s in read if s.shape != "unknown")
+            colour = colours.most_common(1)[0][0] if colours else None
+            shape = (shapes.most_common(1)[0][0] if shapes else "unknown") if read else None
             out.append(BlockSprite(colour, shape,
                                    seen[0].centroid if seen[0] else None,
                                    seen[-1].centroid if seen[-1] else None))
