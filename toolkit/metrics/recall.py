@@ -4,9 +4,10 @@ The run's prompt is a schedule of memory-world shots (``toolkit.world.scenes``);
 alone follow the return moments (every cut back to a scene). The analysers read every frame of
 the GENERATED video (with the memory world's backgrounds); a block's sprite is the colour read
 in most of the frames where a sprite is read, with the shape read most often (``unknown`` when
-no frame's shape is readable); a block in which no frame shows a sprite has none. For each return moment the sprite of the returning block is
-compared with the sprite the model itself drew in the last block that showed that scene's
-sprite (``drawn``): memory of what it made, not of the simulator's truth. Moments where that
+no frame's shape is readable); a block in which no frame shows a sprite has none. For each
+return moment the sprite of the returning block is compared with the sprite the model itself
+drew in the last block that showed that scene's sprite (``drawn``): memory of what it made, not
+of the simulator's truth. Moments where that
 earlier block shows no readable sprite cannot test recall and are left out (counted in
 ``recall_moments/unreadable``). Against the prompt's truth, ``recall_truth`` compares with
 the sprite the introducing shot named.
