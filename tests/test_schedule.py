@@ -150,3 +150,19 @@ def test_switches_are_tagged_and_the_report_marks_the_shared_ones(tmp_path):
     assert compare.common_switches(exp.runs, ["full"]) == [4]
     steps, values = compare.binned(np.array([0, 5, 44, 50]), np.array([1.0, 0.0, 1.0, 1.0]), 40)
     assert steps.tolist() == [0, 40] and values.tolist() == [0.5, 1.0]
+
+
+def test_interpolated_positions_keep_full_history_inside_the_trained_range(tiny):
+    """`positions=interpolate`: full history with every position inside the training length
+    (position range separated from context length); equal to `reindex` until it outgrows it."""
+    spec = tiny.spec  # blocks of 2, trained on 8 frames
+    starts = {}
+    for mode in ("reindex", "interpolate"):
+        out = rollout(tiny, Full(positions=mode), ["a"], 16, seed=1, decode=False)
+        starts[mode] = [b.t0 for b in out.trace.blocks]
+    assert starts["reindex"] == [0, 2, 4, 6, 8, 10, 12, 14]
+    assert starts["interpolate"][:4] == [0, 2, 4, 6]
+    room = spec.train_frames - spec.block_frames
+    assert all(t == room for t in starts["interpolate"][3:])
+    with pytest.raises(ValueError, match=r"allowed.*interpolate"):
+        Full(positions="squeeze")

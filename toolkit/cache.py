@@ -46,7 +46,7 @@ from toolkit.rope import Rope
 from toolkit.spec import ModelSpec
 from toolkit.timing import Timer
 
-POSITIONS = ("absolute", "reindex")
+POSITIONS = ("absolute", "reindex", "interpolate")
 
 
 @dataclass
@@ -275,8 +275,12 @@ class KeepBlocksStrategy(CacheStrategy):
     ``index`` while block ``upcoming`` is generated, or None to evict it (for good).
 
     Attributes:
-        positions: ``absolute`` (each block at its frame index) or ``reindex`` (kept blocks
-            packed contiguously from 0, the current block right after them).
+        positions: ``absolute`` (each block at its frame index), ``reindex`` (kept blocks
+            packed contiguously from 0, the current block right after them) or ``interpolate``
+            (as ``reindex``, but once the packed history outgrows the training length its block
+            starts are squeezed so that history and current block fit inside it: position
+            interpolation, which keeps every position in the trained range whatever the
+            context's length).
     """
 
     positions: str = "absolute"
@@ -314,14 +318,20 @@ class KeepBlocksStrategy(CacheStrategy):
 
         ``absolute``: every block at its frame index. ``reindex``: kept blocks packed from 0
         in order (each as many frames as it holds), the current block right after them.
+        ``interpolate``: the ``reindex`` starts scaled by ``(train - bf) / packed`` once the
+        packed history is longer than ``train - bf`` frames (``train``: the spec's training
+        length), so the current block starts at ``train - bf``.
         """
         if self.positions == "absolute":
             return float(index * self.spec.block_frames)
-        start, tpf = 0, self.spec.tokens_per_frame
+        starts, tpf = [0], self.spec.tokens_per_frame
         for b in self.blocks:
-            b.move_to(float(start))
-            start += b.tokens // tpf
-        return float(start)
+            starts.append(starts[-1] + b.tokens // tpf)
+        room = self.spec.train_frames - self.spec.block_frames
+        scale = room / starts[-1] if self.positions == "interpolate" and starts[-1] > room else 1
+        for b, start in zip(self.blocks, starts, strict=False):
+            b.move_to(float(start * scale))
+        return float(starts[-1] * scale)
 
     def context_parts(self, layer: int, q: Tensor, step: int, fill: bool = False
                       ) -> list[tuple[Tensor, Tensor]]:
