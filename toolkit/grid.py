@@ -134,10 +134,12 @@ def print_summary(overrides: list[str]) -> None:
             for (variant, frames), g in done.groupby(["tags.variant", "latent_frames"])]
     print_table(f"experiment {experiment}: mean over seeds",
                 ("variant", "frames", "n", *[t for _, t, _ in cols]), rows,
-                optional=("ms/block", "discontinuity", "dynamic degree", "frames"))
+                optional=("ms/block", "discontinuity", "dynamic degree", "frames",
+                          "recall chance"))
 
 
 #: The grid summary's columns: metric, header, scale.
 SUMMARY = (("vde", "vde", 1.0), ("start_end_fidelity_drop", "fidelity drop", 1.0),
+           ("recall/mid", "recall (mid)", 1.0), ("recall_chance", "recall chance", 1.0),
            ("dynamic_degree", "dynamic degree", 1.0), ("discontinuity", "discontinuity", 1.0),
            ("peak_kv_bytes", "peak KV MiB", 2.0**-20), ("seconds_per_block", "ms/block", 1e3))
