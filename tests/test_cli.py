@@ -292,3 +292,17 @@ def test_a_grids_typo_fails_in_one_line_before_any_job(capsys, tmp_path):
                  f"run_root={tmp_path}"]) == 2
     assert "Did you mean strategy.sink_frames?" in one_line_error(capsys)
     assert not (tmp_path / "rollouts").exists()
+
+
+def test_training_settings_are_plain_fields_even_when_a_group_shares_the_name(monkeypatch):
+    """`rollbench train packforcing compressor=hr`: `compressor` is also a config group;
+    a typo'd setting gets did-you-mean."""
+    from toolkit.recipes import RECIPES, Recipe
+    from toolkit.world.pf_train import PFTrainConfig
+
+    got = []
+    monkeypatch.setitem(RECIPES._items, "packforcing",
+                        Recipe(PFTrainConfig, lambda cfg: got.append(cfg) or "x"))
+    assert main(["train", "packforcing", "compressor=hr", "steps=7", "lr=1e-4"]) == 0
+    assert (got[0].compressor, got[0].steps, got[0].lr) == ("hr", 7, 1e-4)
+    assert main(["train", "packforcing", "compresor=hr"]) != 0

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from typing import Any
 
 # Only light modules at the top: ``rollbench --help`` and ``rollbench ls`` must answer fast;
 # torch, MLflow, Optuna and diffusers are imported inside the commands that use them.
@@ -187,18 +188,39 @@ def cmd_bench(overrides: list[str]) -> int:
 
 def cmd_train(args: list[str]) -> int:
     """``rollbench train NAME [overrides]``: run a training recipe from ablations/train/."""
-    from omegaconf import OmegaConf
-
     from toolkit.config import ConfigError, compose_config
     from toolkit.recipes import RECIPES
 
     if not args:
         raise ConfigError(f"rollbench train needs a recipe: {', '.join(RECIPES.names())}")
     recipe = RECIPES.get(args[0])
-    cfg = compose_config(args[1:], config_name=f"train/{args[0]}")
+    return run_recipe(recipe, compose_config([], config_name=f"train/{args[0]}"), args[1:])
+
+
+def run_recipe(recipe: Any, base: Any, overrides: list[str]) -> int:
+    """Run a recipe on its yaml (``base``) with ``key=value`` overrides of its config fields.
+
+    The overrides are applied to the recipe's own schema, not through Hydra's groups, so a
+    field that shares its name with a config group (``compressor=hr``) is a plain field here.
+    """
+    import dataclasses
+    import difflib
+
+    from omegaconf import OmegaConf
+
+    from toolkit.config import ConfigError
+
+    fields = {f.name for f in dataclasses.fields(recipe.config)}
+    for o in overrides:
+        key = o.split("=", 1)[0].split(".", 1)[0]
+        if "=" not in o or key not in fields:
+            close = difflib.get_close_matches(key, sorted(fields), n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"unknown training setting {o!r}.{hint} Settings: "
+                              f"{', '.join(sorted(fields))}")
     schema = OmegaConf.structured(recipe.config)
-    merged = OmegaConf.to_object(OmegaConf.merge(schema, cfg))
-    console.print(f"weights: {recipe.run(merged)}")
+    merged = OmegaConf.merge(schema, base, OmegaConf.from_dotlist(list(overrides)))
+    console.print(f"weights: {recipe.run(OmegaConf.to_object(merged))}")
     return 0
 
 
