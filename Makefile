@@ -1,4 +1,5 @@
-# rollbench: `make demo` runs the main job, `make test` the test suite (both set up .venv).
+# rollbench: `make demo` runs the two demo grids (sprite world, memory world) and their
+# reports, `make test` the test suite (both set up .venv).
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
@@ -22,6 +23,8 @@ test: $(STAMP) lint
 demo: $(STAMP)
 	$(VENV)/bin/rollbench grid experiment=strategies_24x
 	$(VENV)/bin/rollbench report experiment=strategies_24x
+	$(VENV)/bin/rollbench grid experiment=memory_24x
+	$(VENV)/bin/rollbench report experiment=memory_24x
 
 bench: $(STAMP)
 	$(VENV)/bin/rollbench bench video.latent_frames=480
