@@ -63,9 +63,16 @@ def test_run_world_memory_at_1x_and_24x(tmp_path):
     for frames, strategy in ((20, "full"), (480, "packforcing-memory")):
         cfg = compose_config([f"run_root={tmp_path}", "model=world-memory",
                               f"strategy={strategy}", f"video.latent_frames={frames}",
-                              "progress=false"])
+                              "progress=false", "experiment_name=mem"])
         res = run_job(cfg)
         assert res.status == "finished", res.error
         assert res.rollout.trace.meta["switches"]  # one shot per block
         assert "recall_moments" in res.scalars
     assert res.scalars["recall_moments/mid"] >= 20
+    # the report shows the recall table, with the chance level stated
+    from reports.compare import build_report, write_report
+    from toolkit.tracking import target
+
+    _, md = write_report(build_report(target(cfg)[0], "mem", tmp_path / "rep"), tmp_path / "rep")
+    text = md.read_text()
+    assert "## Recall (memory world)" in text and "Chance: 1/12" in text
