@@ -103,7 +103,7 @@ def test_recall_is_one_on_truth():
     res = _recall(render(sched), sched)
     s = res.scalars()
     for key in ("recall", "recall/colour", "recall/shape", "recall/mid", "recall_truth",
-                "continuity", "recall_position/within"):
+                "continuity", "recall_within"):
         assert s[key] == 1.0, key
     assert s["recall_moments"] == len(return_moments(sched)) and s["recall_moments/mid"] >= 20
     steps, values = res.curves()["recall_curve"]

@@ -5,12 +5,7 @@ import json
 import pytest
 import torch
 
-from toolkit.world.memory_eval import (
-    COLOUR_GATE,
-    COMPRESSED_USE_GATE,
-    USE_RATIO_GATE,
-    memory_gates,
-)
+from toolkit.world.memory_eval import COMPRESSED_USE_GATE, USE_RATIO_GATE, memory_gates
 from toolkit.world.model import WEIGHTS_DIR, load_world
 
 VARIANTS = ("hr", "lr", "dual")
@@ -26,22 +21,35 @@ def gates():
     return memory_gates(load_world("world-memory.safetensors"), clips=64)
 
 
-def test_base_model_passes_its_gates_as_its_card_says(gates):
-    """Re-measured here (same seed, same numbers), equal to the card, and passing."""
+def test_card_states_the_gates_as_measured(gates):
+    """Re-measured here (same seed, same numbers): equal to the card, pass or fail as it says."""
     card = _card("world-memory.safetensors")["gates"]
-    assert gates["passed"] and card["passed"]
-    assert gates["context_use"]["use_ratio"] >= USE_RATIO_GATE
-    assert gates["recall_full"]["colour"] >= COLOUR_GATE
+    assert card["checks"] == gates["checks"]
+    assert card["passed"] == gates["passed"] == all(gates["checks"].values())
     for part in ("context_use", "recall_full", "recall_masked"):
         for key, value in card[part].items():
             assert gates[part][key] == pytest.approx(value, abs=1e-6), (part, key)
 
 
-def test_recall_needs_the_mid_blocks(gates):
-    """With the needed blocks masked out recall falls to about chance; with them, far above."""
+def test_the_model_needs_its_mid_blocks(gates):
+    """The gates of memory use hold: the returning block's error grows by half without the
+    needed blocks, and recall falls from far above chance to about chance without them."""
     full, masked = gates["recall_full"], gates["recall_masked"]
+    assert gates["context_use"]["use_ratio"] >= USE_RATIO_GATE
     assert masked["colour"] <= masked["chance_colour"] + 0.15
     assert full["colour"] >= full["chance_colour"] + 0.4
+
+
+def test_only_a_model_that_passes_its_gates_is_the_memory_world():
+    """A model failing a gate ships as model=world-memory-candidate, never as model=world-memory."""
+    from toolkit.config import ABLATIONS
+
+    passed = _card("world-memory.safetensors")["gates"]["passed"]
+    assert (ABLATIONS / "model" / "world-memory.yaml").exists() == passed
+    assert (ABLATIONS / "model" / "world-memory-candidate.yaml").exists() != passed
+    if not passed:
+        with pytest.warns(UserWarning, match=r"fails its gates \(colour recall"):
+            load_world("world-memory.safetensors")
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -56,12 +64,12 @@ def test_each_trained_compressor_uses_its_compressed_mid(variant):
 
 
 def test_run_world_memory_at_1x_and_24x(tmp_path):
-    """`rollbench run model=world-memory ...` logs recall; a bounded strategy runs 24x."""
+    """`rollbench run model=world-memory-candidate ...` logs recall; a bounded strategy runs 24x."""
     from toolkit.config import compose_config
     from toolkit.jobs import run_job
 
     for frames, strategy in ((20, "full"), (480, "packforcing-memory")):
-        cfg = compose_config([f"run_root={tmp_path}", "model=world-memory",
+        cfg = compose_config([f"run_root={tmp_path}", "model=world-memory-candidate",
                               f"strategy={strategy}", f"video.latent_frames={frames}",
                               "progress=false", "experiment_name=mem"])
         res = run_job(cfg)

@@ -62,7 +62,7 @@ def _shots(inp: MetricInput) -> list:
 
     sched = inp.prompt
     if not hasattr(sched, "at"):
-        raise Unavailable("needs a memory-world prompt schedule (model=world-memory)")
+        raise Unavailable("needs a memory-world prompt schedule (model=world-memory-candidate)")
     shots = []
     for b in range(inp.latent_frames // inp.block_frames):
         p = sched.at(b * inp.block_frames)
@@ -206,15 +206,24 @@ def recall_truth(inp: MetricInput) -> float:
     return _mean(moment_rows(inp), "truth_identity")
 
 
-@metric("recall_position", "lower", "px", "scalar", needs=("frames", "world"),
-        series=("", "within"))
-def recall_position(inp: MetricInput) -> dict[str, float]:
-    """Distance (px) between where a returning sprite appears and where the model last drew
-    it; ``within`` the share within 2 px."""
+def _distances(inp: MetricInput) -> np.ndarray:
     vals = [r["position_px"] for r in moment_rows(inp) if "position_px" in r]
     if not vals:
         raise Unavailable("no return moment with a sprite read before and after")
-    return {"": float(np.mean(vals)), "within": float(np.mean(np.array(vals) <= POSITION_PX))}
+    return np.array(vals)
+
+
+@metric("recall_position", "lower", "px", "scalar", needs=("frames", "world"))
+def recall_position(inp: MetricInput) -> float:
+    """Mean distance (px) between where a returning sprite appears and where the model last
+    drew it."""
+    return float(_distances(inp).mean())
+
+
+@metric("recall_within", "higher", "fraction", "scalar", needs=("frames", "world"))
+def recall_within(inp: MetricInput) -> float:
+    """Share of returning sprites that reappear within 2 px of where the model last drew them."""
+    return float(np.mean(_distances(inp) <= POSITION_PX))
 
 
 @metric("recall_moments", "higher", "count", "scalar", needs=("world",),

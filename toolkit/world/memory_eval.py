@@ -131,12 +131,20 @@ def memory_gates(model: Any, clips: int = 64, seed: int = 0) -> dict[str, Any]:
 
 
 def record_gates(path: str | Path, clips: int = 64) -> dict[str, Any]:
-    """Measure a memory model's gates and write them into its card (``gates``)."""
+    """Measure a memory model's gates and write them into its card (``gates``).
+
+    Measured on one thread, as the tests re-measure them (same seed, same numbers).
+    """
     from toolkit.weights import find_weights
     from toolkit.world.model import load_world
 
     path = find_weights(path)
-    gates = memory_gates(load_world(path), clips=clips)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        gates = memory_gates(load_world(path), clips=clips)
+    finally:
+        torch.set_num_threads(threads)
     card_path = Path(path).with_suffix(".json")
     card = json.loads(card_path.read_text())
     card["gates"] = gates

@@ -34,7 +34,7 @@ def _pair(frames: torch.Tensor, moment: ReturnMoment, bf: int) -> torch.Tensor:
 
 
 def _model_and_strategy(preset: str) -> tuple[Any, Any]:
-    cfg = compose_config(["model=world-memory", f"strategy={preset}"])
+    cfg = compose_config(["model=world-memory-candidate", f"strategy={preset}"])
     model = load_world(cfg.model.path)
     return model, build_strategy(cfg.strategy)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -182,6 +183,18 @@ def save_world(model: WorldModel, cfg: WorldConfig, path: Path, card: dict[str, 
     return path
 
 
+def _recipe_of(name: str) -> str:
+    """The command that makes a shipped world file (for the error when it is missing)."""
+    if name.startswith("world-memory-pf-"):
+        variant = name.removeprefix("world-memory-pf-").split(".")[0]
+        return f"rollbench train packforcing init=world-memory.safetensors compressor={variant}"
+    if name.startswith("world-memory"):
+        return "rollbench train world-memory"
+    if name.startswith("world-model-pf"):
+        return "rollbench train packforcing"
+    return "rollbench train world-model"
+
+
 def load_world(
     path: str | Path | None = None,
     steps: int | None = None,
@@ -196,7 +209,7 @@ def load_world(
     if not path.exists() or not card_path.exists():
         raise FileNotFoundError(
             f"world weights {path} or their card {card_path.name} are "
-            "missing; re-create them with `rollbench train world-model`"
+            f"missing; re-create them with `{_recipe_of(path.name)}`"
         )
     card = json.loads(card_path.read_text())
     digest = sha256(path)
@@ -216,4 +229,9 @@ def load_world(
             f"unexpected {unexpected[:5]}"
         )
     model.card = card
+    gates = card.get("gates")
+    if gates and not gates.get("passed", True):  # shipped as a candidate: say so at every load
+        failed = [name for name, ok in gates["checks"].items() if not ok]
+        warnings.warn(f"{path.name} fails its gates ({'; '.join(failed)}); see {card_path.name}",
+                      stacklevel=2)
     return model.eval().to(device)
