@@ -40,7 +40,7 @@ SCALARS = ("vde", "start_end_distance", "start_end_fidelity_drop", "dynamic_degr
 #: The memory world's recall measures (``toolkit.metrics.recall``), their own table.
 RECALL = ("recall", "recall/mid", "recall/colour", "recall/shape", "recall_gap/2",
           "recall_gap/3-4", "recall_gap/5-8", "recall_gap/9_up", "recall_chance",
-          "recall_chance/colour", "recall_position/within", "continuity", "recall_moments/mid")
+          "recall_chance/colour", "recall_within", "continuity", "recall_moments/mid")
 RECALL_NOTE = ("Recall: share of cuts back to a scene whose sprite matches the one the model drew "
                "before (colour and shape); `/mid`: returns answerable only from mid history; "
                "`recall_gap/N`: by blocks since last seen. Chance: 1/12 for colour and shape, "
