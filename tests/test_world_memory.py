@@ -84,3 +84,15 @@ def test_run_world_memory_at_1x_and_24x(tmp_path):
     _, md = write_report(build_report(target(cfg)[0], "mem", tmp_path / "rep"), tmp_path / "rep")
     text = md.read_text()
     assert "## Recall (memory world)" in text and "Chance: 1/12" in text
+
+
+def test_a_shipped_memory_model_can_be_trained_further():
+    """`rollbench train world-memory init=world-memory.safetensors` starts from it as it is."""
+    from toolkit.world.memory_train import memory_model_from
+
+    with pytest.warns(UserWarning):
+        shipped = load_world("world-memory.safetensors")
+        start = memory_model_from("world-memory.safetensors")
+    assert start.card["init"]["sha256"] == _card("world-memory.safetensors")["sha256"]
+    for (name, a), b in zip(shipped.state_dict().items(), start.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
