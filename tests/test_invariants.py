@@ -139,3 +139,15 @@ def test_bf16_keys_moved_85_times_are_rounded_once():
     exact = rotate(raw[0], rope.table(end)[0].transpose(0, 1))
     ulps = (keys.float() - exact).abs().max().item() / torch.finfo(torch.bfloat16).eps
     assert keys.dtype == torch.bfloat16 and ulps < 4, ulps
+
+
+def test_a_causal_rollouts_prefix_is_its_short_video():
+    """The findings read 1x effects from the first frames of the 24x runs."""
+    from toolkit.config import build, compose_config
+    from toolkit.rollout import rollout
+
+    cfg = compose_config(["strategy=packforcing-world", "model=world-pf"])
+    model, _ = build(cfg)
+    short = rollout(model, build(cfg)[1], [model.default_prompt(3)], 8, seed=3)
+    long = rollout(model, build(cfg)[1], [model.default_prompt(3)], 16, seed=3)
+    torch.testing.assert_close(long.latents[:, :, :8], short.latents, rtol=0, atol=0)
