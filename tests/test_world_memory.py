@@ -77,6 +77,11 @@ def test_run_world_memory_at_1x_and_24x(tmp_path):
         assert res.rollout.trace.meta["switches"]  # one shot per block
         assert "recall_moments" in res.scalars
     assert res.scalars["recall_moments/mid"] >= 20
+    from toolkit.jobs import recall_line  # what `rollbench run` prints after the table
+
+    line = recall_line(res.scalars)
+    assert f"mid-only {res.scalars['recall/mid']:.2f}, chance" in line
+    assert f"{res.scalars['recall_moments/mid']:.0f} mid-only" in line
     # the report shows the recall table, with the chance level stated
     from reports.compare import build_report, write_report
     from toolkit.tracking import target

@@ -104,6 +104,17 @@ def print_summaries(title: str, rows: list[tuple[str, Summary]]) -> None:
     print_table(title, cols, body, optional=("partitions at end (MiB)", "frames", "wall s"))
 
 
+def recall_line(scalars: dict[str, float]) -> str:
+    """One line of a memory-world run's recall, beside its own chance levels."""
+    def get(key: str) -> str:
+        return f"{scalars[key]:.2f}" if key in scalars else "-"
+
+    return (f"recall of returning sprites: {get('recall')} (mid-only {get('recall/mid')}, "
+            f"chance {get('recall_chance')}); colour alone {get('recall/colour')} "
+            f"(chance {get('recall_chance/colour')}); over {scalars.get('recall_moments', 0):.0f} "
+            f"returns, {scalars.get('recall_moments/mid', 0):.0f} mid-only")
+
+
 def scalars_of(run_dir: Path) -> dict[str, float]:
     """Scalar metrics a finished job wrote (metrics.json), by name."""
     data = json.loads((run_dir / "metrics.json").read_text())["metrics"]
@@ -168,8 +179,10 @@ def run_job(cfg: DictConfig, verbose: bool = False, skip_finished: bool = True,
             print_summaries(f"rollout: {out.trace.strategy}", [
                 (out.trace.strategy, summarise(out, time.perf_counter() - start))])
         run_id = record_run(out, cfg, run_dir, model=model, prompt=prompts[0], parent=parent)
-        return JobResult("finished", key, run_id, run_dir, scalars=scalars_of(run_dir),
-                         rollout=out)
+        scalars = scalars_of(run_dir)
+        if verbose and "recall" in scalars:
+            console.print(recall_line(scalars))
+        return JobResult("finished", key, run_id, run_dir, scalars=scalars, rollout=out)
     except Exception as err:  # recorded, never lost: the grid or sweep goes on
         if isinstance(err, RolloutError):
             run_dir.mkdir(parents=True, exist_ok=True)
