@@ -22,7 +22,7 @@ from toolkit.model import WanCausalModel
 from toolkit.sampling import SamplerConfig
 from toolkit.schedule import PromptSchedule
 from toolkit.spec import ModelSpec
-from toolkit.weights import find_weights
+from toolkit.weights import find_weights, missing_weights
 from toolkit.world import WEIGHTS_DIR
 from toolkit.world.scenes import SCENE_VOCAB_SIZE, Shot, schedule_for_seed
 from toolkit.world.sim import FRAME_SIZE, PROMPT_TOKENS, VOCAB_SIZE, Prompt, prompt_for_seed
@@ -207,10 +207,9 @@ def load_world(
     path = find_weights(path) if path else WEIGHTS_DIR / "world-model.safetensors"
     card_path = path.with_suffix(".json")
     if not path.exists() or not card_path.exists():
-        raise FileNotFoundError(
-            f"world weights {path} or their card {card_path.name} are "
-            f"missing; re-create them with `{_recipe_of(path.name)}`"
-        )
+        raise FileNotFoundError(missing_weights(
+            path, "world weights", f"they need their card {card_path.name} beside them; "
+            f"re-create both with `{_recipe_of(path.name)}`"))
     card = json.loads(card_path.read_text())
     digest = sha256(path)
     if digest != card["sha256"]:
