@@ -49,6 +49,14 @@ class MemoryTrainConfig:
             plain draws of the schedule process).
         return_weight: loss weight of returning blocks (cuts back to a scene) over the others.
         eval_every: steps between context-use diagnostics (0: only at the end).
+        packed_share: share of layout-matched packed contexts (``toolkit.world.memory_packed``:
+            sink + chosen mid blocks + recent, the needed block at any mid slot); 0 trains on
+            contiguous clips only (the first recipe).
+        packed_two_needed, packed_window: ``PackedMix.two_needed`` / ``window_share``.
+        layout_every: steps between validation layout recalls (oracle / wrong / swap / mirror
+            on validation schedules, the EMA's samples; 0: never); each is saved under
+            ``<out>/evals/`` so a checkpoint can be chosen on validation.
+        layout_clips: validation contexts per layout.
     """
 
     init: str = ""
@@ -73,6 +81,11 @@ class MemoryTrainConfig:
     export_from: str = "ema"  # ema | model
     threads: int = 1
     device: str = "cpu"
+    packed_share: float = 0.0
+    packed_two_needed: float = 0.3
+    packed_window: float = 0.15
+    layout_every: int = 0
+    layout_clips: int = 48
 
 
 def memory_model_from(world_path: str | Path | None, device: str = "cpu") -> MemoryWorldModel:
@@ -110,6 +123,23 @@ def encode_shots(model: MemoryWorldModel, shots: list[list[Shot]]) -> torch.Tens
     b, nb = len(shots), len(shots[0])
     flat = model.encode_prompt([s for clip in shots for s in clip])
     return flat.unflatten(0, (b, nb))
+
+
+def packed_batch(cfg: MemoryTrainConfig, model: MemoryWorldModel, step: int,
+                 gen: torch.Generator):
+    """Clean latents, noisy latents, per-block sigmas, shots and per-block loss weights of one
+    step mixing packed contexts and plain clips (``toolkit.world.memory_packed``)."""
+    from toolkit.world.memory_packed import PackedMix, sample_packed
+
+    mix = PackedMix(share=cfg.packed_share, two_needed=cfg.packed_two_needed,
+                    window_share=cfg.packed_window)
+    videos, shots, weights = sample_packed(cfg.batch, cfg.clip_frames, model.spec.block_frames,
+                                           cfg.seed * 1_000_003 + step, "train", mix,
+                                           ClipMix(memory_share=cfg.memory_share),
+                                           cfg.return_weight)
+    x0 = model.vae.encode(videos.to(model.device))
+    xt, sigma = noise_blocks(x0, model.spec.block_frames, cfg.sigma_shift, gen)
+    return x0, xt, sigma, shots, weights
 
 
 def make_batch(cfg: MemoryTrainConfig, model: MemoryWorldModel, step: int,
@@ -251,12 +281,14 @@ def train_memory(cfg: MemoryTrainConfig, log=print) -> Path:
         for step in bar:
             for g in opt.param_groups:
                 g["lr"] = cfg.lr * cosine_factor(step, cfg.warmup, cfg.steps, cfg.min_lr_ratio)
-            x0, xt, sigma, shots, scheds = make_batch(cfg, model, step, gen)
+            if cfg.packed_share > 0:
+                x0, xt, sigma, shots, answer = packed_batch(cfg, model, step, gen)
+            else:
+                x0, xt, sigma, shots, scheds = make_batch(cfg, model, step, gen)
+                answer = return_weights(scheds, sigma.shape[1], cfg.return_weight)
             err = block_errors(predict(model, x0, xt, sigma, encode_shots(model, shots), pos,
                                        mask), x0, bf)
-            weight = loss_weights(sigma, cfg.min_sigma_weight)
-            if cfg.return_weight != 1.0:
-                weight = weight * return_weights(scheds, err.shape[1], cfg.return_weight)
+            weight = loss_weights(sigma, cfg.min_sigma_weight) * answer
             loss = (err * weight).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -276,6 +308,8 @@ def train_memory(cfg: MemoryTrainConfig, log=print) -> Path:
                     row.update({f"ema_{k}": v for k, v in context_use(ema, cfg, pos, mask).items()})
                     row.update(context_use(model, cfg, pos, mask))
                     model.train()
+                if cfg.layout_every and ((step + 1) % cfg.layout_every == 0 or done):
+                    row.update(validate_layouts(cfg, ema, step + 1, out))
                 history.append(row)
                 emit(row)
             if (step + 1) % cfg.ckpt_every == 0 or done:
@@ -284,6 +318,21 @@ def train_memory(cfg: MemoryTrainConfig, log=print) -> Path:
                             "history": history, "config": asdict(cfg)}, ckpt)
     final = ema if cfg.export_from == "ema" else model
     return export(cfg, final.eval(), history, init)
+
+
+def validate_layouts(cfg: MemoryTrainConfig, ema: MemoryWorldModel, step: int,
+                     out: Path) -> dict[str, float]:
+    """Layout recall of the EMA weights on validation schedules; the weights are kept under
+    ``<out>/evals/step-N.pt`` so the checkpoint is chosen on validation, not on held-out."""
+    from toolkit.world.memory_packed import layout_recall
+
+    was = ema.training
+    scores = layout_recall(ema.eval(), n=cfg.layout_clips, split="val", seed=0)
+    ema.train(was)
+    (out / "evals").mkdir(exist_ok=True)
+    torch.save({"ema": ema.state_dict(), "step": step, "val": scores},
+               out / "evals" / f"step-{step}.pt")
+    return {f"val_{k}": v for k, v in scores.items()}
 
 
 def export_checkpoint(out: str | Path, folder: str | Path) -> Path:
