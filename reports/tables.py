@@ -38,15 +38,18 @@ SCALARS = ("vde", "start_end_distance", "start_end_fidelity_drop", "dynamic_degr
            "latency_growth", "subject_consistency_score", "background_consistency_score",
            "clip_drift_end", "flow_smoothness_score", "vbench_dynamic_degree")
 #: The memory world's recall measures (``toolkit.metrics.recall``), their own table.
-RECALL = ("recall", "recall/mid", "recall/colour", "recall/shape", "recall_gap/2",
-          "recall_gap/3-4", "recall_gap/5-8", "recall_gap/9_up", "recall_chance",
-          "recall_chance/colour", "recall_within", "continuity", "recall_moments/mid")
-RECALL_NOTE = ("Recall: share of cuts back to a scene whose sprite matches the one the model drew "
-               "before (colour and shape); `/mid`: returns answerable only from mid history; "
-               "`recall_gap/N`: by blocks since last seen. Chance: 1/12 for colour and shape, "
-               "1/4 for colour alone (sprites are drawn uniformly); `recall_chance` is each "
-               "run's own, from returns compared with other sprites. `continuity`: the model "
-               "keeps its sprite across boundaries without a cut (the ceiling of recall).")
+RECALL = ("recall_kappa/beyond_colour", "recall_kappa/colour", "recall_beyond/colour",
+          "recall/colour", "recall_chance/colour", "recall_gap/2_colour", "recall_gap/3_colour",
+          "recall_gap/4-8_colour", "recall_gap/9_up_colour", "recall_swap/needed",
+          "recall_beyond/count", "recall_beyond/unreadable")
+RECALL_NOTE = ("Recall: share of cuts back to a scene whose sprite shows the colour the model drew "
+               "before. Headline: kappa = (recall - chance) / (1 - chance), chance the run's own "
+               "(`recall_chance`: returns compared with what was drawn for other sprites), so a "
+               "model that draws one colour scores 0. `beyond`: sprite last shown 4+ blocks back "
+               "(outside the default windows and recent partitions); `recall_gap/N`: by blocks "
+               "since last shown (2, 3, 4-8, 9+); `recall_swap/needed`: swap returns showing the "
+               "needed block's colour. Read every strategy between `oracle` (the needed blocks "
+               "kept) and `oracle-wrong` (the same layout with wrong blocks).")
 
 
 @dataclass(frozen=True)

@@ -22,8 +22,13 @@ Choices the paper leaves open, all options here (defaults first):
   ``recency`` (newest ``top_k``); ``all``. Affinity of mid block m: sum over its keys j and
   over the scoring queries i, of the mean over the batch and ``score_heads`` (a fraction;
   evenly spaced) of the heads of q_i . k_j / sqrt(d); no softmax. Bilinear, so computed as
-  (sum_i q_i) . (sum_j k_j). Keys are scored where they are stored (their generation
-  positions). ``queries`` (``strategies.packforcing_select``): ``both`` (the paper: up to
+  (sum_i q_i) . (sum_j k_j). ``score_positions``: ``common`` scores every candidate's keys
+  moved (time dims) to one common position, the block just before the recent window, so
+  selection reads content, not RoPE phase (keys scored where they are stored pile up at ages
+  of one and two periods of a time frequency); ``stored`` scores them at their generation
+  positions (the behaviour of the committed findings pages). Rotation is linear, so the key
+  sums are moved, not the keys. ``queries`` (``strategies.packforcing_select``): ``both``
+  (the paper: up to
   ``score_queries`` evenly spaced queries of the current block at step 0 plus as many clean
   queries of each recent block from its cache-fill pass), ``current`` or ``recent``.
 - ``scope``: ``per_layer`` (each layer its own selection) or ``shared`` (one for all layers,
@@ -68,6 +73,7 @@ from toolkit.timing import Timer
 
 SELECTIONS = ("topk", "recency", "all")
 POSITIONS = ("shift", "repack", "absolute")
+SCORE_POSITIONS = ("common", "stored")
 SCOPES = ("per_layer", "shared")
 KV_MODES = ("transformer", "project")
 
@@ -108,6 +114,8 @@ class PackForcing(CacheStrategy):
         spatial: ``centres`` | ``grid``.
         score_queries: most queries per block (current, and each recent one) scored (>= 1).
         score_heads: fraction of heads scored (paper 0.5), in (0, 1].
+        score_positions: where candidates' keys are scored: ``common`` (one position for all,
+            position-neutral) | ``stored`` (their generation positions).
     """
 
     sink_frames: int = 8
@@ -129,10 +137,12 @@ class PackForcing(CacheStrategy):
     spatial: str = "centres"
     score_queries: int = 256
     score_heads: float = 0.5
+    score_positions: str = "common"
     partitions: ClassVar[tuple[str, ...]] = ("sink", "mid", "recent", "pending")
 
     def __post_init__(self) -> None:
         for name, allowed in (("selection", SELECTIONS), ("positions", POSITIONS),
+                              ("score_positions", SCORE_POSITIONS),
                               ("scope", SCOPES), ("kv", KV_MODES), ("spatial", SPATIAL),
                               ("queries", QUERIES), ("lr_decode", DECODES)):
             if getattr(self, name) not in allowed:
@@ -305,7 +315,12 @@ class PackForcing(CacheStrategy):
 
     def _key_sums(self, layer: int, heads: list[int]) -> Tensor:
         if self._sums is None:
-            self._sums = torch.stack([b.keys.sum(-2) for b in self._mid]).float()
+            sums = [b.keys.sum(-2).float() for b in self._mid]  # (L, B, H, D) each
+            if self.score_positions == "common":  # the time dims of every sum moved to one place
+                common = self._anchor() - self.spec.block_frames
+                sums = [shift_time(s, self.rope, common - b.rotated_at)
+                        for s, b in zip(sums, self._mid, strict=True)]
+            self._sums = torch.stack(sums)
         index = torch.tensor(heads, device=self._sums.device)
         return self._sums[:, layer].index_select(2, index)  # (n_mid, B, h', D)
 

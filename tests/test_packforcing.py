@@ -11,7 +11,7 @@ from strategies import Full, Sink
 from strategies.packforcing import PackForcing
 from toolkit.cache import BlockKV, FinishedBlock
 from toolkit.rollout import rollout
-from toolkit.rope import Rope, apply_rope, grid_positions
+from toolkit.rope import Rope, apply_rope, grid_positions, shift_time
 from toolkit.sampling import SamplerConfig
 from toolkit.testing import StrategyContract
 from toolkit.zoo import tiny_random
@@ -212,10 +212,13 @@ def test_topk_reads_the_recent_blocks_queries(tiny, queries, picked):
     assert pf.info()["selected"] == [[picked]] * spec.num_layers
 
 
-def test_affinity_is_the_papers_score(tiny):
+@pytest.mark.parametrize("score_positions", ["stored", "common"])
+def test_affinity_is_the_papers_score(tiny, score_positions):
+    """The paper's summed logits, with keys where they are stored or moved to the block just
+    before the current one (``common``)."""
     spec = tiny.spec
     pf = PackForcing(sink_frames=0, recent_frames=0, capacity=4, top_k=1, compressor="identity",
-                     score_queries=3, score_heads=0.5)
+                     score_queries=3, score_heads=0.5, score_positions=score_positions)
     pf.bind(_stub(spec))
     for index in range(4):
         pf.begin_block(index)
@@ -226,7 +229,11 @@ def test_affinity_is_the_papers_score(tiny):
     rows = torch.linspace(0, n - 1, 3).round().long()
     ref = []
     for b in pf._mid:
-        k = b.keys[layer][:, heads]  # (B, h', M, D)
+        k = b.keys[layer]
+        if score_positions == "common":  # keys moved to the block before the current one
+            common = pf._index * spec.block_frames - spec.block_frames
+            k = shift_time(k, pf.rope, common - b.rotated_at)
+        k = k[:, heads]  # (B, h', M, D)
         logits = q[:, heads][:, :, rows] @ k.transpose(-1, -2) / math.sqrt(spec.head_dim)
         ref.append(logits.mean((0, 1)).sum())  # mean over batch and heads, sum over i and j
     got = pf.affinity(layer, q)
@@ -371,3 +378,39 @@ def test_learned_compressors_without_fitting_weights_fail_unless_allowed(tiny, t
     prov = rollout(tiny, PackForcing(compressor="hr", compressor_weights=str(weights)), ["a"],
                    4).trace.meta["provenance"]
     assert prov["compressor_trained_for"] == prov["model_sha256"] == "a" * 64
+
+
+def _archive_of_one_content(spec, score_positions, blocks=10):
+    """A PackForcing archive whose mid blocks all hold the SAME un-rotated keys, each stored
+    at its own generation position: they differ only in age."""
+    pf = PackForcing(sink_frames=0, recent_frames=0, capacity=blocks, top_k=1,
+                     compressor="identity", positions="absolute",
+                     score_positions=score_positions)
+    pf.bind(_stub(spec))
+    raw = _raw(spec, 0, seed=11)
+    for index in range(blocks):
+        pf.begin_block(index)
+        _commit(pf, spec, index, raw)
+    pf.begin_block(blocks)
+    return pf
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_common_score_positions_are_flat_over_ages(tiny, seed):
+    """Top-k reads content, not RoPE phase: candidates that differ only in age score alike
+    under ``score_positions=common``; under ``stored`` their scores swing with age."""
+    spec = tiny.spec
+    q = torch.randn(1, spec.num_heads, spec.tokens_per_block, spec.head_dim,
+                    generator=torch.Generator().manual_seed(seed))
+    q = _rotated(spec, q[None].expand(spec.num_layers, -1, -1, -1, -1), 10.0 * spec.block_frames)[0]
+    common = _archive_of_one_content(spec, "common").scores(0, q)
+    stored = _archive_of_one_content(spec, "stored").scores(0, q)
+    spread = lambda s: (s.max() - s.min()).item() / s.abs().max().item()  # noqa: E731
+    print(f"score spread over ages: common {spread(common):.2e}, stored {spread(stored):.2e}")
+    assert spread(common) < 1e-4
+    assert spread(stored) > 1e-2
+
+
+def test_score_positions_is_checked():
+    with pytest.raises(ValueError, match=r"score_positions='nearest'.*common"):
+        PackForcing(score_positions="nearest")

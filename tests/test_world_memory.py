@@ -80,15 +80,16 @@ def test_run_world_memory_at_1x_and_24x(tmp_path):
     from toolkit.jobs import recall_line  # what `rollbench run` prints after the table
 
     line = recall_line(res.scalars)
-    assert f"mid-only {res.scalars['recall/mid']:.2f}, chance" in line
-    assert f"{res.scalars['recall_moments/mid']:.0f} mid-only" in line
+    assert f"kappa {res.scalars['recall_kappa/colour']:.2f}, beyond" in line
+    assert f"at chance {res.scalars['recall_chance/colour']:.2f}" in line
+    assert f"{res.scalars['recall_beyond/count']:.0f} readable beyond" in line
     # the report shows the recall table, with the chance level stated
     from reports.compare import build_report, write_report
     from toolkit.tracking import target
 
     _, md = write_report(build_report(target(cfg)[0], "mem", tmp_path / "rep"), tmp_path / "rep")
     text = md.read_text()
-    assert "## Recall (memory world)" in text and "Chance: 1/12" in text
+    assert "## Recall (memory world)" in text and "kappa = (recall - chance)" in text
 
 
 @pytest.mark.parametrize("name", ["world-memory.safetensors", "world-memory-next.safetensors"])

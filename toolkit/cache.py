@@ -166,8 +166,13 @@ class CacheStrategy(ABC, metaclass=StrategyType):
     """
 
     name: ClassVar[str] = ""
-    shared: ClassVar[tuple[str, ...]] = ("model", "spec", "rope", "timer")  # not held state
+    # not held state
+    shared: ClassVar[tuple[str, ...]] = ("model", "spec", "rope", "timer", "schedules")
     renamed: ClassVar[dict[str, str]] = {}  # old hyperparameter name -> new (still accepted)
+    #: the prompt schedule of each video of the rollout (``toolkit.schedule.PromptSchedule``),
+    #: set by the harness before ``bind``. Only reference strategies that are allowed to know
+    #: a world's truth (e.g. the memory world's oracle) read it; a contender must not.
+    schedules: ClassVar[tuple[Any, ...]] = ()
 
     def bind(self, model: Any, timer: Timer | None = None) -> None:
         """Attach to a model for a new rollout and forget any previous state."""

@@ -109,10 +109,11 @@ def recall_line(scalars: dict[str, float]) -> str:
     def get(key: str) -> str:
         return f"{scalars[key]:.2f}" if key in scalars else "-"
 
-    return (f"recall of returning sprites: {get('recall')} (mid-only {get('recall/mid')}, "
-            f"chance {get('recall_chance')}); colour alone {get('recall/colour')} "
-            f"(chance {get('recall_chance/colour')}); over {scalars.get('recall_moments', 0):.0f} "
-            f"returns, {scalars.get('recall_moments/mid', 0):.0f} mid-only")
+    return (f"recall (colour) kappa {get('recall_kappa/colour')}, beyond (4+ blocks back) "
+            f"{get('recall_kappa/beyond_colour')}; raw colour {get('recall/colour')} at chance "
+            f"{get('recall_chance/colour')}, beyond {get('recall_beyond/colour')}; over "
+            f"{scalars.get('recall_moments', 0):.0f} returns, "
+            f"{scalars.get('recall_beyond/count', 0):.0f} readable beyond")
 
 
 def scalars_of(run_dir: Path) -> dict[str, float]:

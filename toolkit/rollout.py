@@ -186,6 +186,7 @@ def rollout(model: Any, strategy: CacheStrategy, prompts: Sequence[Any], latent_
     sampler = BlockSampler(model.sampler)
     conditioning = Conditioning(model.encode_prompt, prompts, bf, latent_frames)
     shape = (len(prompts), spec.latent_channels, bf, spec.latent_height, spec.latent_width)
+    strategy.schedules = tuple(conditioning.schedules)
     strategy.bind(model, timer)
     driver = BlockDriver(strategy, spec.num_layers, model.sampler.steps)
     trace = Trace(strategy=strategy_name(strategy), block_frames=bf,

@@ -43,7 +43,9 @@ from toolkit.metrics.base import MetricInput, Unavailable, metric
 
 SINK_BLOCKS, RECENT_BLOCKS = 1, 1  # the memory world's default partitions (memory configs)
 POSITION_PX = 2.0  # a position within this many pixels of the last one drawn counts as recalled
-GAP_BINS = ((2, 2), (3, 4), (5, 8), (9, 10**9))
+GAP_BINS = ((2, 2), (3, 3), (4, 8), (9, 10**9))  # blocks since the sprite was last shown
+BEYOND_GAP = 4  # ``recall/beyond``: last shown 4+ blocks (16 frames) back, outside the default
+# windows and recent partitions, whatever a strategy's own partition sizes
 
 
 @dataclass(frozen=True)
@@ -164,16 +166,91 @@ def recall_curve(inp: MetricInput) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     return {"": (steps, np.array([r["identity"] for r in rows])), "colour": (steps, colour)}
 
 
+def _bin_name(lo: int, hi: int) -> str:
+    return f"{lo}" if lo == hi else (f"{lo}_up" if hi > 10**8 else f"{lo}-{hi}")
+
+
 @metric("recall_gap", "higher", "fraction", "scalar", needs=("frames", "world"),
-        series=("2", "3-4", "5-8", "9_up"))
+        series=tuple(_bin_name(lo, hi) + sfx for lo, hi in GAP_BINS for sfx in ("", "_colour")))
 def recall_gap(inp: MetricInput) -> dict[str, float]:
-    """Identity recall by blocks since the sprite was last seen (bins 2, 3-4, 5-8, 9_up)."""
+    """Identity (and colour) recall by blocks since the sprite was last shown (bins 2, 3, 4-8,
+    9_up; bounds inclusive): subsets defined by the schedule alone, the same for every
+    strategy."""
     rows = moment_rows(inp)
     out = {}
     for lo, hi in GAP_BINS:
-        name = f"{lo}" if lo == hi else (f"{lo}_up" if hi > 10**8 else f"{lo}-{hi}")
-        out[name] = _mean([r for r in rows if lo <= r["gap"] <= hi], "identity")
+        part = [r for r in rows if lo <= r["gap"] <= hi]
+        out[_bin_name(lo, hi)] = _mean(part, "identity")
+        out[_bin_name(lo, hi) + "_colour"] = _mean(part, "colour")
     return out
+
+
+def kappa(recall: float, chance_level: float) -> float:
+    """Chance-corrected recall: (recall - chance) / (1 - chance); 0 for a model that draws
+    regardless of what it was shown, 1 for perfect recall. Where chance is 1 (the run draws
+    one colour for every sprite) nothing it draws can show memory: 0."""
+    if not np.isfinite(recall) or not np.isfinite(chance_level):
+        return float("nan")
+    if chance_level >= 1:
+        return 0.0
+    return float((recall - chance_level) / (1 - chance_level))
+
+
+@metric("recall_beyond", "higher", "fraction", "scalar", needs=("frames", "world"),
+        series=("", "colour", "count", "unreadable"))
+def recall_beyond(inp: MetricInput) -> dict[str, float]:
+    """Recall of returns whose sprite was last shown ``BEYOND_GAP`` (4) or more blocks before:
+    outside the default windows and recent partitions, so only memory brings them back.
+    ``count``: such returns readable (their earlier block shows a sprite); ``unreadable``: not."""
+    part = [r for r in moment_rows(inp) if r["gap"] >= BEYOND_GAP]
+    return {"": _mean(part, "identity"), "colour": _mean(part, "colour"),
+            "count": float(sum(r["readable"] for r in part)),
+            "unreadable": float(sum(not r["readable"] for r in part))}
+
+
+@metric("recall_kappa", "higher", "kappa", "scalar", needs=("frames", "world"),
+        series=("", "colour", "beyond", "beyond_colour", "mid", "mid_colour"))
+def recall_kappa(inp: MetricInput) -> dict[str, float]:
+    """Chance-corrected recall, (recall - chance) / (1 - chance), with the run's own chance
+    level (``recall_chance``: returns compared with what was drawn for other sprites), for all
+    returns, ``beyond`` (last shown 4+ blocks back) and ``mid`` (needed blocks only in the mid
+    history); identity and colour. A run that draws one colour has colour kappa 0."""
+    rows = moment_rows(inp)
+    odds = chance(rows)
+    parts = {"": rows, "beyond": [r for r in rows if r["gap"] >= BEYOND_GAP],
+             "mid": [r for r in rows if r["where"] == "mid"]}
+    out = {}
+    for name, part in parts.items():
+        out[name] = kappa(_mean(part, "identity"), odds[""])
+        out[f"{name}_colour" if name else "colour"] = kappa(_mean(part, "colour"), odds["colour"])
+    return out
+
+
+@metric("recall_swap", "higher", "fraction", "scalar", needs=("frames", "world"),
+        series=("needed", "wrong", "count"))
+def recall_swap(inp: MetricInput) -> dict[str, float]:
+    """Swap returns (``toolkit.world.memory_reference.swap_partner``: the last mid block that
+    showed the sprite, and a later mid block of another colour): share whose returning block
+    shows the colour the model drew in the needed block / in the wrong one, over the swap
+    returns where the two drawn colours differ (``count``). Under ``strategy=swap`` the needed
+    block sits 3 blocks back and the wrong one 2: content against distance."""
+    from toolkit.world.memory_reference import swap_partner
+
+    shots, sprites = _shots(inp), block_sprites(inp)
+    needed, wrong = [], []
+    for r in moment_rows(inp):
+        pair = swap_partner(shots, r["block"], SINK_BLOCKS, RECENT_BLOCKS)
+        if pair is None:
+            continue
+        a, b, back = sprites[pair[0]].colour, sprites[pair[1]].colour, r["back"].colour
+        if a is None or b is None or a == b:
+            continue
+        needed.append(back == a)
+        wrong.append(back == b)
+    if not needed:
+        raise Unavailable("no swap return whose needed and wrong blocks show different colours")
+    return {"needed": float(np.mean(needed)), "wrong": float(np.mean(wrong)),
+            "count": float(len(needed))}
 
 
 @metric("recall_chance", "lower", "fraction", "scalar", needs=("frames", "world"),
