@@ -19,7 +19,9 @@ Choices the paper leaves open, all options here (defaults first):
   rounded once, not 85 times (``toolkit.rope.shift_drift``: 93 bf16 ulps otherwise).
 - ``selection``: ``topk`` by the paper's affinity, scored once per block at its first context
   request (denoising step 0) and reused for the other steps and the cache-fill pass;
-  ``recency`` (newest ``top_k``); ``all``. Affinity of mid block m: sum over its keys j and
+  ``recency`` (newest ``top_k``); ``all``; ``truth``: a selection oracle that picks the
+  blocks the world says the current block needs (``model.needed_blocks``; memory world only),
+  so a strategy's recall splits into "did it pick the block" and "could the model read it". Affinity of mid block m: sum over its keys j and
   over the scoring queries i, of the mean over the batch and ``score_heads`` (a fraction;
   evenly spaced) of the heads of q_i . k_j / sqrt(d); no softmax. Bilinear, so computed as
   (sum_i q_i) . (sum_j k_j). ``score_positions``: ``common`` scores every candidate's keys
@@ -71,7 +73,7 @@ from toolkit.rope import grid_positions, rotate, shift_time
 from toolkit.spec import ModelSpec
 from toolkit.timing import Timer
 
-SELECTIONS = ("topk", "recency", "all")
+SELECTIONS = ("topk", "recency", "all", "truth")
 POSITIONS = ("shift", "repack", "absolute")
 SCORE_POSITIONS = ("common", "stored")
 SCOPES = ("per_layer", "shared")
@@ -106,7 +108,7 @@ class PackForcing(CacheStrategy):
             that is an error.
         lr_decode: how ``lr`` / ``dual`` decode a block: ``stream`` (in the video's stream,
             with temporal context) or ``block`` (on its own); see ``LR``.
-        selection: ``topk`` | ``recency`` | ``all``.
+        selection: ``topk`` | ``recency`` | ``all`` | ``truth`` (the world's truth).
         queries: what scores top-k: ``both`` (paper) | ``current`` | ``recent``.
         scope: ``per_layer`` | ``shared``.
         positions: ``shift`` | ``repack`` | ``absolute``.
@@ -283,6 +285,8 @@ class PackForcing(CacheStrategy):
             return list(range(n))
         if self.selection == "recency" or q.is_meta:  # meta: no values; same sizes
             return list(range(n - k, n))
+        if self.selection == "truth":
+            return self._truth(k)
         if self.scope == "shared" and self._shared is not None:
             return self._shared
         with self.timer.section("selection"):
@@ -292,6 +296,18 @@ class PackForcing(CacheStrategy):
         if self.scope == "shared":
             self._shared = chosen
         return chosen
+
+    def _truth(self, k: int) -> list[int]:
+        """The selection oracle: the newest archived blocks that showed what the current block
+        needs, by the world's truth (``model.needed_blocks``), the newest others after them."""
+        needed_blocks = getattr(self.model, "needed_blocks", None)
+        if needed_blocks is None or not self.schedules:
+            raise ValueError("selection='truth' needs a world whose model names the blocks a "
+                             "block needs (model.needed_blocks, e.g. the memory world)")
+        needed = set(needed_blocks(self.schedules, self._index))
+        hits = [i for i, b in enumerate(self._mid) if b.index in needed]
+        rest = [i for i in range(len(self._mid)) if i not in hits]
+        return sorted((hits[::-1] + rest[::-1])[:k])
 
     def scores(self, layer: int, q: Tensor) -> Tensor:
         """Top-k scores (n_mid,) of the archive for the block with step-0 queries q, read

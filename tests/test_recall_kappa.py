@@ -164,3 +164,22 @@ def test_rows_pair_moments_to_blocks(sched):
     rows = moment_rows(_inp(sched))
     assert [r["block"] for r in rows] == [m.block for m in return_moments(sched)]
     assert torch.is_tensor(render(sched))
+
+
+def test_packforcing_truth_selection_picks_the_needed_blocks(memory_model):
+    """``selection=truth`` attends the newest archived blocks that showed the sprite."""
+    from strategies.packforcing import PackForcing
+    from toolkit.rollout import rollout
+
+    bf, blocks = 4, 24
+    sched = schedule_for_seed(5, blocks, bf, "val")
+    pf = PackForcing(sink_frames=bf, recent_frames=bf, capacity=8, top_k=2, compressor="pool",
+                     selection="truth", positions="repack")
+    out = rollout(memory_model, pf, [as_prompt(sched)], blocks * bf, seed=0, decode=False)
+    checked = 0
+    for record in out.trace.blocks:
+        archive, picked = record.info["archive"], record.info["selected"][0]
+        needed = [b for b in archive if sched.instance[b] == sched.instance[record.index]]
+        assert set(needed[-2:]) <= set(picked), record.index
+        checked += bool(needed)
+    assert checked >= 3

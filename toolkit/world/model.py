@@ -24,7 +24,7 @@ from toolkit.schedule import PromptSchedule
 from toolkit.spec import ModelSpec
 from toolkit.weights import find_weights, missing_weights
 from toolkit.world import WEIGHTS_DIR
-from toolkit.world.scenes import SCENE_VOCAB_SIZE, Shot, schedule_for_seed
+from toolkit.world.scenes import SCENE_VOCAB_SIZE, Shot, instances_of, schedule_for_seed
 from toolkit.world.sim import FRAME_SIZE, PROMPT_TOKENS, VOCAB_SIZE, Prompt, prompt_for_seed
 from toolkit.zoo import TokenPromptEncoder
 
@@ -127,6 +127,18 @@ class MemoryWorldModel(WanCausalModel):
     def encode_prompt(self, prompts: list[Any]) -> torch.Tensor:
         return super().encode_prompt([Shot.from_text(p) if isinstance(p, str) else p
                                       for p in prompts])
+
+    def needed_blocks(self, schedules: tuple[PromptSchedule, ...], index: int) -> list[int]:
+        """Earlier blocks that showed the sprite block ``index`` shows (the world's truth,
+        for reference selections such as PackForcing's ``selection=truth``); one schedule for
+        the whole batch."""
+        bf = self.spec.block_frames
+        per_video = [[s.at(b * bf) for b in range(index + 1)] for s in schedules]
+        if any(p != per_video[0] for p in per_video[1:]):
+            raise ValueError("needed blocks of a batch: every video must have the same schedule")
+        inst = instances_of([p if isinstance(p, Shot) else Shot.from_text(str(p))
+                             for p in per_video[0]])
+        return [b for b in range(index) if inst[b] == inst[index]]
 
     def default_prompt(self, seed: int) -> PromptSchedule:
         """The held-out schedule of a run seed, one shot per block."""
