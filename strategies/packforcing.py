@@ -21,7 +21,8 @@ Choices the paper leaves open, all options here (defaults first):
   request (denoising step 0) and reused for the other steps and the cache-fill pass;
   ``recency`` (newest ``top_k``); ``all``; ``truth``: a selection oracle that picks the
   blocks the world says the current block needs (``model.needed_blocks``; memory world only),
-  so a strategy's recall splits into "did it pick the block" and "could the model read it". Affinity of mid block m: sum over its keys j and
+  so a strategy's recall splits into "did it pick the block" and "could the model read it".
+  Affinity of mid block m: sum over its keys j and
   over the scoring queries i, of the mean over the batch and ``score_heads`` (a fraction;
   evenly spaced) of the heads of q_i . k_j / sqrt(d); no softmax. Bilinear, so computed as
   (sum_i q_i) . (sum_j k_j). ``score_positions``: ``common`` scores every candidate's keys
