@@ -427,6 +427,11 @@ class PackForcing(CacheStrategy):
             out["queries"] = Usage(0, sum(t.nbytes for t in self._queries.values()))
         return out
 
+    def attended(self) -> list[list[int]] | None:
+        full = [b.index for b in self._sink], [b.index for b in self._recent]
+        return [sorted([*full[0], *(self._mid[i].index for i in c), *full[1]])
+                for c in self._chosen if c is not None] or None
+
     def info(self) -> dict[str, Any]:
         return {"sink": [b.index for b in self._sink], "sink_t0": [b.t0 for b in self._sink],
                 "archive": [b.index for b in self._mid],

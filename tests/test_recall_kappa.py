@@ -183,3 +183,31 @@ def test_packforcing_truth_selection_picks_the_needed_blocks(memory_model):
         assert set(needed[-2:]) <= set(picked), record.index
         checked += bool(needed)
     assert checked >= 3
+
+
+def test_selection_hit_rates_from_the_trace(memory_model):
+    """The oracle holds a needed block at every return that has one in the mid history; the
+    wrong oracle never holds one outside sink and recent; a strategy that does not say what
+    it attended leaves the measure unavailable."""
+    from toolkit.metrics import Unavailable
+    from toolkit.metrics.recall import selection
+    from toolkit.rollout import rollout
+
+    bf, blocks = 4, 30
+    sched = schedule_for_seed(7, blocks, bf, "val")
+    got = {}
+    for pick in ("needed", "wrong"):
+        out = rollout(memory_model, Oracle(sink_frames=bf, recent_frames=bf, pick=pick),
+                      [as_prompt(sched)], blocks * bf, seed=0)
+        inp = MetricInput(frames=out.frames[0], trace=out.trace, prompt=as_prompt(sched),
+                          spec=memory_model.spec)
+        got[pick] = selection.fn(inp)
+    assert got["needed"]["hit"] == 1.0  # every return's last shown block is kept somewhere
+    # 4+ blocks back: the wrong oracle holds a needed block only when the sink showed it
+    beyond = [m for m in return_moments(sched) if m.gap >= BEYOND_GAP]
+    assert got["wrong"]["hit_beyond"] == pytest.approx(np.mean([0 in m.shown for m in beyond]))
+    assert got["wrong"]["hit"] < 1.0
+    out.trace.blocks[0].attended = None
+    with pytest.raises(Unavailable, match="attended"):
+        selection.fn(MetricInput(frames=out.frames[0], trace=out.trace,
+                                 prompt=as_prompt(sched), spec=memory_model.spec))

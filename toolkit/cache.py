@@ -185,6 +185,12 @@ class CacheStrategy(ABC, metaclass=StrategyType):
     def check(self, spec: ModelSpec) -> None:
         """Raise ValueError if the hyperparameters cannot work with this model."""
 
+    def attended(self) -> list[list[int]] | None:
+        """Per layer, the finished blocks (indices) the block being made attends, in full or
+        compressed form; recorded by the harness as a typed fact of the Trace
+        (``BlockRecord.attended``) for selection measures. None: the strategy does not say."""
+        return None
+
     def reset(self) -> None:
         """Clear per-rollout state (called by ``bind``)."""
 
@@ -377,6 +383,9 @@ class KeepBlocksStrategy(CacheStrategy):
 
     def footprint(self) -> dict[str, Usage]:
         return usage(self.blocks, self.partitions)
+
+    def attended(self) -> list[list[int]] | None:
+        return [[b.index for b in self.blocks]] * self.spec.num_layers
 
     def info(self) -> dict[str, Any]:
         return {"context_blocks": [b.index for b in self.blocks],

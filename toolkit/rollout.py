@@ -147,14 +147,16 @@ class BlockDriver:
         self.strategy.commit(FinishedBlock(self.index, latents, kv, cond))
 
     def record(self, seconds: dict[str, float] | None = None,
-               info: dict[str, Any] | None = None) -> BlockRecord:
+               info: dict[str, Any] | None = None,
+               attended: list[list[int]] | None = None) -> BlockRecord:
         """The committed block's record: what the strategy holds now, what it attended."""
         held = self.strategy.footprint()
         return BlockRecord(index=self.index, t0=self.t0, context_tokens=self.plan.context_tokens,
                            tokens={k: u.tokens for k, u in held.items()},
                            bytes={k: u.bytes for k, u in held.items()},
                            seconds=seconds or {}, info=info or {},
-                           start_bytes=self.start_bytes, own_bytes=self.own_bytes)
+                           start_bytes=self.start_bytes, own_bytes=self.own_bytes,
+                           attended=attended)
 
 
 BlockCallback = Callable[[BlockRecord], None]
@@ -214,7 +216,7 @@ def rollout(model: Any, strategy: CacheStrategy, prompts: Sequence[Any], latent_
                     return model.predict_x0(x, sigma, pos, cond)
 
                 x0 = sampler.sample(predict, noise, generator)
-            info = strategy.info()
+            info, attended = strategy.info(), strategy.attended()
             if not torch.isfinite(x0).all():
                 raise RolloutError(f"block {index} of strategy {trace.strategy} is not finite "
                                    f"(NaN or inf); {len(trace.blocks)} blocks were finished",
@@ -226,7 +228,7 @@ def rollout(model: Any, strategy: CacheStrategy, prompts: Sequence[Any], latent_
                 driver.commit(x0, cond)
             out.append(x0)
             # 5. record the block
-            record = driver.record(timer.take(), info)
+            record = driver.record(timer.take(), info, attended)
             trace.blocks.append(record)
             for callback in callbacks:
                 callback(record)

@@ -24,6 +24,8 @@ class BlockRecord:
         own_bytes: the block's own K/V (all layers), recorded in its cache-fill pass.
         peak_bytes: the most bytes the KV path had alive during the block (memory accounting
             with ``track=True``; None otherwise).
+        attended: per layer, the finished blocks the block attended, in full or compressed
+            form (``CacheStrategy.attended``); None when the strategy does not say.
     """
 
     index: int
@@ -36,6 +38,7 @@ class BlockRecord:
     start_bytes: int = 0
     own_bytes: int = 0
     peak_bytes: int | None = None
+    attended: list[list[int]] | None = None
 
     @property
     def total_bytes(self) -> int:

@@ -95,7 +95,7 @@ METRIC_SETS: dict[str, list[str]] = {
              "dynamic_degree", "discontinuity", "kv_bytes", "block_seconds", "peak_kv_bytes",
              "seconds_per_block"],
     "memory": ["recall", "recall_kappa", "recall_beyond", "recall_curve", "recall_gap",
-               "recall_chance", "recall_swap", "recall_truth",
+               "recall_chance", "recall_swap", "selection", "recall_truth",
                "recall_position", "recall_within", "recall_moments", "continuity", "scene_fidelity",
                "scene_speed_ratio", "scene_frozen", "motion",
                "dynamic_degree", "discontinuity", "boundary_change", "boundary_jump",

@@ -277,6 +277,35 @@ def chance(rows: list[dict]) -> dict[str, float]:
     return {"": float(np.mean(ident)), "colour": float(np.mean(col))}
 
 
+@metric("selection", "higher", "fraction", "scalar", needs=("frames", "world", "trace"),
+        series=("hit", "hit_beyond", "recall_hit", "recall_miss", "returns"))
+def selection(inp: MetricInput) -> dict[str, float]:
+    """Did the strategy hold what a return needs? From the Trace's typed ``attended`` blocks
+    (per layer, in full or compressed form) against the schedule's truth: ``hit``: share of
+    (return, layer) pairs whose attended blocks include one that showed the returning sprite
+    (``hit_beyond``: returns last shown 4+ blocks back); ``recall_hit`` / ``recall_miss``:
+    colour recall of the returns whose needed block was attended in every layer / in none."""
+    if inp.trace is None or any(b.attended is None for b in inp.trace.blocks):
+        raise Unavailable("needs the strategy's attended blocks in the Trace "
+                          "(CacheStrategy.attended)")
+    by_block = {b.index: b.attended for b in inp.trace.blocks}
+    moments = {m.block: m for m in _moments(inp)}
+    pairs, beyond, hit_rows, miss_rows = [], [], [], []
+    for r in moment_rows(inp):
+        layers = [bool(set(att) & set(moments[r["block"]].shown)) for att in by_block[r["block"]]]
+        pairs += layers
+        if r["gap"] >= BEYOND_GAP:
+            beyond += layers
+        if all(layers):
+            hit_rows.append(r)
+        elif not any(layers):
+            miss_rows.append(r)
+    return {"hit": float(np.mean(pairs)),
+            "hit_beyond": float(np.mean(beyond)) if beyond else float("nan"),
+            "recall_hit": _mean(hit_rows, "colour"), "recall_miss": _mean(miss_rows, "colour"),
+            "returns": float(len(moments))}
+
+
 @metric("recall_truth", "higher", "fraction", "scalar", needs=("frames", "world"))
 def recall_truth(inp: MetricInput) -> float:
     """Share of return moments showing the sprite the introducing prompt named."""
