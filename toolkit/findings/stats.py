@@ -463,9 +463,11 @@ def claim_verdict(results: list[Result]) -> str:
     words = [r.verdict for r in results if r.verdict != NOT_TESTABLE]
     if not words:
         return NOT_TESTABLE
+    if len(set(words)) == 1:
+        return words[0]
     if all(w == "holds" for w in words):
         return "holds"
-    if any(w == "fails" for w in words):
+    if any(w.startswith("fails") for w in words):
         return "fails" if not any(w == "holds" for w in words) else "partly holds"
     return "inconclusive"
 
