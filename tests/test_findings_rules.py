@@ -137,7 +137,8 @@ CLAIM = """  - id: c{i}
       - {{name: p{i}, measure: fidelity@last, arm: a, baseline: b, expect: greater,
          margin: 0.05}}
 """
-SECONDARY = """      - {name: s, measure: moving@last, arm: a, baseline: b, expect: greater, margin: 0.05}
+SECONDARY = """      - {name: s, measure: moving@last, arm: a, baseline: b, expect: greater,
+         margin: 0.05}
 """
 
 
