@@ -434,20 +434,21 @@ def test_figures_name_logged_curves(tmp_path):
 def test_a_margin_rules_page_shows_roles_alpha_and_how_many_tests_were_testable(tmp_path):
     text, rows, results, _ = _page(tmp_path, "statistics: {test: permutation, interval: t, "
                                    "correction: holm, exact: true, rules: margin}\n")
-    noisy, clear, kv, moves = results
+    noisy, clear, _, moves = results
     assert [r.role for r in results] == ["primary", "secondary", "secondary", "secondary"]
     assert rows["noisy"][10] == "primary (Holm)" and rows["clear"][10] == "secondary (unadjusted)"
     assert rows["noisy"][7].startswith(f"{__import__('reports.tables').tables.num(noisy.sde)} "
                                        "at α 0.05")
     assert rows["moves"][9] == "⊘ not testable" and "(saturation)" in moves.reason
     assert clear.verdict == "holds" and "secondary: raw p, not adjusted" in clear.reason
-    assert f"**Verdict: {MARK_OF(noisy.verdict)}, 3 of 4 tests testable.**" in text
+    assert f"**Verdict: {_mark(noisy.verdict)}, 3 of 4 tests testable.**" in text
     assert "One primary test per claim decides the claim" in text
     assert "Single-arm fractions: 95% Wilson score interval" in text
     assert "Not testable: only on saturation" in text and "holds, size unclear" in text
 
 
-def MARK_OF(word):  # noqa: N802  (the page's mark of a verdict)
+def _mark(word):
+    """The page's mark of a verdict."""
     from reports.findings import MARK
 
     return MARK[word]

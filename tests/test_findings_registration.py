@@ -91,7 +91,7 @@ def test_the_page_renders_the_committed_file_and_refuses_a_dirty_one(tmp_path):
     _, spec, git = _repo(tmp_path)
     assert committed_spec(spec).title == "Toy findings"
     spec.write_text(spec.read_text().replace("title: Toy findings", "title: Edited"))
-    with pytest.raises(ConfigError, match="findings.yaml has uncommitted changes"):
+    with pytest.raises(ConfigError, match=r"findings\.yaml has uncommitted changes"):
         committed_spec(spec)
     assert committed_spec(spec, draft=True).title == "Edited"  # a draft: the working copy
     git("stash")
@@ -162,6 +162,6 @@ def test_quick_runs_use_their_own_prompts(tmp_path):
     assert {j.seed for j in plan(spec, 2)} == {5, 6}
     path.write_text(textwrap.dedent(TINY).replace("first_seed: 5", "first_seed: 5\nquick: "
                                                   "{seeds: 2, first_seed: 6}"))
-    with pytest.raises(ConfigError, match="the confirmatory prompts 5..6 and the quick prompts "
-                                          "6..7 overlap"):
+    with pytest.raises(ConfigError, match=r"the confirmatory prompts 5\.\.6 and the quick "
+                                          r"prompts 6\.\.7 overlap"):
         load_spec(path)
