@@ -282,3 +282,15 @@ def test_sign_flip_floor_matches_brute_force_with_zeros():
     sums = [float(np.dot(s, d)) for s in itertools.product((1, -1), repeat=len(d))]
     smallest = 2 * min(np.mean(np.array(sums) >= x - 1e-12) for x in sums)
     assert p_floor(d) == pytest.approx(smallest)
+
+
+def test_smaller_than_the_margin_is_one_sided_at_the_alpha_faced():
+    check = _check(margin=0.05)
+    ci = (0.0, -0.02, 0.04)
+    assert margin_verdict(check, *ci, 0.9, 16)[0] == SMALL  # default: the 95% CI
+    wide = (-0.03, 0.06)  # the interval at 1 - 2 alpha / m reaches the margin
+    assert margin_verdict(check, *ci, 0.9, 16, short=wide)[0] == "inconclusive"
+    d = np.array([0.0, 0.01, -0.01, 0.02, 0.0, 0.01, -0.02, 0.01, 0.0, 0.01])
+    r = evaluate(Check("s", "fidelity@last", "a", "greater", "b", 0.0, 0.05),
+                 _table("fidelity@last", 0.5 + d, [0.5] * 10), MARGIN, alpha=0.05 / 6)
+    assert r.verdict == SMALL and "(at alpha 0.0083)" in r.reason

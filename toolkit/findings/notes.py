@@ -58,7 +58,8 @@ def _margin_notes() -> list[str]:
         "Verdicts (margin rules): holds = p < alpha and the CI's near bound clears the "
         "threshold by the margin; holds, size unclear = p < alpha but the CI crosses the "
         "margin; fails (opposite) = p < alpha the other way; fails (smaller than the margin) = "
-        "the CI's far bound stays short of the margin; at most / at least (non-superiority) "
+        "the far bound of the interval at 1 - 2 alpha (one-sided at the alpha the test faces, "
+        "alpha / m for a primary) stays short of the margin; at most / at least (non-superiority) "
         "hold when the CI's upper / lower bound stays inside threshold ± margin and the "
         "one-sided p against that edge is below alpha.",
         "Not testable: only on saturation: some seeds have both arms at the same bound of the "

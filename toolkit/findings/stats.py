@@ -222,8 +222,14 @@ def saturation_reason(test: Check, arm: np.ndarray, base: np.ndarray,
 
 
 def margin_verdict(test: Check, mean: float, low: float, high: float, p: float, n: int, *,
-                   alpha: float = ALPHA, p_name: str = "p") -> tuple[str, str]:
-    """The margin rules (module docstring) applied to one test's CI and p."""
+                   alpha: float = ALPHA, p_name: str = "p",
+                   short: tuple[float, float] | None = None,
+                   short_alpha: float = ALPHA) -> tuple[str, str]:
+    """The margin rules (module docstring) applied to one test's CI and p.
+
+    ``short``: the interval that decides "fails (smaller than the margin)", a one-sided test at
+    the alpha the test faces (``evaluate_spec``: the CI at 1 - 2 alpha, alpha / m for a
+    primary; ``short_alpha``); default the 95% CI."""
     if n < 2 or not (np.isfinite(low) and np.isfinite(high)):
         return "inconclusive", f"only {n} value(s): no confidence interval"
     x, m = test.than, test.margin
@@ -260,8 +266,11 @@ def margin_verdict(test: Check, mean: float, low: float, high: float, p: float, 
                                f"{edge:g}: the effect may be smaller than the margin")
     if sig and against:
         return OPPOSITE, f"the opposite effect: {ci} {opposite} {x:g}, {ps}"
-    if m > 0 and sign * (far - edge) < 0:
-        return SMALL, f"{ci} stays short of the margin {edge:g}: no effect worth the name"
+    s_far = far if short is None else (short[1] if sign > 0 else short[0])
+    if m > 0 and sign * (s_far - edge) < 0:
+        how = ci if short is None else (f"the one-sided bound {s_far:.3g} (at alpha "
+                                        f"{short_alpha:.2g})")
+        return SMALL, f"{how} stays short of the margin {edge:g}: no effect worth the name"
     if beyond or against:
         side = "" if beyond else " (the opposite direction)"
         return "inconclusive", f"{ci} excludes {x:g}{side} but {ps}"
@@ -353,13 +362,25 @@ def _judge(res: Result, statistics: Statistics, p: float | None = None,
     p = res.p if p is None else p
     if statistics.rules == "margin":
         res.verdict, res.reason = margin_verdict(res.test, res.mean, res.low, res.high, p,
-                                                 len(res.values), alpha=ALPHA, p_name=p_name)
+                                                 len(res.values), alpha=ALPHA, p_name=p_name,
+                                                 short=_short(res), short_alpha=res.alpha)
         if res.no_variation:
             res.reason = f"no variation in {len(res.values)} seeds; " + res.reason
     else:
         res.verdict, res.reason = verdict(res.test, res.mean, res.low, res.high, p,
                                           len(res.values), band_test=statistics.band_test,
                                           p_name=p_name)
+
+
+def _short(res: Result) -> tuple[float, float] | None:
+    """The interval at 1 - 2 alpha (the alpha the test faces): a one-sided test of "smaller
+    than the margin" at that alpha; None for BCa intervals (the 95% CI decides)."""
+    confidence = 1 - 2 * res.alpha
+    if res.interval == "wilson":
+        return inf.wilson_cluster(res.values, confidence)[1:]
+    if res.interval == "t":
+        return inf.t_interval(res.values, confidence)[1:]
+    return None
 
 
 def _bounds(res: Result, table: pd.DataFrame, statistics: Statistics) -> None:
@@ -392,7 +413,9 @@ def alphas(spec: Spec) -> dict[str, float]:
     """The alpha each role faces under the margin rules (the primaries: Holm's strictest step,
     alpha / m over the file's m primaries, which the detectable effect and the reachability
     flag use; Holm's later steps are less strict)."""
-    m = sum(r == "primary" for c in spec.claims for r in roles(c))
+    exact = spec.statistics.exact
+    m = sum(r == "primary" and not (exact and t.parsed.exact)
+            for c in spec.claims for t, r in zip(c.tests, roles(c), strict=True))
     return {"gate": ALPHA, "primary": ALPHA / max(m, 1), "secondary": ALPHA}
 
 
