@@ -294,3 +294,22 @@ def test_smaller_than_the_margin_is_one_sided_at_the_alpha_faced():
     r = evaluate(Check("s", "fidelity@last", "a", "greater", "b", 0.0, 0.05),
                  _table("fidelity@last", 0.5 + d, [0.5] * 10), MARGIN, alpha=0.05 / 6)
     assert r.verdict == SMALL and "(at alpha 0.0083)" in r.reason
+
+
+def test_tests_that_cannot_reach_their_alpha_are_flagged_before_the_runs(tmp_path):
+    from toolkit.findings.run import reach_lines
+
+    seven = reach_lines(_spec(tmp_path, claims=7), 8)
+    assert len(seven) == 7 and "with 8 seeds no p falls below 0.0078, not below its alpha " \
+                                "0.0071: it cannot hold" in seven[0]
+    assert reach_lines(_spec(tmp_path, claims=6), 8) == []
+    assert reach_lines(_spec(tmp_path, claims=7), 9) == []
+    text = textwrap.dedent(SPEC).format(claims=CLAIM.format(i=0, control="")) + \
+        "pilot: {first_seed: 500, seeds: 6, sd: 0.12, effect: 0.10}\n"
+    line = reach_lines(_spec(tmp_path, text=text), 8)[-1]
+    need = seeds_for(sd_upper(0.12, 6), 0.10, 0.05)
+    assert line.startswith("Pilot: 6 seeds on prompts 500..505, SD 0.12, inflated to its 80% "
+                           f"upper limit {sd_upper(0.12, 6):.3g}")
+    assert f"needs {need} seeds (⚠ 8 are fewer" in line
+    with pytest.raises(ConfigError, match=r"the confirmatory prompts 0\.\.7 and the pilot prompts"):
+        _spec(tmp_path, text=text.replace("first_seed: 500", "first_seed: 4"))

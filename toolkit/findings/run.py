@@ -313,6 +313,8 @@ def committed_spec(path: str | Path, draft: bool = False) -> Spec:
     top = _git(path.parent, "rev-parse", "--show-toplevel")
     rel = path.relative_to(Path(top.stdout.strip()).resolve()).as_posix()
     text = _git(path.parent, "show", f"{got[0]}:{rel}")
+    if text is None or text.returncode:
+        raise ConfigError(f"cannot read {rel} as committed in {got[0][:12]} (git show failed)")
     return load_spec(path, text.stdout)
 
 
