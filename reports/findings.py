@@ -36,10 +36,14 @@ from toolkit.aggregate import UNBOUNDED, value_range
 from toolkit.findings import (
     ALPHA,
     EXPERIMENT,
+    HOLDS_UNCLEAR,
     NOT_TESTABLE,
+    OPPOSITE,
+    SMALL,
     Claim,
     Result,
     Spec,
+    claim_summary,
     claim_verdict,
     correction_note,
     evaluate_spec,
@@ -51,8 +55,13 @@ from toolkit.findings import (
 from toolkit.findings.inference import POWER, interval
 
 MARK = {"holds": "✅ holds", "fails": "❌ fails", "inconclusive": "❔ inconclusive",
-        "partly holds": "◐ partly holds", NOT_TESTABLE: "⊘ not testable"}
-VERDICTS = ("holds", "partly holds", "fails", "inconclusive", NOT_TESTABLE)
+        "partly holds": "◐ partly holds", NOT_TESTABLE: "⊘ not testable",
+        HOLDS_UNCLEAR: "☑️ holds, size unclear", OPPOSITE: "❌ fails (opposite)",
+        SMALL: "❌ fails (smaller than the margin)"}
+VERDICTS = ("holds", HOLDS_UNCLEAR, "partly holds", "fails", OPPOSITE, SMALL, "inconclusive",
+            NOT_TESTABLE)
+ROLE = {"gate": "gate (control, alpha 0.05 first)", "primary": "primary (Holm)",
+        "secondary": "secondary (unadjusted)"}
 BIN = 10  # latent frames per point of the curve figures
 
 
@@ -86,25 +95,44 @@ def collect(planned: Mapping[tuple[str, int], str],
             rows.append({"arm": arm, "seed": seed, "run_id": run["run_id"],
                          "revision": rev + (" (uncommitted changes)" if dirty else ""),
                          "commit": rev, "dirty": dirty,
-                         "block_frames": block_frames_of(run.to_dict())})
+                         "block_frames": block_frames_of(run.to_dict()),
+                         "code": code_tags(run.to_dict())})
         else:
             missing.append((arm, seed))
-    columns = ["arm", "seed", "run_id", "revision", "commit", "dirty", "block_frames"]
+    columns = ["arm", "seed", "run_id", "revision", "commit", "dirty", "block_frames", "code"]
     return pd.DataFrame(rows, columns=columns), missing
+
+
+def code_tags(run: Mapping[str, object]) -> dict[str, str]:
+    """The ``code.*`` tags a run recorded (path -> hash; ``toolkit.findings.run.code_hashes``)."""
+    from toolkit.findings.run import CODE_TAG
+
+    head = "tags." + CODE_TAG
+    return {k[len(head):]: str(v) for k, v in run.items()
+            if k.startswith(head) and isinstance(v, str) and v}
 
 
 def provenance(f: Findings, head: str) -> list[str]:
     """Which code made the runs; a warning when it is not the code rendering them.
 
     A run key hashes the config, not the code, so runs stored before a fix are reused by a
-    re-run: this line is what shows it.
+    re-run: this line is what shows it. With the runs' ``code`` hashes (the verdict code and
+    the metric modules the measures read), a second line compares them with the code now and
+    with the code committed with the findings file.
     """
     counts = f.runs["revision"].value_counts()
     line = "- Runs made at: " + ", ".join(f"`{r}` ({n} runs)" for r, n in counts.items())
     if any(r != head for r in counts.index):
         line += (f". ⚠ Not all at this revision (`{head}`): runs made by other code are "
                  "reused by run key; use a fresh `run_root` to re-run them all.")
-    return [line]
+    if "code" not in f.runs:
+        return [line]
+    from toolkit.findings.run import code_check, code_hashes, committed_hashes, file_commit
+
+    now = code_hashes(f.spec)
+    got = file_commit(f.spec.path)
+    at_spec = committed_hashes(got[0], list(now)) if got else None
+    return [line, *code_check(list(f.runs["code"]), now, at_spec)]
 
 
 def analyse(spec: Spec, planned: Mapping[tuple[str, int], str], uri: str) -> Findings:
@@ -227,6 +255,10 @@ def _rule(r: Result) -> str:
     t = r.test
     if t.expect == "within":
         return f"within {t.than:g} ± {t.margin:g}"
+    if t.expect == "at_most":
+        return f"at most {t.than:g} + {t.margin:g}"
+    if t.expect == "at_least":
+        return f"at least {t.than:g} − {t.margin:g}"
     word = ">" if t.expect == "greater" else "<"
     return f"{word} {t.than:g}" + (f" (margin {t.margin:g})" if t.margin else "")
 
@@ -247,8 +279,13 @@ def _exact(mean: float, low: float, high: float) -> str:
 
 
 def _value(r: Result, span: tuple[float, float]) -> str:
-    """The 24x effect: mean [95% CI], or the exact value(s) of an exact measure."""
-    return _exact(r.mean, r.low, r.high) if r.exact else _ci(r.mean, r.low, r.high, span)
+    """The 24x effect: mean [95% CI], or the exact value(s) of an exact measure; under the
+    margin rules identical seeds read "no variation in n seeds", not a zero-width interval."""
+    if r.exact:
+        return _exact(r.mean, r.low, r.high)
+    if r.role and r.no_variation:
+        return f"{num(r.mean)} (no variation in {len(r.values)} seeds)"
+    return _ci(r.mean, r.low, r.high, span)
 
 
 def _one_x(f: Findings, r: Result, span: tuple[float, float]) -> str | None:
@@ -262,21 +299,37 @@ def _one_x(f: Findings, r: Result, span: tuple[float, float]) -> str | None:
 
 
 def _sde(r: Result) -> str:
-    """The smallest detectable effect's cell, saying so when it exceeds the margin."""
+    """The smallest detectable effect's cell, saying so when it exceeds the margin (and, under
+    the margin rules, at which alpha)."""
     if r.exact or r.verdict == NOT_TESTABLE or np.isnan(r.sde):
         return "—"
     text = "∞" if np.isinf(r.sde) else num(r.sde)
+    if r.role:
+        text += f" at α {r.alpha:.2g}"
     return text + (" (larger than the margin)" if r.underpowered else "")
+
+
+def _p_cell(r: Result) -> str:
+    """The raw p, flagged when no p these values can give is below the alpha used."""
+    if r.exact:
+        return "—"
+    if r.role and r.unreachable and r.verdict != NOT_TESTABLE:
+        return f"{_p(r.p)} ⚠ floor {r.p_floor:.2g} ≥ α {r.alpha:.2g}"
+    return _p(r.p)
 
 
 def _power(r: Result) -> str:
     """The bullet's sentence on power."""
     if np.isnan(r.sde):
         return "no detectable effect computed (fewer than 2 values)"
+    alpha = r.alpha if r.role else ALPHA
     if np.isinf(r.sde):
-        return (f"no effect is detectable at {POWER:.0%} power with n={len(r.values)} "
-                f"(no p can fall below {ALPHA})")
+        n = f"{r.nonzero} non-zero of n={len(r.values)}" if r.role else f"n={len(r.values)}"
+        return (f"no effect is detectable at {POWER:.0%} power with {n} "
+                f"(no p can fall below {alpha:.2g})")
     out = f"smallest detectable effect at {POWER:.0%} power {num(r.sde)}"
+    if r.role:
+        out += f" (alpha {alpha:.2g}, {r.nonzero} non-zero differences)"
     if r.underpowered:
         out += (f", larger than the margin {r.test.margin:g}: an effect worth the name may "
                 "well end inconclusive (underpowered)")
@@ -284,23 +337,31 @@ def _power(r: Result) -> str:
 
 
 def verdict_table(f: Findings) -> list[str]:
+    margin = f.spec.statistics.rules == "margin"
     lines = ["| claim | test | effect: measure | 24x: mean [95% CI] | 1x | p | Holm p | SDE | "
-             "rule | verdict |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "rule | verdict |" + (" role |" if margin else ""),
+             "|---|---|---|---|---|---|---|---|---|---|" + ("---|" if margin else "")]
     for claim in f.spec.claims:
         for r in f.results[claim.id]:
             t = r.test
             span = measure_range(t.measure, bool(t.baseline))
             one = _one_x(f, r, span) or "—"
-            p = "—" if r.exact else _p(r.p)
+            role = f" {ROLE[r.role]} |" if margin else ""
             lines.append(f"| [{claim.id}](#{claim.id}) | {t.name} | `{_effect(t)}`: "
-                         f"`{t.measure}` | {_value(r, span)} | {one} | {p} | "
-                         f"{_p(r.p_holm)} | {_sde(r)} | {_rule(r)} | {MARK[r.verdict]} |")
+                         f"`{t.measure}` | {_value(r, span)} | {one} | {_p_cell(r)} | "
+                         f"{_p(r.p_holm)} | {_sde(r)} | {_rule(r)} | {MARK[r.verdict]} |{role}")
     return lines
 
 
 ARM_COLUMNS = ("fidelity@first", "fidelity@last", "identity_drift@last", "moving@last",
                "sprite_speed@last", "boundary_change@last", "kv_growth")
+
+
+def _arm_interval(spec: Spec, measure: str) -> str:
+    """One arm's interval: Wilson (seed clusters) for fractions under the margin rules."""
+    if spec.statistics.rules == "margin" and measure_range(measure) == (0.0, 1.0):
+        return "wilson"
+    return spec.statistics.interval
 
 
 def arms_table(f: Findings) -> list[str]:
@@ -309,8 +370,8 @@ def arms_table(f: Findings) -> list[str]:
              "|---|---|---|" + "---|" * len(cols)]
     for arm in f.spec.arms_used():
         sub = f.table[f.table["arm"] == arm]
-        method = f.spec.statistics.interval
-        cells = [_ci(*interval(sub[c].to_numpy(float), method), measure_range(c)) for c in cols]
+        cells = [_ci(*interval(sub[c].to_numpy(float), _arm_interval(f.spec, c)),
+                     measure_range(c)) for c in cols]
         config = " ".join(f"`{o}`" for o in f.spec.arms[arm])
         lines.append(f"| {arm} | {config} | {len(sub)} | " + " | ".join(cells) + " |")
     return lines
@@ -327,6 +388,8 @@ def bullet(f: Findings, r: Result) -> str:
         head += "; set by the arms' configs alone, so reported as exact values, not tested"
     elif r.verdict == NOT_TESTABLE:
         head += f", p = {_p(r.p)} (left out of Holm's family)"
+    elif r.role and r.role != "primary":
+        head += f", p = {_p(r.p)} ({ROLE[r.role]}); {_power(r)}"
     else:
         head += f", p = {_p(r.p)}, Holm p = {_p(r.p_holm)}; {_power(r)}"
     out = f"{head}; rule {_rule(r)} → **{r.verdict}** ({r.reason})."
@@ -343,7 +406,9 @@ def claim_section(f: Findings, claim: Claim, images: dict[str, bytes],
            f"**Paper.** {claim.paper}", ""]
     if claim.note:
         out += [f"**Note.** {claim.note}", ""]
-    out += [f"**Verdict: {MARK[claim_verdict(res)]}.**", ""]
+    summary = claim_summary(res)
+    word = claim_verdict(res)
+    out += [f"**Verdict: {MARK[word]}{summary[len(word):]}.**", ""]
     out += [bullet(f, r) for r in res]
     out.append("")
     for fig in claim.figures:

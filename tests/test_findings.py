@@ -166,7 +166,7 @@ def toy(tmp_path_factory):
     spec = tmp_path / "findings.yaml"
     spec.write_text(textwrap.dedent(TINY))
     out = tmp_path / "report" / "FINDINGS.md"
-    args = [f"spec={spec}", f"out={out}", f"run_root={tmp_path / 'runs'}"]
+    args = [f"spec={spec}", f"out={out}", f"run_root={tmp_path / 'runs'}", "draft=true"]
     assert main(["findings", *args]) == 0
     return tmp_path, out, out.read_text(), args
 
@@ -198,6 +198,10 @@ def test_findings_command_end_to_end_reproduces_its_numbers(toy):
     # the file is in no commit (a temporary folder): the pre-registration check says so
     assert "- Findings file: `findings.yaml`, not in any commit" in first
     assert "Pre-registration: ⚠ the findings file is not committed" in first
+    assert "⚠ DRAFT: rendered from a findings file with uncommitted changes" in first
+    # every new run recorded the code its verdicts depend on, and it is unchanged
+    assert "- Code: the verdict code and the metric modules the measures read are those the " \
+           "runs recorded" in first
     # no statistics block: the first pages' methods, Holm's p shown beside the raw one only
     assert "each verdict uses its own raw p (no correction)" in first
     assert "Wilcoxon signed-rank" in first and "BCa" in first and "not testable" not in first
@@ -253,7 +257,8 @@ def test_a_statistics_block_renders_holm_sde_exact_and_not_testable(toy):
     spec = tmp_path / "stats.yaml"
     spec.write_text(textwrap.dedent(TINY_STATS))
     out = tmp_path / "report" / "STATS.md"
-    assert main(["findings", f"spec={spec}", f"out={out}", args[2], "render_only=true"]) == 0
+    assert main(["findings", f"spec={spec}", f"out={out}", args[2], "render_only=true",
+                 "draft=true"]) == 0
     page = out.read_text()
     assert "| p | Holm p | SDE |" in page
     assert "Claims: 1 inconclusive, 1 not testable." in page
@@ -424,3 +429,26 @@ def test_figures_name_logged_curves(tmp_path):
             load_spec(path)
     path.write_text(base.replace("{measure: fidelity,", "{measure: boundary_jump/local,"))
     assert load_spec(path).claims[0].figures[0]["measure"] == "boundary_jump/local"
+
+
+def test_a_margin_rules_page_shows_roles_alpha_and_how_many_tests_were_testable(tmp_path):
+    text, rows, results, _ = _page(tmp_path, "statistics: {test: permutation, interval: t, "
+                                   "correction: holm, exact: true, rules: margin}\n")
+    noisy, clear, _, moves = results
+    assert [r.role for r in results] == ["primary", "secondary", "secondary", "secondary"]
+    assert rows["noisy"][10] == "primary (Holm)" and rows["clear"][10] == "secondary (unadjusted)"
+    assert rows["noisy"][7].startswith(f"{__import__('reports.tables').tables.num(noisy.sde)} "
+                                       "at α 0.05")
+    assert rows["moves"][9] == "⊘ not testable" and "(saturation)" in moves.reason
+    assert clear.verdict == "holds" and "secondary: raw p, not adjusted" in clear.reason
+    assert f"**Verdict: {_mark(noisy.verdict)}, 3 of 4 tests testable.**" in text
+    assert "One primary test per claim decides the claim" in text
+    assert "Single-arm fractions: 95% Wilson score interval" in text
+    assert "Not testable: only on saturation" in text and "holds, size unclear" in text
+
+
+def _mark(word):
+    """The page's mark of a verdict."""
+    from reports.findings import MARK
+
+    return MARK[word]

@@ -7,7 +7,9 @@
   permutation_test``, ``permutation_type="samples"``, ``n_resamples = 2^n``: exact); above,
   ``resamples`` random patterns (seeded) and p = (hits + 1) / (resamples + 1). Two-sided p is
   twice the smaller one-sided p (at most 1); for symmetric nulls that is P(|mean| >= |obs|).
-  The smallest two-sided p of n values is 2^(1-n) (0.0078 at n = 8, 3.1e-5 at n = 16).
+  The smallest two-sided p of n values with n' of them non-zero is 2^(1-n') (``p_floor``):
+  flipping a zero changes nothing, so each zero halves the number of distinct sign patterns
+  (0.0078 at n' = 8, 3.1e-5 at n' = 16; 3 zeros of 8: 0.0625, never below 0.05).
 - ``wilcoxon`` (the first findings pages): ``scipy.stats.wilcoxon`` as scipy 1.17 runs it,
   described per sample by ``wilcoxon_method``.
 - ``t_interval``: the Student t 95% interval of the mean. ``coverage`` measures an interval
@@ -20,7 +22,16 @@
   ``alpha`` detects with ``power``, from the observed SD: ``lambda * sd / sqrt(n)``, lambda the
   noncentrality with ``P(|T'| > t_{1-alpha/2, n-1}) = power`` for T' noncentral t (df n - 1).
   The sign-flip test's power is close to the t-test's; where no sign pattern can reach alpha
-  (2^(1-n) >= alpha, n <= 5) nothing is detectable (infinite).
+  (2^(1-n) >= alpha, n <= 5 at 0.05) nothing is detectable (infinite). Compute it at the alpha
+  the verdict uses (Holm's strictest step alpha / m for a family of m) and with n the number of
+  non-zero differences.
+- ``sd_upper`` / ``seeds_for``: a pilot's SD inflated to its one-sided 80% upper confidence
+  limit (chi-square, n - 1 df), and the seeds a paired test needs to detect an effect with it.
+- ``wilson_cluster``: a 95% interval for the mean of per-seed fractions that stays inside
+  [0, 1]: Wilson's score interval with the effective count n_eff = p(1 - p) / var(mean) (the
+  seed is the cluster; var from the seeds' spread) and t quantiles (n - 1 df); ``score_p`` is
+  the test it inverts. ``COVERAGE`` holds its and the t interval's coverage on skewed and
+  near-bound fractions, checked by the tests and printed on the page.
 """
 
 from __future__ import annotations
@@ -146,14 +157,17 @@ def t_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float
 
 
 def interval(values: Sequence[float], method: str = "t") -> tuple[float, float, float]:
-    """(mean, low, high) of the 95% interval ``t`` or ``bca`` (``toolkit.aggregate.mean_ci``)."""
+    """(mean, low, high) of the 95% interval ``t``, ``wilson`` (``wilson_cluster``) or ``bca``
+    (``toolkit.aggregate.mean_ci``)."""
     if method == "t":
         return t_interval(values)
+    if method == "wilson":
+        return wilson_cluster(values)
     if method == "bca":
         from toolkit.aggregate import mean_ci
 
         return mean_ci(values)
-    raise ValueError(f"interval method {method!r}: allowed t, bca")
+    raise ValueError(f"interval method {method!r}: allowed t, wilson, bca")
 
 
 def coverage(method: Callable[[np.ndarray], tuple[float, float, float]],
@@ -169,6 +183,108 @@ def coverage(method: Callable[[np.ndarray], tuple[float, float, float]],
 
 
 # --- many tests, and power -------------------------------------------------------------------
+def near_floor(rng: np.random.Generator, n: int) -> np.ndarray:
+    """Per-seed fractions near the floor: 20 readings a seed, the seed's rate Beta(0.5, 9.5)
+    (mean 0.05; most seeds read 0 or 1 of 20)."""
+    return rng.binomial(20, rng.beta(0.5, 9.5, n)) / 20
+
+
+def skewed(rng: np.random.Generator, n: int) -> np.ndarray:
+    """Skewed per-seed fractions: 20 readings a seed, the seed's rate Beta(0.6, 2.4) (mean 0.2)."""
+    return rng.binomial(20, rng.beta(0.6, 2.4, n)) / 20
+
+
+#: Single-arm fractions: generator -> (its true mean, {(interval, n): coverage of the 95%
+#: interval}), measured with 4,000 seeded samples (``coverage(..., sims=4000, seed=n)``) and
+#: checked by tests/test_findings_rules.py; the page prints them.
+COVERAGE: dict[str, tuple[float, dict[tuple[str, int], float]]] = {
+    "near_floor": (0.05, {("t", 8): 0.845, ("t", 16): 0.893, ("wilson", 8): 0.942,
+                          ("wilson", 16): 0.936}),
+    "skewed": (0.2, {("t", 8): 0.914, ("t", 16): 0.927, ("wilson", 8): 0.946,
+                     ("wilson", 16): 0.945}),
+}
+GENERATORS = {"near_floor": near_floor, "skewed": skewed}
+
+
+def coverage_note() -> str:
+    """The measured coverage of single-arm intervals, in words, for the page."""
+    parts = []
+    for name, (truth, cov) in COVERAGE.items():
+        doc = (GENERATORS[name].__doc__ or "").split(":")[0].strip().lower()
+        parts.append(f"{doc} (true mean {truth:g}): Wilson "
+                     f"{cov[('wilson', 8)]:.2f} / {cov[('wilson', 16)]:.2f}, t "
+                     f"{cov[('t', 8)]:.2f} / {cov[('t', 16)]:.2f} at n = 8 / 16")
+    return "; ".join(parts)
+
+
+def p_floor(d: Sequence[float]) -> float:
+    """The smallest two-sided sign-flip p the values can give: 2^(1-n'), n' = non-zero values
+    (1.0 with none)."""
+    d = _finite(d)
+    nonzero = int(np.count_nonzero(np.abs(d) > 1e-12 * max(1.0, float(np.abs(d).max(initial=0)))))
+    return 1.0 if nonzero == 0 else min(1.0, 2.0 ** (1 - nonzero))
+
+
+def sd_upper(sd: float, n: int, confidence: float = 0.8) -> float:
+    """The one-sided ``confidence`` upper limit of a population SD from a sample SD of n values
+    (normal data: (n - 1) s^2 / sigma^2 ~ chi-square with n - 1 df)."""
+    if n < 2:
+        raise ValueError(f"n={n}: an SD's upper limit needs at least 2 values")
+    return float(sd * np.sqrt((n - 1) / stats.chi2.ppf(1 - confidence, n - 1)))
+
+
+def seeds_for(sd: float, effect: float, alpha: float = ALPHA, power: float = POWER,
+              most: int = 4096) -> int:
+    """The fewest seeds whose detectable effect (``detectable_effect``) is at most ``effect``."""
+    if effect <= 0 or sd <= 0:
+        raise ValueError(f"sd={sd}, effect={effect}: both must be > 0")
+    n = 2
+    while detectable_effect(sd, n, alpha, power) > effect:
+        n += 1
+        if n > most:
+            raise ValueError(f"more than {most} seeds for effect {effect} at sd {sd}")
+    return n
+
+
+def wilson_cluster(values: Sequence[float], confidence: float = 0.95
+                   ) -> tuple[float, float, float]:
+    """(mean, low, high) of per-seed fractions in [0, 1]: Wilson's score interval with the
+    effective count p(1 - p) / var(mean) and t quantiles (n - 1 df); NaN bounds below
+    ``MIN_CI`` values; (p, p, p) when every seed has the same value (no variation)."""
+    from toolkit.aggregate import MIN_CI
+
+    x = _finite(values)
+    if not len(x):
+        return math.nan, math.nan, math.nan
+    mean = float(x.mean())
+    if len(x) < MIN_CI:
+        return mean, math.nan, math.nan
+    if np.ptp(x) == 0:
+        return mean, mean, mean
+    var = float(x.var(ddof=1)) / len(x)
+    z = float(stats.t.ppf(0.5 + confidence / 2, len(x) - 1))
+    n_eff = mean * (1 - mean) / var
+    centre = (mean + z * z / (2 * n_eff)) / (1 + z * z / n_eff)
+    half = z / (1 + z * z / n_eff) * math.sqrt(mean * (1 - mean) / n_eff
+                                                + z * z / (4 * n_eff ** 2))
+    return mean, max(0.0, centre - half), min(1.0, centre + half)
+
+
+def score_p(values: Sequence[float], than: float) -> float:
+    """Two-sided p of mean(values) = ``than`` (0 < than < 1) from the score statistic that
+    ``wilson_cluster`` inverts: (p - than) / sqrt(than (1 - than) / n_eff), on t (n - 1 df)."""
+    x = _finite(values)
+    if len(x) < 2 or not 0 < than < 1:
+        return math.nan
+    mean = float(x.mean())
+    var = float(x.var(ddof=1)) / len(x)
+    if var == 0:
+        return 1.0 if mean == than else 0.0
+    n_eff = mean * (1 - mean) / var
+    t = (mean - than) / math.sqrt(than * (1 - than) / n_eff)
+    return float(2 * stats.t.sf(abs(t), len(x) - 1))
+
+
 def holm(p: Sequence[float]) -> np.ndarray:
     """Holm's step-down adjusted p-values; NaN entries stay NaN and do not count as tests."""
     p = np.asarray(p, dtype=np.float64)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from toolkit.findings.inference import ALPHA, EXACT_MAX, POWER
+from toolkit.findings.inference import ALPHA, EXACT_MAX, POWER, coverage_note
 from toolkit.findings.spec import Statistics
 from toolkit.findings.stats import NOT_TESTABLE, Result
 
@@ -20,6 +20,8 @@ def correction_note(statistics: Statistics, results: dict[str, list[Result]] | l
                     ) -> str:
     """One paragraph for the top of the page: the multiple-test correction and its family."""
     flat = _flat(results)
+    if statistics.rules == "margin":
+        return _margin_note(flat)
     tested = sum(r.tested for r in flat)
     left = len(flat) - tested
     out = (f"**Multiple tests.** {tested} of the {len(flat)} tests were tested"
@@ -33,11 +35,51 @@ def correction_note(statistics: Statistics, results: dict[str, list[Result]] | l
     return out
 
 
+def _margin_note(flat: list[Result]) -> str:
+    """The margin rules' paragraph: the gates, the primaries' family, the secondaries."""
+    gates = [r for r in flat if r.role == "gate"]
+    prim = [r for r in flat if r.role == "primary"]
+    second = [r for r in flat if r.role == "secondary"]
+    tested = sum(r.tested for r in prim)
+    out = "**Multiple tests.** One primary test per claim decides the claim. "
+    if gates:
+        out += (f"{len(gates)} control claim(s) are tested first, each at alpha {ALPHA} "
+                "(fixed sequence: a gate that does not pass stops every later test); ")
+    out += (f"then Holm's correction over the {len(prim)} primaries ({tested} tested; "
+            f"family-wise error rate {ALPHA}). ")
+    if second:
+        out += (f"The other {len(second)} tests are secondary: judged on their raw p, not "
+                "adjusted for multiple tests, and they do not decide a claim.")
+    return out
+
+
+def _margin_notes() -> list[str]:
+    return [
+        "Verdicts (margin rules): holds = p < alpha and the CI's near bound clears the "
+        "threshold by the margin; holds, size unclear = p < alpha but the CI crosses the "
+        "margin; fails (opposite) = p < alpha the other way; fails (smaller than the margin) = "
+        "the far bound of the interval at 1 - 2 alpha (one-sided at the alpha the test faces, "
+        "alpha / m for a primary) stays short of the margin; at most / at least (non-superiority) "
+        "hold when the CI's upper / lower bound stays inside threshold ± margin and the "
+        "one-sided p against that edge is below alpha.",
+        "Not testable: only on saturation: some seeds have both arms at the same bound of the "
+        "measure and too few differences are left non-zero for any p below alpha (2^(1-n') for "
+        "n' non-zero differences), decided from the counts, never from the outcome's sign.",
+        f"SDE: the smallest true effect detected with {POWER:.0%} power at the alpha the test "
+        "faces (Holm's strictest step, alpha / m, for the m primaries) from its non-zero "
+        "differences; ⚠ floor marks a test whose smallest achievable p (2^(1-n')) is not "
+        "below that alpha.",
+        "Single-arm fractions: 95% Wilson score interval with the seed as the cluster "
+        "(effective count p(1-p) / var(mean), t quantiles) and its score test; measured "
+        f"coverage: {coverage_note()}; identical seeds read 'no variation in n seeds'.",
+    ]
+
+
 def method_notes(statistics: Statistics, results: dict[str, list[Result]] | list[Result]
                  ) -> list[str]:
     """The footnotes under the verdict table: p, Holm p, CI, SDE, not testable, exact."""
     flat = _flat(results)
-    notes = []
+    notes = _margin_notes() if statistics.rules == "margin" else []
     if statistics.test == "wilcoxon":
         used = Counter(r.method.split(" (")[0] for r in flat if r.tested)
         notes.append(
@@ -53,7 +95,8 @@ def method_notes(statistics: Statistics, results: dict[str, list[Result]] | list
             "p: sign-flip permutation test of the mean over seeds against the threshold "
             "(two-sided: twice the smaller one-sided p; for 'within', the larger of the two "
             f"one-sided tests against the band's edges): all 2^n sign patterns for n <= "
-            f"{EXACT_MAX} (p >= 2^(1-n): 0.0078 at n = 8), else {statistics.resamples:,} random "
+            f"{EXACT_MAX} (p >= 2^(1-n') for n' non-zero differences: 0.0078 at n' = 8; each "
+            f"zero halves the patterns), else {statistics.resamples:,} random "
             f"patterns (seed {statistics.seed}).")
     notes.append("Holm p: Holm's step-down adjustment of p over the page's tested tests.")
     if statistics.interval == "bca":
@@ -63,11 +106,12 @@ def method_notes(statistics: Statistics, results: dict[str, list[Result]] | list
         notes.append("CI: 95% Student t interval of the mean over seeds; its coverage on tied, "
                      "bimodal data like fidelity differences is checked by a seeded simulation "
                      "at n = 8 and 16 (tests/test_findings_stats.py).")
-    notes.append(f"SDE: the smallest true effect a paired two-sided test at alpha = {ALPHA} "
-                 f"detects with {POWER:.0%} power given the observed SD (noncentral t): "
-                 "effects smaller than it will often end inconclusive; ∞ where no p can fall "
-                 f"below {ALPHA} (n <= 5).")
-    if statistics.not_testable is not None:
+    if statistics.rules != "margin":
+        notes.append(f"SDE: the smallest true effect a paired two-sided test at alpha = {ALPHA} "
+                     f"detects with {POWER:.0%} power given the observed SD (noncentral t): "
+                     "effects smaller than it will often end inconclusive; ∞ where no p can "
+                     f"fall below {ALPHA} (n <= 5).")
+    if statistics.not_testable is not None and statistics.rules != "margin":
         count = sum(r.verdict == NOT_TESTABLE for r in flat)
         notes.append(f"Not testable ({count}): at least {statistics.not_testable:.0%} of the "
                      "baseline's seeds sit at a bound of the measure, and the claimed effect "

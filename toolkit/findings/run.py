@@ -1,6 +1,12 @@
 """Planning and running the findings' jobs, the options of ``rollbench findings``, and the page
 header's lines on how the runs were made (wall time, seeds, the pre-registration check: the
-findings file's last commit against the commits the runs were made at).
+findings file's last commit against the commits the runs were made at, its commit history, and
+the code that decides the verdicts: ``code_hashes``, recorded on every run as ``code.*`` tags
+and compared by the page).
+
+The page renders from the committed findings file (``git show``): ``prepare`` refuses a file
+with uncommitted changes unless ``draft=true`` (the page then says it is a draft). Quick runs
+use their own prompts (``quick.first_seed``), never the confirmatory ones.
 
 Nothing here renders: the command (``toolkit.cli``) plans and runs through this module, then
 hands the planned run keys to ``reports.findings``, which reads the stored runs by their tags.
@@ -8,6 +14,8 @@ hands the planned run keys to ``reports.findings``, which reads the stored runs 
 
 from __future__ import annotations
 
+import hashlib
+import inspect
 import json
 import subprocess
 from collections.abc import Sequence
@@ -21,6 +29,85 @@ from toolkit.config import ConfigError
 from toolkit.findings.spec import SPEC, Spec, load_spec
 
 EXPERIMENT = "findings"
+ROOT = Path(__file__).resolve().parents[2]
+#: The findings code that turns stored curves into verdicts (hashed on every run).
+VERDICT_CODE = ("toolkit/findings/spec.py", "toolkit/findings/measures.py",
+                "toolkit/findings/inference.py", "toolkit/findings/stats.py")
+CODE_TAG = "code."
+
+
+# --- the code a page's verdicts depend on ----------------------------------------------------
+def metric_modules(spec: Spec) -> list[str]:
+    """The source files (relative to the repository) of the metrics the file's measures read."""
+    from toolkit.metrics import METRICS
+
+    names = {c.split("/", 1)[0] for cl in spec.claims for t in cl.tests
+             for c in t.parsed.curves}
+    files = set()
+    for name in names:
+        source = inspect.getsourcefile(METRICS.get(name).fn)
+        if source:
+            path = Path(source).resolve()
+            files.add(path.relative_to(ROOT).as_posix() if path.is_relative_to(ROOT)
+                      else path.name)
+    return sorted(files)
+
+
+def digest(text: bytes) -> str:
+    return hashlib.sha256(text).hexdigest()[:16]
+
+
+def code_hashes(spec: Spec, root: Path = ROOT) -> dict[str, str]:
+    """sha256 (16 hex digits) of the verdict code and of the metric modules the file's measures
+    read, by path relative to the repository, as they are now on disk."""
+    return {rel: digest((root / rel).read_bytes()) for rel in
+            [*VERDICT_CODE, *metric_modules(spec)] if (root / rel).exists()}
+
+
+def committed_hashes(commit: str, files: Sequence[str], root: Path = ROOT) -> dict[str, str]:
+    """The same hashes of ``files`` as committed in ``commit`` (``git show``); a file the
+    commit lacks is left out."""
+    out = {}
+    for rel in files:
+        try:
+            got = subprocess.run(["git", "show", f"{commit}:{rel}"], cwd=root,
+                                 capture_output=True, timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            continue
+        if got.returncode == 0:
+            out[rel] = digest(got.stdout)
+    return out
+
+
+def code_check(recorded: Sequence[dict[str, str]], current: dict[str, str],
+               at_spec: dict[str, str] | None = None) -> list[str]:
+    """The page's line on the code: every run's recorded hashes against the code rendering the
+    page (and against the code committed with the findings file, when given).
+
+    Args:
+        recorded: per run, its ``code.*`` tags (path -> hash); empty for runs that made none.
+        current: ``code_hashes`` now.
+        at_spec: the same files as committed with the findings file's last change.
+    """
+    warn = []
+    missing = sum(not r for r in recorded)
+    if missing:
+        warn.append(f"{missing} of {len(recorded)} runs recorded no code hashes (made before "
+                    "they were recorded): the code that made them cannot be checked")
+    for rel, now in current.items():
+        seen = sorted({r[rel] for r in recorded if r and rel in r})
+        if len(seen) > 1:
+            warn.append(f"`{rel}` differs between runs ({', '.join(seen)})")
+        elif seen and seen[0] != now:
+            warn.append(f"`{rel}` changed after the runs (runs: {seen[0]}, now: {now})")
+        if at_spec is not None and rel in at_spec and seen and at_spec[rel] not in seen:
+            warn.append(f"`{rel}` changed between the findings file's commit and the runs "
+                        f"(committed with the file: {at_spec[rel]}, runs: {seen[0]})")
+    files = ", ".join(f"`{Path(r).name}` {h}" for r, h in current.items())
+    if warn:
+        return ["- Code: ⚠ " + "; ⚠ ".join(warn) + f". Now: {files}."]
+    return [f"- Code: the verdict code and the metric modules the measures read are those the "
+            f"runs recorded ({files})."]
 
 
 # --- running -------------------------------------------------------------------------------
@@ -32,14 +119,15 @@ class Job:
     key: str = ""
 
 
-def plan(spec: Spec, seeds: int, overrides: list[str] = ()) -> list[Job]:
-    """One composed run config per (arm, seed); arms no test uses are left out."""
+def plan(spec: Spec, seeds: int, overrides: list[str] = (), quick: bool = False) -> list[Job]:
+    """One composed run config per (arm, seed); arms no test uses are left out. ``quick``: the
+    file's quick prompts, disjoint from the confirmatory ones."""
     from toolkit.config import compose_config
     from toolkit.tracking import run_key
 
     jobs = []
     # seed-major: a partial run still has complete pairs
-    for seed in spec.prompts(seeds):
+    for seed in spec.prompts(seeds, quick):
         for arm in spec.arms_used():
             cfg = compose_config([*spec.arms[arm], *overrides, f"seed={seed}",
                                   f"video.latent_frames={spec.latent_frames}",
@@ -49,13 +137,26 @@ def plan(spec: Spec, seeds: int, overrides: list[str] = ()) -> list[Job]:
     return jobs
 
 
-def _run_one(cfg_yaml: str) -> dict[str, Any]:
+def _run_one(cfg_yaml: str, code: dict[str, str] | None = None) -> dict[str, Any]:
     from toolkit.jobs import describe, run_job
 
     try:
-        return describe(run_job(OmegaConf.create(cfg_yaml)))
+        cfg = OmegaConf.create(cfg_yaml)
+        out = describe(run_job(cfg))
+        if out["status"] == "finished" and out.get("run_id") and code:
+            tag_code(cfg, out["run_id"], code)
+        return out
     except Exception as err:  # e.g. the store unreachable: reported, the other jobs go on
         return {"status": "failed", "error": f"{type(err).__name__}: {err}"}
+
+
+def tag_code(cfg: DictConfig, run_id: str, code: dict[str, str]) -> None:
+    """Record on a finished run the hashes of the code its verdicts depend on."""
+    from toolkit.tracking import open_client, target
+
+    client = open_client(target(cfg)[0])
+    for rel, value in code.items():
+        client.set_tag(run_id, CODE_TAG + rel, value)
 
 
 def open_store(cfg: DictConfig) -> None:
@@ -71,8 +172,10 @@ def keys_of(jobs: list[Job]) -> dict[tuple[str, int], str]:
     return {(j.arm, j.seed): j.key for j in jobs}
 
 
-def run_jobs(jobs: list[Job], workers: int = 1) -> list[dict[str, Any]]:
-    """Run the jobs (finished ones are skipped), ``workers`` processes at a time, with progress.
+def run_jobs(jobs: list[Job], workers: int = 1,
+             code: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    """Run the jobs (finished ones are skipped), ``workers`` processes at a time, with progress;
+    each new run records ``code`` (``code_hashes``) as ``code.*`` tags.
 
     A failing job is recorded as a FAILED run and reported; the others go on.
     """
@@ -94,14 +197,14 @@ def run_jobs(jobs: list[Job], workers: int = 1) -> list[dict[str, Any]]:
 
         if workers <= 1:
             for job in jobs:
-                done(job, _run_one(OmegaConf.to_yaml(job.cfg)))
+                done(job, _run_one(OmegaConf.to_yaml(job.cfg), code))
             return outcomes
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor, as_completed
 
         ctx = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-            futures = {pool.submit(_run_one, OmegaConf.to_yaml(j.cfg)): j for j in jobs}
+            futures = {pool.submit(_run_one, OmegaConf.to_yaml(j.cfg), code): j for j in jobs}
             for fut in as_completed(futures):
                 done(futures[fut], fut.result())
     return outcomes
@@ -113,7 +216,8 @@ OPTIONS = {"seeds": "held-out prompts per arm (default: the file's)",
            "workers": "processes running jobs at once (default 1)",
            "out": "the page to write (default reports/FINDINGS.md)",
            "spec": "the findings file (default ablations/findings.yaml)",
-           "render_only": "true: only re-render from the stored runs"}
+           "render_only": "true: only re-render from the stored runs",
+           "draft": "true: allow a findings file with uncommitted changes (a draft page)"}
 
 
 @dataclass
@@ -129,6 +233,8 @@ class Invocation:
     uri: str
     run_root: Path
     jobs: list[Job] = field(default_factory=list)
+    quick: bool = False
+    draft: bool = False
 
     @property
     def timing(self) -> Path:
@@ -164,7 +270,8 @@ def prepare(args: list[str]) -> Invocation:
             raise ConfigError(f"{arg!r}: write {key}=VALUE ({OPTIONS[key]})")
         else:
             overrides.append(arg)
-    spec = load_spec(opts.get("spec", SPEC))
+    draft = _truth("draft", opts.get("draft", "false"))
+    spec = committed_spec(opts.get("spec", SPEC), draft)
     quick = _truth("quick", opts.get("quick", "false"))
     seeds = _whole("seeds", opts["seeds"]) if "seeds" in opts else (
         spec.quick_seeds if quick else spec.seeds)
@@ -174,18 +281,86 @@ def prepare(args: list[str]) -> Invocation:
     if workers < 1:
         raise ConfigError(f"workers={workers}: must be >= 1")
     base = compose_config(overrides)  # a typo'd override fails here, before any run
-    return Invocation(("rollbench findings " + " ".join(args)).strip(), spec, seeds, workers,
-                      Path(opts.get("out", "reports/FINDINGS.md")),
-                      _truth("render_only", opts.get("render_only", "false")),
-                      resolve_uri(base.tracking.uri, base.run_root), Path(base.run_root),
-                      plan(spec, seeds, overrides))
+    inv = Invocation(("rollbench findings " + " ".join(args)).strip(), spec, seeds, workers,
+                     Path(opts.get("out", "reports/FINDINGS.md")),
+                     _truth("render_only", opts.get("render_only", "false")),
+                     resolve_uri(base.tracking.uri, base.run_root), Path(base.run_root),
+                     plan(spec, seeds, overrides, quick), quick, draft)
+    if spec.statistics.rules == "margin":
+        from toolkit.terminal import console
+
+        for line in reach_lines(spec, seeds):
+            console.print(f"[yellow]findings:[/yellow] {line}")
+    return inv
+
+
+def committed_spec(path: str | Path, draft: bool = False) -> Spec:
+    """The findings file as committed (``git show`` of its last commit), so the page renders
+    the pre-registered rules; with uncommitted changes (or no commit) a ConfigError, unless
+    ``draft`` (then the working copy)."""
+    path = Path(path).resolve()
+    if not path.exists():
+        raise ConfigError(f"findings file {path} does not exist")
+    got = file_commit(path)
+    status = _git(path.parent, "status", "--porcelain", "--", path.name)
+    edited = got is None or bool(status and status.returncode == 0 and status.stdout.strip())
+    if edited and not draft:
+        raise ConfigError(f"findings file {path.name} has uncommitted changes (or is in no "
+                          "commit): a findings page renders the committed rules; commit it, "
+                          "or pass draft=true for a page marked as a draft")
+    if edited:
+        return load_spec(path)
+    top = _git(path.parent, "rev-parse", "--show-toplevel")
+    rel = path.relative_to(Path(top.stdout.strip()).resolve()).as_posix()
+    text = _git(path.parent, "show", f"{got[0]}:{rel}")
+    if text is None or text.returncode:
+        raise ConfigError(f"cannot read {rel} as committed in {got[0][:12]} (git show failed)")
+    return load_spec(path, text.stdout)
+
+
+def reach_lines(spec: Spec, seeds: int) -> list[str]:
+    """Before the runs: the tests no p of ``seeds`` values (even with no zero difference) can
+    bring below the alpha they face (the margin rules' roles), and the pilot's seed count."""
+    from toolkit.findings.stats import alphas, roles
+
+    alpha, floor = alphas(spec), 2.0 ** (1 - seeds)
+    out = []
+    for claim in spec.claims:
+        for test, role in zip(claim.tests, roles(claim), strict=True):
+            if test.parsed.exact and spec.statistics.exact:
+                continue
+            if not floor < alpha[role]:
+                out.append(f"⚠ `{claim.id}` / {test.name} ({role}): with {seeds} seeds no p "
+                           f"falls below {floor:.2g}, not below its alpha {alpha[role]:.2g}: "
+                           "it cannot hold")
+    if spec.pilot:
+        out.append(pilot_line(spec, seeds))
+    return out
+
+
+def pilot_line(spec: Spec, seeds: int) -> str:
+    """How the seed count follows from the pilot (its SD inflated to the 80% upper limit)."""
+    from toolkit.findings.inference import sd_upper, seeds_for
+    from toolkit.findings.stats import alphas
+
+    p = spec.pilot
+    alpha = alphas(spec)["primary"]
+    upper = sd_upper(p.sd, p.seeds)
+    need = seeds_for(upper, p.effect, alpha)
+    enough = ("enough" if seeds >= need else f"⚠ {seeds} are fewer: the effect may well be "
+              "missed")
+    return (f"Pilot: {p.seeds} seeds on prompts {p.prompts()[0]}..{p.prompts()[-1]}, SD "
+            f"{p.sd:g}, inflated to its 80% upper limit {upper:.3g}; detecting {p.effect:g} "
+            f"with 80% power at alpha {alpha:.2g} (Holm's strictest step) needs {need} seeds "
+            f"({enough}).")
 
 
 def execute(inv: Invocation, revision: str, started: float) -> list[dict[str, Any]]:
-    """Run the planned jobs and record this invocation's wall time beside the run root."""
+    """Run the planned jobs (each recording the code hashes) and record this invocation's wall
+    time beside the run root."""
     import time
 
-    outcomes = run_jobs(inv.jobs, inv.workers)
+    outcomes = run_jobs(inv.jobs, inv.workers, code_hashes(inv.spec))
     inv.timing.parent.mkdir(parents=True, exist_ok=True)
     inv.timing.write_text(json.dumps({
         "command": inv.command, "revision": revision, "workers": inv.workers,
@@ -216,10 +391,17 @@ def timing_file(run_root: str | Path, spec: Spec) -> Path:
 
 def seeds_line(inv: Invocation) -> str:
     """The page's line on the prompts and length of the runs."""
-    prompts = inv.spec.prompts(inv.seeds)
-    return (f"- Seeds: {inv.seeds} held-out prompts per arm (prompts {prompts[0]}..{prompts[-1]})"
-            + (" (the quick variant)" if inv.seeds < inv.spec.seeds else "")
+    prompts = inv.spec.prompts(inv.seeds, inv.quick)
+    line = (f"- Seeds: {inv.seeds} held-out prompts per arm (prompts {prompts[0]}..{prompts[-1]})"
+            + (" (the quick variant, on its own prompts)" if inv.quick
+               else " (fewer than the file's)" if inv.seeds < inv.spec.seeds else "")
             + f"; {inv.spec.latent_frames} latent frames per run")
+    if inv.spec.pilot:
+        line += ". " + pilot_line(inv.spec, inv.seeds)
+    if inv.draft:
+        line += ("\n- ⚠ DRAFT: rendered from a findings file with uncommitted changes "
+                 "(draft=true): not pre-registered")
+    return line
 
 
 # --- pre-registration: the findings file's commit against the runs' ---------------------------
@@ -296,4 +478,17 @@ def registration(path: str | Path, commits: Sequence[str], dirty: bool = False) 
         check = (f"- Pre-registration: the file's last change `{got[0][:12]}` is in the history "
                  f"of the runs' commit `{runs[0]}`: it was committed before the runs and has "
                  "not changed since.")
-    return [line, check]
+    return [line, check, *history(path)]
+
+
+def history(path: str | Path, most: int = 20) -> list[str]:
+    """The findings file's commits, newest first (``git log --follow``), as page lines."""
+    path = Path(path).resolve()
+    out = _git(path.parent, "log", "--follow", f"-{most}", "--format=%h %cs %s", "--",
+               path.name)
+    if out is None or out.returncode or not out.stdout.strip():
+        return []
+    return ["- Findings file history (newest first):",
+            *[f"  - `{ln.split(' ', 2)[0]}` {ln.split(' ', 2)[1]}: "
+              f"{ln.split(' ', 2)[2] if ln.count(' ') > 1 else ''}"
+              for ln in out.stdout.strip().splitlines()]]

@@ -31,7 +31,9 @@ from omegaconf import OmegaConf
 from toolkit.config import ConfigError
 
 SPEC = Path(__file__).resolve().parents[2] / "ablations" / "findings.yaml"
-EXPECT = ("greater", "less", "within")
+EXPECT = ("greater", "less", "within", "at_most", "at_least")
+#: Quick runs' first prompt when the file names none: far from any confirmatory range.
+QUICK_FIRST = 1000
 WINDOWS = ("first", "last", "drop", "whole")  # and binsK (K latent frames per bin)
 BINS = re.compile(r"bins([1-9][0-9]*)")
 #: Measures computed from a whole curve rather than a window of it.
@@ -165,6 +167,7 @@ def check_figure(figure: dict[str, Any], where: str, arms: list[str]) -> None:
 
 # --- statistics ------------------------------------------------------------------------------
 TESTS = ("wilcoxon", "permutation")
+RULES = ("first", "margin")
 INTERVALS = ("bca", "t")
 CORRECTIONS = ("none", "holm")
 
@@ -189,6 +192,11 @@ class Statistics:
             p (two one-sided tests against the band's edges) is below alpha.
         resamples: random sign flips of the Monte Carlo test (above ``EXACT_MAX`` seeds).
         seed: the seed of those flips.
+        rules: ``first`` (the first pages' verdicts: every test decides, all in Holm's family)
+            or ``margin`` (issue 22, ``toolkit.findings.stats``): "holds" needs the CI to clear
+            the margin, one primary test per claim, control claims tested first as a gate, Holm
+            over the primaries only, other tests secondary and unadjusted, "not testable" only
+            on saturation.
     """
 
     test: str = "wilcoxon"
@@ -199,9 +207,11 @@ class Statistics:
     band_test: bool = False
     resamples: int = 100_000
     seed: int = 0
+    rules: str = "first"
 
     def __post_init__(self) -> None:
         _choice("statistics.test", self.test, TESTS)
+        _choice("statistics.rules", self.rules, RULES)
         _choice("statistics.interval", self.interval, INTERVALS)
         _choice("statistics.correction", self.correction, CORRECTIONS)
         if self.not_testable is not None and not 0.5 < self.not_testable <= 1:
@@ -241,6 +251,7 @@ class Check:
     baseline: str | None = None
     than: float = 0.0
     margin: float = 0.0
+    primary: bool | None = None  # None: the claim's first test is its primary (``margin`` rules)
 
     @property
     def parsed(self) -> Measure:
@@ -265,6 +276,31 @@ class Claim:
     tests: tuple[Check, ...]
     note: str = ""
     figures: tuple[dict[str, Any], ...] = ()
+    control: bool = False  # a gate: tested first, at the full alpha (``margin`` rules)
+
+    def primary(self) -> Check:
+        """The claim's primary test: the one marked ``primary: true``, else its first."""
+        marked = [t for t in self.tests if t.primary]
+        return marked[0] if marked else self.tests[0]
+
+
+@dataclass(frozen=True)
+class Pilot:
+    """How the seed count was fixed (a findings file's ``pilot:`` block), stated before the runs.
+
+    Attributes:
+        first_seed, seeds: the pilot's prompts, disjoint from the confirmatory and quick ones.
+        sd: the SD of the primary statistic's per-seed differences in the pilot.
+        effect: the effect the seed count must detect with 80% power at the alpha used.
+    """
+
+    first_seed: int
+    seeds: int
+    sd: float
+    effect: float
+
+    def prompts(self) -> range:
+        return range(self.first_seed, self.first_seed + self.seeds)
 
 
 @dataclass(frozen=True)
@@ -281,10 +317,14 @@ class Spec:
     about: str = ""      # what this file is for, shown under the page's introduction
     first_seed: int = 0  # held-out prompts first_seed .. first_seed + seeds - 1
     statistics: Statistics = field(default_factory=Statistics)
+    quick_first_seed: int = QUICK_FIRST  # quick runs' prompts: their own range
+    pilot: Pilot | None = None
 
-    def prompts(self, seeds: int) -> range:
-        """The held-out prompts (= run seeds) of a run with ``seeds`` seeds."""
-        return range(self.first_seed, self.first_seed + seeds)
+    def prompts(self, seeds: int, quick: bool = False) -> range:
+        """The held-out prompts (= run seeds) of a run with ``seeds`` seeds; quick runs use
+        their own range (``quick.first_seed``), disjoint from the confirmatory one."""
+        first = self.quick_first_seed if quick else self.first_seed
+        return range(first, first + seeds)
 
     def arms_used(self) -> list[str]:
         """The arms some test or figure needs, in the file's order."""
@@ -300,14 +340,18 @@ def _choice(what: str, value: Any, allowed: list[str] | tuple[str, ...]) -> None
         raise ConfigError(f"{what}={value!r} is not allowed.{hint} Allowed: {', '.join(allowed)}")
 
 
-def load_spec(path: str | Path = SPEC) -> Spec:
-    """Read and check the findings file: every name it uses exists, every rule is complete."""
+def load_spec(path: str | Path = SPEC, text: str | None = None) -> Spec:
+    """Read and check the findings file: every name it uses exists, every rule is complete.
+
+    ``text``: the file's content as committed (``git show``), read instead of the working copy;
+    ``path`` still names the file."""
     path = Path(path)
-    if not path.exists():
+    if text is None and not path.exists():
         raise ConfigError(f"findings file {path} does not exist")
-    raw = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    loaded = OmegaConf.create(text) if text is not None else OmegaConf.load(path)
+    raw = OmegaConf.to_container(loaded, resolve=True)
     keys = ("title", "about", "seeds", "first_seed", "latent_frames", "window", "quick",
-            "record", "statistics", "arms", "claims")
+            "record", "statistics", "arms", "claims", "pilot")
     unknown = set(raw) - set(keys)
     if unknown:
         raise ConfigError(f"{path.name}: unknown keys {sorted(unknown)}; allowed: "
@@ -322,6 +366,8 @@ def load_spec(path: str | Path = SPEC) -> Spec:
             if extra:
                 raise ConfigError(f"{where}: unknown keys {sorted(extra)}")
             test = Check(**{k: (float(v) if k in ("than", "margin") else v) for k, v in t.items()})
+            if test.primary is not None and not isinstance(test.primary, bool):
+                raise ConfigError(f"{where}: primary={test.primary!r}: allowed true or false")
             _choice(f"{where}: expect", test.expect, EXPECT)
             for role in ("arm", "baseline"):
                 if getattr(test, role) is not None:
@@ -329,24 +375,72 @@ def load_spec(path: str | Path = SPEC) -> Spec:
             check_measure(test.measure, where)
             if test.margin < 0 or (test.expect == "within" and test.margin <= 0):
                 raise ConfigError(f"{where}: margin={test.margin} must be >= 0 (> 0 for within)")
+            if test.expect in ("at_most", "at_least") and test.margin <= 0:
+                raise ConfigError(f"{where}: margin={test.margin}: a non-superiority test "
+                                  f"({test.expect}) needs a margin > 0")
             tests.append(test)
         if not tests:
             raise ConfigError(f"claim {c.get('id')!r} has no tests")
+        if sum(bool(t.primary) for t in tests) > 1:
+            raise ConfigError(f"claim {c.get('id')!r}: {sum(bool(t.primary) for t in tests)} "
+                              "tests say primary: true; one primary test per claim")
+        control = c.get("control", False)
+        if not isinstance(control, bool):
+            raise ConfigError(f"claim {c.get('id')!r}: control={control!r}: allowed true or "
+                              "false")
         figures = tuple(c.get("figures") or ())
         for f in figures:
             check_figure(f, f"claim {c['id']!r}", list(arms))
         claims.append(Claim(id=c["id"], claim=c["claim"], paper=c.get("paper", ""),
-                            note=c.get("note", ""), tests=tuple(tests), figures=figures))
+                            note=c.get("note", ""), tests=tuple(tests), figures=figures,
+                            control=control))
     quick = raw.get("quick") or {}
     spec = Spec(seeds=int(raw.get("seeds", 8)), latent_frames=int(raw["latent_frames"]),
                 window=int(raw["window"]), quick_seeds=int(quick.get("seeds", 3)), arms=arms,
                 record=tuple(str(r) for r in raw.get("record") or ()),
                 claims=tuple(claims), path=path, title=str(raw.get("title", TITLE)),
                 about=str(raw.get("about", "")), first_seed=int(raw.get("first_seed", 0)),
-                statistics=Statistics.from_dict(raw.get("statistics"), path.name))
-    if spec.first_seed < 0:
-        raise ConfigError(f"first_seed={spec.first_seed} must be >= 0 (a held-out prompt index)")
+                statistics=Statistics.from_dict(raw.get("statistics"), path.name),
+                quick_first_seed=int(quick.get("first_seed", QUICK_FIRST)),
+                pilot=_pilot(raw.get("pilot"), path.name))
+    for name, first in (("first_seed", spec.first_seed), ("quick.first_seed",
+                                                         spec.quick_first_seed)):
+        if first < 0:
+            raise ConfigError(f"{name}={first} must be >= 0 (a held-out prompt index)")
+    _disjoint(spec)
     if spec.latent_frames < 2 * spec.window:
         raise ConfigError(f"latent_frames={spec.latent_frames} must be at least twice the "
                           f"window ({spec.window}) so the 1x and 24x windows do not overlap")
     return spec
+
+
+def _pilot(raw: dict[str, Any] | None, where: str) -> Pilot | None:
+    if not raw:
+        return None
+    names = [f for f in Pilot.__dataclass_fields__]
+    if sorted(raw) != sorted(names):
+        raise ConfigError(f"{where}: pilot keys {sorted(raw)}; required exactly: "
+                          f"{', '.join(names)}")
+    pilot = Pilot(int(raw["first_seed"]), int(raw["seeds"]), float(raw["sd"]),
+                  float(raw["effect"]))
+    if pilot.seeds < 2 or pilot.sd <= 0 or pilot.effect <= 0 or pilot.first_seed < 0:
+        raise ConfigError(f"{where}: pilot={raw}: seeds >= 2, sd > 0, effect > 0 and "
+                          "first_seed >= 0")
+    return pilot
+
+
+def _disjoint(spec: Spec) -> None:
+    """The confirmatory, quick and pilot prompt ranges share no prompt."""
+    ranges = {"confirmatory": spec.prompts(spec.seeds),
+              "quick": spec.prompts(spec.quick_seeds, quick=True)}
+    if spec.pilot:
+        ranges["pilot"] = spec.pilot.prompts()
+    names = list(ranges)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            shared = set(ranges[a]) & set(ranges[b])
+            if shared:
+                raise ConfigError(
+                    f"the {a} prompts {ranges[a][0]}..{ranges[a][-1]} and the {b} prompts "
+                    f"{ranges[b][0]}..{ranges[b][-1]} overlap (e.g. prompt {min(shared)}): "
+                    "each needs its own range (first_seed, quick.first_seed, pilot.first_seed)")
