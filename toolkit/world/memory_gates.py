@@ -158,3 +158,38 @@ def record(path: str | Path, seeds: Sequence[int] = GATE_SEEDS, split: str = "he
     card[key] = result
     card_path.write_text(json.dumps(card, indent=1))
     return result
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m toolkit.world.memory_gates WEIGHTS [--split val] [--seeds N]``: measure the
+    24x gates of a memory model. On the held-out gate set (the default) the result is written
+    into the model's card: read it once per candidate model; choose on ``--split val``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m toolkit.world.memory_gates",
+                                     description=main.__doc__)
+    parser.add_argument("weights")
+    parser.add_argument("--split", choices=("heldout", "val"), default="heldout")
+    parser.add_argument("--seeds", type=int, default=len(GATE_SEEDS))
+    args = parser.parse_args(argv)
+    if args.split == "heldout":
+        result = record(args.weights, GATE_SEEDS[:args.seeds])
+    else:
+        from toolkit.world.model import load_world
+
+        torch.set_num_threads(1)
+        result = measure(load_world(args.weights), VAL_SEEDS[:args.seeds], "val")
+    for name, arm in result["arms"].items():
+        print(f"{name:>13}: colour {arm['colour']:.3f} beyond {arm['beyond']:.3f} "
+              f"chance {arm['chance']:.3f} kappa(beyond) {arm['kappa_beyond']:.3f} "
+              f"swap needed {arm['swap_needed']:.3f} (n={arm['swap_n']:.0f})")
+    b = result["bracket"]
+    print(f"oracle - oracle-wrong (beyond): {b['mean']:.3f} [{b['low']:.3f}, {b['high']:.3f}] "
+          f"over {b['n']:.0f} schedules")
+    for check, ok in result["checks"].items():
+        print(f"{'PASS' if ok else 'FAIL'}  {check}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
