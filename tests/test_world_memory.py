@@ -52,33 +52,13 @@ def test_only_a_model_that_passes_its_gates_is_the_memory_world():
             load_world("world-memory.safetensors")
 
 
-def remeasured_context_use(variant: str) -> dict[str, float]:
-    """The context-use diagnostic of a shipped PackForcing fine-tune, re-measured on its shipped
-    world and compressor weights (``pf_train.context_use``, its fixed seed: about 2 s)."""
-    from strategies.compressors import build_compressor
-    from strategies.packforcing_layout import pack_layout
-    from toolkit.weights import find_weights
-    from toolkit.world.pf_train import PFTrainConfig, context_use
-
-    card = _card(f"world-memory-pf-{variant}.safetensors")
-    cfg = PFTrainConfig(**card["train"])
-    model = load_world(f"world-memory-pf-{variant}.safetensors").eval()
-    comp = build_compressor(cfg.compressor, model.spec, cfg.compress_time, cfg.compress_space,
-                            cfg.hr_channels, seed=cfg.seed)
-    if card.get("compressor"):
-        comp.load(find_weights(card["compressor"]["file"]))
-    comp = comp.to(model.device).eval()
-    layout = pack_layout(model.spec, comp, cfg.clip_frames, cfg.sink_frames, cfg.recent_frames,
-                         cfg.spatial, cfg.clean_context)
-    with model.attach():
-        return context_use(model, comp, cfg, layout)
-
-
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_each_trained_compressor_uses_its_compressed_mid(variant):
     """Re-measured, not read back: the card's ratio was measured during training (on the EMA
     weights of the last step) and differs from the shipped weights' by up to 0.022."""
     card = _card(f"world-memory-pf-{variant}.safetensors")
+    from toolkit.docs import remeasured_context_use
+
     measured = remeasured_context_use(variant)
     assert measured["return_ratio"] >= COMPRESSED_USE_GATE
     assert measured["return_ratio"] == pytest.approx(card["context_use"]["return_ratio"],
