@@ -44,3 +44,12 @@ def test_docs_command_checks_without_writing(capsys):
     assert re.search(r"README.md: \d+ figures, 0 differ", capsys.readouterr().out)
     with pytest.raises(ValueError, match="allowed check=true or check=false"):
         cmd_docs(["check=maybe"])
+
+
+def test_the_sprite_worlds_packforcing_card_states_its_context_use_as_measured():
+    """The sprite world's fine-tune: its card's context use is what its shipped weights give."""
+    from toolkit.docs import card, remeasured_context_use
+
+    measured = remeasured_context_use("world-model-pf")
+    for key, value in card("world-model-pf")["context_use"].items():
+        assert measured[key] == pytest.approx(value, abs=1e-6), key

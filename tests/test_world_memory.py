@@ -59,7 +59,7 @@ def test_each_trained_compressor_uses_its_compressed_mid(variant):
     card = _card(f"world-memory-pf-{variant}.safetensors")
     from toolkit.docs import remeasured_context_use
 
-    measured = remeasured_context_use(variant)
+    measured = remeasured_context_use(f"world-memory-pf-{variant}")
     assert measured["return_ratio"] >= COMPRESSED_USE_GATE
     assert measured["return_ratio"] == pytest.approx(card["context_use"]["return_ratio"],
                                                      abs=0.03)

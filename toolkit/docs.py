@@ -137,8 +137,8 @@ def world_pf_steps() -> str:
 
 @figure("world-pf-mid-use")
 def world_pf_mid_use() -> str:
-    """How much hiding the compressed mid changes the loss (its card's ``mid_use``)."""
-    use = card("world-model-pf")["context_use"]["mid_use"]
+    """How much hiding the compressed mid changes the loss (``mid_use``, re-measured)."""
+    use = remeasured_context_use("world-model-pf")["mid_use"]
     return f"by {100 * (1 - use):.1f}% (`mid_use` {use:.3f})"
 
 
@@ -180,13 +180,13 @@ def memory_colour() -> str:
 def compressor_use() -> str:
     """The returning block's error with the compressed mid hidden over with it, of each
     memory-world PackForcing fine-tune, re-measured on the shipped weights."""
-    return " / ".join(f"{remeasured_context_use(v)['return_ratio']:.2f}x"
+    return " / ".join(f"{remeasured_context_use(f'world-memory-pf-{v}')['return_ratio']:.2f}x"
                       for v in ("hr", "lr", "dual"))
 
 
-def remeasured_context_use(variant: str) -> dict[str, float]:
-    """The context-use diagnostic of a shipped memory-world PackForcing fine-tune
-    (``world-memory-pf-<variant>``), re-measured on its shipped world and compressor weights
+def remeasured_context_use(name: str) -> dict[str, float]:
+    """The context-use diagnostic of a shipped PackForcing fine-tune (``name``: its weights'
+    stem, e.g. ``world-memory-pf-hr``), re-measured on its shipped world and compressor weights
     with the recipe's fixed batch (``pf_train.context_use``; about 2 s on a CPU)."""
     import torch
 
@@ -196,9 +196,9 @@ def remeasured_context_use(variant: str) -> dict[str, float]:
     from toolkit.world.model import load_world
     from toolkit.world.pf_train import PFTrainConfig, context_use
 
-    c = card(f"world-memory-pf-{variant}")
+    c = card(name)
     cfg = PFTrainConfig(**c["train"])
-    model = load_world(f"world-memory-pf-{variant}.safetensors").eval()
+    model = load_world(f"{name}.safetensors").eval()
     comp = build_compressor(cfg.compressor, model.spec, cfg.compress_time, cfg.compress_space,
                             cfg.hr_channels, seed=cfg.seed)
     if c.get("compressor"):
