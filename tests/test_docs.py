@@ -53,3 +53,11 @@ def test_the_sprite_worlds_packforcing_card_states_its_context_use_as_measured()
     measured = remeasured_context_use("world-model-pf")
     for key, value in card("world-model-pf")["context_use"].items():
         assert measured[key] == pytest.approx(value, abs=1e-6), key
+
+
+def test_the_sprite_world_models_card_states_its_1x_scores_as_measured():
+    from toolkit.docs import card, remeasured_eval_1x
+
+    measured = remeasured_eval_1x()
+    for key, value in card("world-model")["eval_1x"].items():
+        assert measured[key] == pytest.approx(value, abs=1e-9), key
