@@ -177,6 +177,39 @@ def memory_colour() -> str:
             f"{COLOUR_GATE} gate ({c['steps']:,} CPU steps, {c['wall_seconds'] / 3600:.1f} hours")
 
 
+@figure("memory-gates-table")
+def memory_gates_table() -> str:
+    """The memory candidate's gate table (its card's gates, which the tests re-measure)."""
+    from toolkit.world.memory_eval import CHANCE_MARGIN, COLOUR_GATE, SHAPE_MARGIN, USE_RATIO_GATE
+
+    g = card("world-memory")["gates"]
+    full, masked = g["recall_full"], g["recall_masked"]
+    ok = list(g["checks"].values())  # in the order of the rows below
+    readable = round(full["readable"] * full["clips"])
+    shape_ok = "pass" if ok[2] else "**fail**"
+    if not g["shape_testable"]:
+        shape_ok += ", but not testable: continuity is under 1/3 + 0.1"
+    rows = [
+        ("context use: x0 error of the returning block with the needed blocks hidden / in view",
+         f">= {USE_RATIO_GATE}", f"{g['context_use']['use_ratio']:.2f}",
+         "pass" if ok[0] else "**fail**"),
+        (f"colour recall at 1x, `full` (chance {full['chance_colour']:.2f})",
+         f">= {COLOUR_GATE}",
+         f"{full['colour']:.2f} ({round(full['colour'] * readable)} of {readable} readable)",
+         "pass" if ok[1] else "**fail**"),
+        (f"shape recall within {SHAPE_MARGIN} of the model's own shape continuity",
+         f">= continuity - {SHAPE_MARGIN}",
+         f"{full['shape']:.2f}, continuity {full['continuity_shape']:.2f}", shape_ok),
+        ("colour recall with the needed blocks masked out (`sink`, 1 block, no window)",
+         f"<= chance + {CHANCE_MARGIN}",
+         f"{masked['colour']:.2f} (chance {masked['chance_colour']:.2f})",
+         "pass" if ok[3] else "**fail**"),
+    ]
+    lines = ["| gate | required | measured | |", "|---|---|---|---|",
+             *("| " + " | ".join(r) + " |" for r in rows)]
+    return "\n\n" + "\n".join(lines) + "\n\n"  # blank lines: the markers stay out of the table
+
+
 @figure("compressor-use")
 def compressor_use() -> str:
     """The returning block's error with the compressed mid hidden over with it, of each
