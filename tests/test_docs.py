@@ -37,8 +37,11 @@ def test_unknown_figures_are_named():
     assert [m["name"] for m in MARKED.finditer("<!-- fig:a -->x\ny<!-- /fig -->")] == ["a"]
 
 
-def test_docs_command_checks_without_writing(capsys):
+def test_docs_command_checks_without_writing(capsys, monkeypatch, generated):
     from toolkit.docs import cmd_docs
+
+    for name, value in generated.items():  # made once (the fixture), not again
+        monkeypatch.setitem(FIGURES, name, lambda value=value: value)
 
     assert cmd_docs(["check=true"]) == 0
     assert re.search(r"README.md: \d+ figures, 0 differ", capsys.readouterr().out)
