@@ -12,7 +12,7 @@ from toolkit.cache import CacheStrategy, KeepBlocksStrategy, usage
 from toolkit.config import ConfigError, build_strategy, compose_config
 from toolkit.registry import where
 from toolkit.rollout import rollout
-from toolkit.testing import StrategyContract, bytes_problem
+from toolkit.testing import StrategyContract, bytes_problem, held_storages
 
 FRAMES = 12  # six blocks of the tiny model (2 frames each)
 
@@ -194,7 +194,7 @@ def test_contract_suite_names_the_difference_and_the_attributes(tiny):
     print(message)
     reported = tiny.spec.tokens_per_block * tiny.spec.kv_bytes_per_token  # block 0's K/V
     assert f"after block 0: Forgetful: footprint() reports {reported:,} bytes" in message
-    assert f"the tensors it holds are {reported + 40:,} bytes: 40 bytes unaccounted" in message
+    assert f"the storages it holds are {reported + 40:,} bytes: 40 bytes unaccounted" in message
     assert f"held per attribute: blocks {reported:,}, scratch 40" in message
     assert "attributes holding the unaccounted tensors: scratch" in message
 
@@ -212,6 +212,73 @@ def test_over_reporting_is_named_too(tiny):
     problem = bytes_problem(strategy, strategy.footprint()["cache"].bytes)
     assert "8 bytes reported but not held" in problem
     assert bytes_problem(strategy, strategy.footprint()["cache"].bytes - 8) is None
+
+
+@dataclass
+class Slicer(Full):
+    """Full history that also keeps a 10-float window of a million-float buffer, and reports
+    the window's 40 bytes (not the 4,000,000 it keeps alive)."""
+
+    def reset(self) -> None:
+        super().reset()
+        self.window = torch.zeros(1_000_000)[:10]
+
+    def footprint(self):
+        out = super().footprint()
+        out["cache"].bytes += self.window.nbytes
+        return out
+
+
+class _SlicerSuite(StrategyContract):
+    latent_frames = 4
+
+    def make_strategy(self):
+        return Slicer()
+
+
+def test_a_view_of_a_large_buffer_counts_the_buffer(tiny):
+    with pytest.raises(AssertionError) as err:
+        _SlicerSuite().test_bytes_are_the_tensors_held()
+    message = str(err.value)
+    kv = tiny.spec.tokens_per_block * tiny.spec.kv_bytes_per_token  # block 0's K/V
+    assert f"footprint() reports {kv + 40:,} bytes" in message
+    assert f"the storages it holds are {kv + 4_000_000:,} bytes" in message
+    assert f"{4_000_000 - 40:,} bytes unaccounted" in message
+    assert ("window (views of 40 bytes keep 4,000,000 bytes of storage alive)"
+            in message), message
+
+
+@dataclass
+class Aliased(Full):
+    """Full history that reaches its newest block's keys twice more: the tensor itself under
+    a second attribute and a view of it (one layer) under a third; they hold no new bytes."""
+
+    def reset(self) -> None:
+        super().reset()
+        self.newest_keys = self.newest_layer0 = None
+
+    def commit(self, block) -> None:
+        super().commit(block)
+        self.newest_keys = block.kv.keys
+        self.newest_layer0 = block.kv.keys[0]
+
+
+class _AliasedSuite(StrategyContract):
+    latent_frames = 6
+
+    def make_strategy(self):
+        return Aliased()
+
+
+def test_a_storage_reached_twice_counts_once(tiny):
+    _AliasedSuite().test_bytes_are_the_tensors_held()  # passes: each storage counted once
+    strategy = Aliased()
+    rollout(tiny, strategy, ["x"], 6)
+    held = held_storages(strategy, skip=Aliased.shared)
+    assert "newest_keys" not in held  # the same tensor object: reached once, under blocks
+    layer0 = strategy.blocks[-1].keys[0].nbytes  # a new view of the keys' storage
+    assert held["newest_layer0"].view_bytes == layer0 and held["newest_layer0"].storage_bytes == 0
+    assert sum(h.storage_bytes for h in held.values()) == strategy.footprint()["cache"].bytes
 
 
 # -- weights -------------------------------------------------------------------------------------

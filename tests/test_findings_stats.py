@@ -78,6 +78,25 @@ def test_above_sixteen_seeds_the_test_is_monte_carlo_with_a_stated_count_and_see
     assert sign_flip_method(16) == "sign-flip, exact (65,536 patterns)"
 
 
+def test_monte_carlo_p_is_never_zero():
+    """The Monte Carlo p counts the observed pattern among the drawn ones ((hits + 1) /
+    (resamples + 1)): 20 equal positive values, whose all-positive pattern none of 999 random
+    patterns repeats, give 1/1000, not 0."""
+    d = np.full(20, 0.05)
+    assert sign_flip_p(d, "greater", resamples=999) == pytest.approx(1 / 1000, rel=1e-12)
+    assert sign_flip_p(d, resamples=999) == pytest.approx(2 / 1000, rel=1e-12)
+    assert sign_flip_p(-d, "less", resamples=999) == pytest.approx(1 / 1000, rel=1e-12)
+
+
+def test_sixteen_values_are_exact_and_seventeen_monte_carlo():
+    """The switch sits at n <= 16 (EXACT_MAX): 16 equal positive values give exactly one
+    pattern in 2^16; 17 give the Monte Carlo floor 1 / (resamples + 1) and up."""
+    assert sign_flip_p(np.full(16, 0.05), "greater") == 2.0**-16
+    assert sign_flip_p(np.full(16, 0.05)) == 2.0**-15
+    p17 = sign_flip_p(np.full(17, 0.05), "greater", resamples=10_000)
+    assert p17 != 2.0**-17 and p17 >= 1 / 10_001
+
+
 # --- intervals -----------------------------------------------------------------------------
 def fidelity_difference(rng: np.random.Generator, n: int) -> np.ndarray:
     """Per-seed differences of two arms' fidelity over a 20-frame window: each arm, per seed,

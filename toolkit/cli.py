@@ -234,7 +234,7 @@ def cmd_bench_any(overrides: list[str]) -> int:
 COMMANDS = {"run": cmd_run, "ls": cmd_ls, "bench": cmd_bench_any, "train": cmd_train,
             "grid": cmd_grid, "sweep": cmd_sweep, "memory": cmd_memory, "relog": cmd_relog,
             "realbench": cmd_realbench, "report": cmd_report, "findings": cmd_findings,
-            "throughput": cmd_throughput}
+            "throughput": cmd_throughput, "docs": __import__("toolkit.docs").docs.cmd_docs}
 
 
 def main(argv: list[str] | None = None) -> int:

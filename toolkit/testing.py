@@ -12,6 +12,7 @@ Use it from pytest by subclassing and saying how to build your strategy::
 from __future__ import annotations
 
 import gc
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -63,28 +64,71 @@ def held_tensors(obj: Any, skip: tuple[str, ...] = ()) -> list[Tensor]:
     return [t for ts in held_by_attribute(obj, skip).values() for t in ts]
 
 
+def storage_key(t: Tensor) -> tuple[str, int]:
+    """What identifies the storage behind ``t``: its device and data pointer (the storage's
+    own handle where it has no data, as meta and empty tensors do)."""
+    storage = t.untyped_storage()
+    return str(t.device), storage.data_ptr() or storage._cdata
+
+
+@dataclass
+class Held:
+    """What one attribute of a strategy holds: the bytes of its tensors as the tensors see
+    them (``view_bytes``: ``t.nbytes``) and the bytes of the storages behind them
+    (``storage_bytes``: each storage once, counted under the first attribute reaching it)."""
+
+    view_bytes: int = 0
+    storage_bytes: int = 0
+
+
+def held_storages(obj: Any, skip: tuple[str, ...] = ()) -> dict[str, Held]:
+    """Per attribute of ``obj``, the bytes of the tensors and of the untyped storages it holds
+    (``held_by_attribute``'s tensors): a storage reached by several views or attributes counts
+    once, so a view of a large buffer counts the whole buffer, which it keeps alive."""
+    seen: set[tuple[str, int]] = set()
+    out: dict[str, Held] = {}
+    for attr, tensors in held_by_attribute(obj, skip).items():
+        h = out[attr] = Held()
+        for t in tensors:
+            h.view_bytes += t.nbytes
+            key = storage_key(t)
+            if key not in seen:
+                seen.add(key)
+                h.storage_bytes += t.untyped_storage().nbytes()
+    return out
+
+
 def bytes_problem(strategy: CacheStrategy, reported: int) -> str | None:
-    """Why ``reported`` (the footprint's total bytes) is not the bytes of the tensors the
+    """Why ``reported`` (the footprint's total bytes) is not the bytes of the storages the
     strategy holds, or None when they agree.
 
-    The message names both totals, their difference, the bytes held per attribute and, when
-    some attributes' bytes add up to exactly the difference, those attributes (the ones the
-    footprint leaves out, or counts without holding).
+    Counted: the untyped storage behind every tensor reachable from the strategy's own state
+    (not the shared model), each storage once however many views or attributes reach it. A
+    slice of a larger tensor keeps the whole of it alive, so it counts the whole. The message
+    names both totals, their difference, the bytes held per attribute, the attributes whose
+    views keep more storage alive than they show (with both sizes) and, when some attributes'
+    bytes add up to exactly the difference, those attributes (the ones the footprint leaves
+    out, or counts without holding).
     """
     gc.collect()
-    by_attr = {k: sum(t.nbytes for t in ts)
-               for k, ts in held_by_attribute(strategy, skip=CacheStrategy.shared).items()}
-    held = sum(by_attr.values())
+    by_attr = held_storages(strategy, skip=CacheStrategy.shared)
+    held = sum(h.storage_bytes for h in by_attr.values())
     if reported == held:
         return None
     diff = held - reported
     what = "unaccounted (held, not reported)" if diff > 0 else "reported but not held"
-    lines = [f"{type(strategy).__name__}: footprint() reports {reported:,} bytes, the tensors "
+    lines = [f"{type(strategy).__name__}: footprint() reports {reported:,} bytes, the storages "
              f"it holds are {held:,} bytes: {abs(diff):,} bytes {what}"]
-    lines.append("held per attribute: " + (", ".join(f"{k} {b:,}" for k, b in by_attr.items())
-                                           or "none"))
+    lines.append("held per attribute: " + (", ".join(f"{k} {h.storage_bytes:,}"
+                                                     for k, h in by_attr.items()) or "none"))
+    wider = [f"{k} (views of {h.view_bytes:,} bytes keep {h.storage_bytes:,} bytes of storage "
+             "alive)" for k, h in by_attr.items() if h.storage_bytes > h.view_bytes]
+    if wider:
+        lines.append("attributes holding views of larger storages: " + ", ".join(wider)
+                     + " (hold a .clone() of the view, or count the whole storage)")
     if diff > 0:
-        culprits = _exact_subset({k: b for k, b in by_attr.items() if b}, diff)
+        sizes = {k: h.storage_bytes for k, h in by_attr.items() if h.storage_bytes}
+        culprits = _exact_subset(sizes, diff)
         if culprits:
             lines.append(f"attributes holding the unaccounted tensors: {', '.join(culprits)} "
                          "(count them in footprint(), or stop holding them)")
