@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 STATS = "tests/test_findings_stats.py"
 RECALL = "tests/test_recall_parts.py"
+KAPPA = "tests/test_recall_kappa.py"
 CONTRACT = "tests/test_contract_rules.py"
 INVARIANTS = "tests/test_invariants.py"
 
@@ -65,8 +66,9 @@ MUTATIONS: tuple[Mutation, ...] = (
              "min(1.0, (m - rank - 1) * p[i])", (STATS,)),
     Mutation("holm-monotone", INFERENCE, "running = max(running, min(1.0, (m - rank) * p[i]))",
              "running = min(1.0, (m - rank) * p[i])", (STATS,)),
-    Mutation("t-interval-quantile", INFERENCE, "stats.t.ppf(0.5 + confidence / 2, len(x) - 1)",
-             "stats.t.ppf(confidence, len(x) - 1)", (STATS,)),
+    Mutation("t-interval-quantile", INFERENCE,
+             "half = float(stats.t.ppf(0.5 + confidence / 2, len(x) - 1)",
+             "half = float(stats.t.ppf(confidence, len(x) - 1)", (STATS,)),
     Mutation("t-interval-ddof", INFERENCE, "x.std(ddof=1) / np.sqrt(len(x))",
              "x.std(ddof=0) / np.sqrt(len(x))", (STATS,)),
     Mutation("detectable-effect-one-sided", INFERENCE, "crit = stats.t.ppf(1 - alpha / 2, df)",
@@ -85,6 +87,12 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation("recall-mid-colour-over-all", "toolkit/metrics/recall.py",
              '"mid_colour": _mean(mid, "colour")', '"mid_colour": _mean(rows, "colour")',
              (RECALL,)),
+    Mutation("kappa-without-chance", "toolkit/metrics/recall.py",
+             "return float((recall - chance_level) / (1 - chance_level))",
+             "return float(recall)", (KAPPA,)),
+    Mutation("recall-beyond-edge", "toolkit/metrics/recall.py",
+             'part = [r for r in moment_rows(inp) if r["gap"] >= BEYOND_GAP]',
+             'part = [r for r in moment_rows(inp) if r["gap"] > BEYOND_GAP]', (KAPPA,)),
     Mutation("footprint-keys-only", "toolkit/cache.py", "u.bytes += b.nbytes",
              "u.bytes += b.keys.nbytes", (CONTRACT,)),
     Mutation("moved-block-read-sign", "toolkit/cache.py",

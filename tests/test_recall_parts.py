@@ -15,7 +15,7 @@ from toolkit.world.sim import COLOURS, SHAPES, SpriteSpec
 
 SPEC = ModelSpec(num_layers=4, num_heads=4, head_dim=32, latent_channels=12, latent_height=8,
                  latent_width=8)
-BINS = {"2": (2, 2), "3-4": (3, 4), "5-8": (5, 8), "9_up": (9, 10**9)}  # inclusive, as documented
+BINS = {"2": (2, 2), "3": (3, 3), "4-8": (4, 8), "9_up": (9, 10**9)}  # inclusive, as documented
 
 
 def _other(items: tuple[str, ...], item: str, k: int = 0) -> str:
