@@ -219,14 +219,15 @@ def build_report(uri: str, experiment: str, out: str | Path, run_root: str | Pat
     headline, summary = tables.headline_tables(exp, marks, base, test) if variants \
         else ([], pd.DataFrame())
     sweep, sweep_note = _sweep(exp, Path(run_root), storage)
-    notes = [sweep_note] if sweep_note else []
+    notes = [*([sweep_note] if sweep_note else []), *exp.notes]
     if not variants:
         notes.append("No finished runs in this experiment yet.")
     if len(trains) > 1:
         notes.append(f"The runs' models have different training lengths {trains}: each "
                      "run's marks use its own.")
     lengths = sorted({int(f) for f in exp.runs.get("latent_frames", pd.Series()).dropna()})
-    summary_line = (f"{len(exp.runs)} finished runs ({len(exp.others)} not finished) of "
+    dup = f", {exp.duplicates} duplicates dropped" if exp.duplicates else ""
+    summary_line = (f"{len(exp.runs)} finished runs ({len(exp.others)} not finished{dup}) of "
                     f"{len(variants)} variant(s); latent frames "
                     f"{', '.join(map(str, lengths)) or '—'}; training length "
                     f"{train if train else 'unknown'}; baseline "

@@ -392,3 +392,17 @@ def test_the_fixture_reports_fraction_figures_keep_their_bands_in_range(store):
                 assert low - 1e-9 <= lo and hi <= high + 1e-9, (name, metric, lo, hi)
                 checked += value_range(metric) == (0.0, 1.0)
     assert checked  # some fraction's band was looked at
+
+
+def test_a_duplicate_run_key_counts_once_and_the_report_says_so(store):
+    root, _ = store
+    spec = FX.json.loads(FX.SPEC_PATH.read_text())
+    twice = _variant(spec, "twice", lambda r: r if r["strategy"] == "window"
+                     and r["status"] == "FINISHED" and r["config"]["seed"] < 3 else None)
+    twin = copy.deepcopy(twice["runs"][0])
+    twin["name"] += "-twin"  # the same config (run key) run a second time
+    twice["runs"].append(twin)
+    FX.build_store(root, twice)
+    _, _, md = _render(store, "twice")
+    assert "3 finished runs (0 not finished, 1 duplicates dropped)" in md
+    assert "1 duplicate run(s) of an already finished run key" in md
