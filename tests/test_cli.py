@@ -16,7 +16,15 @@ def test_run_writes_outputs(tmp_path, capsys):
     assert code == 0
     (run_dir,) = (tmp_path / "rollouts").iterdir()
     assert {"config.yaml", "trace.json", "latents.pt"} <= {p.name for p in run_dir.iterdir()}
-    assert "rollout: sink" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "rollout: sink" in out
+    from toolkit.jobs import scalars_of
+
+    scalars = scalars_of(run_dir)
+    assert {"fidelity_start", "fidelity_end", "fidelity_mean", "vde"} <= set(scalars)
+    assert f"quality: prompt fidelity start {scalars['fidelity_start']:.2f}, end " \
+           f"{scalars['fidelity_end']:.2f}, mean {scalars['fidelity_mean']:.2f}" in out
+    assert 0 <= scalars["vde"] <= 1
 
 
 def test_ls_lists_strategies(capsys):

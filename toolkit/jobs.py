@@ -118,6 +118,24 @@ def recall_line(scalars: dict[str, float]) -> str:
             f"{scalars.get('recall_beyond/count', 0):.0f} readable beyond")
 
 
+#: A run's quality line: (metric, label) in order; the first present decides the line's kind.
+QUALITY = (("fidelity_start", "prompt fidelity start"), ("fidelity_end", "end"),
+           ("fidelity_mean", "mean"), ("start_end_fidelity_drop", "drop"), ("vde", "vde"),
+           ("clip_drift_end", "CLIP drift at the end"),
+           ("subject_consistency_score", "subject consistency"),
+           ("dynamic_degree", "dynamic degree"))
+
+
+def quality_line(scalars: dict[str, float]) -> str:
+    """One line of a run's quality measures that it has (prompt fidelity at the start and end,
+    its mean, drop and vde on the world; CLIP and consistency on real videos), or a line saying
+    none was computed."""
+    parts = [f"{label} {scalars[key]:.2f}" for key, label in QUALITY
+             if key in scalars and scalars[key] == scalars[key]]
+    return "quality: " + (", ".join(parts) if parts else "no quality measure computed (see "
+                          "metrics.json's unavailable)")
+
+
 def scalars_of(run_dir: Path) -> dict[str, float]:
     """Scalar metrics a finished job wrote (metrics.json), by name."""
     data = json.loads((run_dir / "metrics.json").read_text())["metrics"]
@@ -238,6 +256,8 @@ def _run_claimed(cfg: DictConfig, key: str, verbose: bool, parent: str | None,
                 (out.trace.strategy, summarise(out, time.perf_counter() - start))])
         run_id = record_run(out, cfg, run_dir, model=model, prompt=prompts[0], parent=parent)
         scalars = scalars_of(run_dir)
+        if verbose:
+            console.print(quality_line(scalars), soft_wrap=True, markup=False)
         if verbose and "recall" in scalars:
             console.print(recall_line(scalars))
         return JobResult("finished", key, run_id, run_dir, scalars=scalars, rollout=out)
