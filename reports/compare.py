@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from reports import data, figures, sections, tables
+from reports import answer, data, figures, sections, tables
 from reports.sections import Image, Report, Strip, Sweep
 from reports.tables import Table
 from toolkit.aggregate import MIN_CI, value_range
@@ -218,8 +218,10 @@ def build_report(uri: str, experiment: str, out: str | Path, run_root: str | Pat
     train = trains[0] if len(trains) == 1 else None
     headline, summary = tables.headline_tables(exp, marks, base, test) if variants \
         else ([], pd.DataFrame())
+    first, numbers = answer.answer(exp, marks, base) if variants else (None, pd.DataFrame())
+    front = answer.pareto_figure(numbers, marks[-1]) if first is not None else None
     sweep, sweep_note = _sweep(exp, Path(run_root), storage)
-    notes = [*([sweep_note] if sweep_note else []), *exp.notes]
+    notes = [*([sweep_note] if sweep_note else []), *exp.notes, *shared_note(exp, headline)]
     if not variants:
         notes.append("No finished runs in this experiment yet.")
     if len(trains) > 1:
@@ -241,9 +243,25 @@ def build_report(uri: str, experiment: str, out: str | Path, run_root: str | Pat
         recall=tables.scalar_table(exp, base, test, tables.RECALL, "Recall (memory world)")
         if variants else None,
         curves=_curve_images(exp, variants, marks, train) if variants else [],
-        strips=_strips(exp, variants, out) if variants else [], sweep=sweep,
+        strips=_strips(exp, variants, out) if variants else [], sweep=sweep, answer=first,
+        pareto=Image("figures/quality-vs-kv.png", front, "quality against peak KV")
+        if front else None,
         provenance=sections.provenance(exp, machine or sections.machine_info(),
                                        data.model_cards(exp, out / "artifacts")), notes=notes)
+
+
+def shared_note(exp: data.Experiment, headline: list[Table]) -> list[str]:
+    """A note (and a flag on the latency table) when runs shared the machine while timed."""
+    col = exp.runs["tags.parallel"] if "tags.parallel" in exp.runs else pd.Series(dtype=object)
+    shared = pd.to_numeric(col, errors="coerce").dropna()
+    if shared.empty:
+        return []
+    for table in headline:
+        if table.title.startswith("latency"):
+            table.title += " (shared machine: see the note)"
+    return [f"Latency: {len(shared)} of {len(exp.runs)} runs were timed while up to "
+            f"{int(shared.max())} jobs shared the machine (a parallel launcher or sweep "
+            "workers); their ms per block is not comparable with runs timed alone."]
 
 
 def write_report(report: Report, out: str | Path) -> tuple[Path, Path]:
@@ -255,7 +273,8 @@ def write_report(report: Report, out: str | Path) -> tuple[Path, Path]:
     for sub in ("figures", "filmstrips"):  # this report's own images only
         for old in (out / sub).glob("*.png"):
             old.unlink()
-    images = [*report.curves, *[s.image for s in report.strips if s.image]]
+    images = [*report.curves, *[s.image for s in report.strips if s.image],
+              *([report.pareto] if report.pareto else [])]
     if report.sweep:
         images += [i for i in (report.sweep.front, report.sweep.importances) if i]
     for image in images:

@@ -95,10 +95,21 @@ def _job(cfg: DictConfig) -> str:
     hc = HydraConfig.get()
     swept = [*(hc.sweeper.get("params") or {}), *os.environ.get(SWEPT_ENV, "").split()]
     cfg.variant = variant(cfg, list(hc.overrides.task), swept)
+    cfg.parallel = shared_by(hc.launcher)
     result = run_job(cfg)
     console.print(f"job {HydraConfig.get().job.num}: {cfg.variant} seed={cfg.seed} -> "
                   f"{describe(result)}")
     return result.status
+
+
+def shared_by(launcher: DictConfig) -> int:
+    """Jobs a launcher runs at once on this machine (joblib's ``n_jobs``; -1: every CPU);
+    1 for one at a time or for cluster launchers, whose jobs get machines of their own."""
+    target = str(launcher.get("_target_", ""))
+    if "Joblib" not in target:
+        return 1
+    jobs = int(launcher.get("n_jobs") or 1)
+    return os.cpu_count() or 1 if jobs < 0 else jobs
 
 
 def launch(overrides: list[str]) -> int:

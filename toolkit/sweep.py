@@ -44,6 +44,7 @@ class SweepSpec:
     seed: int = 0
     pruner: str | None = None
     overrides: list[str] = field(default_factory=list)
+    workers: int = 1  # processes on the study on this machine (set by ``cmd_sweep``)
 
     @property
     def directions(self) -> list[str]:
@@ -145,7 +146,7 @@ class Objective:
 
         overrides = [*self.spec.base, *self.spec.overrides, *suggest(trial, self.spec),
                      f"experiment_name=sweep-{self.spec.name}", "progress=false",
-                     f"variant=trial {trial.number}"]
+                     f"variant=trial {trial.number}", f"parallel={self.spec.workers}"]
         try:
             cfg = compose_config(overrides)
             from toolkit.config import build
@@ -181,11 +182,11 @@ class Objective:
 
 
 def _worker(name: str, url: str, overrides: list[str], parent: str | None, total: int,
-            share: int, rank: int = 0) -> None:
+            share: int, rank: int = 0, workers: int = 1) -> None:
     import optuna
 
     spec = load_sweep(name, overrides)
-    spec.overrides = overrides
+    spec.overrides, spec.workers = overrides, workers
     sampler = optuna.samplers.TPESampler(seed=spec.seed + rank)  # distinct, reproducible
     study = optuna.load_study(study_name=spec.name, storage=open_storage(url), sampler=sampler)
     states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED,
@@ -265,7 +266,8 @@ def cmd_sweep(args: list[str]) -> int:
     else:
         ctx = mp.get_context("spawn")
         procs = [ctx.Process(target=_worker,
-                             args=(source, url, overrides, parent, total, share, rank))
+                             args=(source, url, overrides, parent, total, share, rank,
+                                   workers))
                  for rank in range(workers)]
         for p in procs:
             p.start()

@@ -51,7 +51,7 @@ if TYPE_CHECKING:
 # MLflow 3 sends usage telemetry unless told not to; a benchmark run should not phone home.
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
-EXCLUDED_KEYS = ("run_root", "progress", "tracking", "variant")
+EXCLUDED_KEYS = ("run_root", "progress", "tracking", "variant", "parallel")
 MARKER = "TRACKING_FAILED"
 LOGGED = "mlflow_run.json"
 ARTIFACTS = ("video.mp4", "filmstrip.png", "marks.png", "trace.json", "metrics.json",
@@ -209,6 +209,7 @@ def record_run(out: Any, cfg: DictConfig, run_dir: str | Path, model: Any = None
     config = canonical_config(cfg)
     tags = {"strategy": strategy_label(cfg.strategy),
             "variant": str(cfg.get("variant") or strategy_label(cfg.strategy)),
+            **({"parallel": str(cfg.parallel)} if (cfg.get("parallel") or 1) > 1 else {}),
             "model": str(cfg.model.get("_target_", "")).rsplit(".", 1)[-1],
             "prompt": _prompt_text(prompt), "run_key": run_key(cfg),
             "run_dir": str(run_dir.resolve()), **git_state(), **versions(), **spec_tags(spec),
