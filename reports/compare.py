@@ -8,6 +8,10 @@ twin with its images beside it (``reports.render``).
 
     rollbench report experiment=strategies_24x [out=DIR] [baseline=full] [test=wilcoxon]
                      [run_root=runs] [tracking.uri=URI] [storage=OPTUNA_URL]
+                     [experiments_dir=DIR]
+
+A sweep's trials are the runs of the MLflow experiment ``sweep-NAME``: its report is
+``rollbench report experiment=sweep-NAME`` (with the study's Pareto front and importances).
 """
 
 from __future__ import annotations
@@ -26,7 +30,8 @@ from reports.tables import Table
 from toolkit.aggregate import MIN_CI, value_range
 from toolkit.tracking import resolve_uri
 
-OPTIONS = ("experiment", "out", "baseline", "test", "run_root", "tracking.uri", "storage")
+OPTIONS = ("experiment", "out", "baseline", "test", "run_root", "tracking.uri", "storage",
+           "experiments_dir")
 #: Curves drawn over the rollout: metric, title, log y axis.
 CURVE_FIGURES = (("drift", "drift", False), ("fidelity", "prompt fidelity", False),
                  ("self_similarity", "repetition (long-lag self-similarity)", False),
@@ -46,10 +51,11 @@ def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "run"
 
 
-def _question(name: str) -> str:
+def _question(name: str, experiments_dir: str | None = None) -> str:
     from toolkit.grid import experiments
 
-    return experiments().get(name, "")
+    return experiments([f"experiments_dir={experiments_dir}"] if experiments_dir
+                       else []).get(name, "")
 
 
 def _legend(baseline: str | None, requested: str | None, test: str, summary: pd.DataFrame) -> str:
@@ -195,7 +201,8 @@ def _sweep(exp: data.Experiment, run_root: Path, storage: str | None) -> tuple[S
 def build_report(uri: str, experiment: str, out: str | Path, run_root: str | Path = "runs",
                  baseline: str | None = "full", test: str = "wilcoxon",
                  storage: str | None = None,
-                 machine: list[tuple[str, str]] | None = None) -> Report:
+                 machine: list[tuple[str, str]] | None = None,
+                 experiments_dir: str | None = None) -> Report:
     """Compute every section of the report of one experiment (nothing is written).
 
     Args:
@@ -207,6 +214,7 @@ def build_report(uri: str, experiment: str, out: str | Path, run_root: str | Pat
         test: ``wilcoxon`` or ``ttest``.
         storage: the sweep's Optuna storage URL when it is not the default journal.
         machine: the machine lines of the footer (default: this machine's).
+        experiments_dir: a user's config folder (the question of their own experiment).
     """
     wanted = dict.fromkeys([*tables.CURVES, *(m for m, _, _ in CURVE_FIGURES)])
     exp = data.load_experiment(uri, experiment, list(wanted))
@@ -236,7 +244,7 @@ def build_report(uri: str, experiment: str, out: str | Path, run_root: str | Pat
                     f"{'`' + base + '`' if base else 'none'}.")
     return Report(
         experiment=experiment,
-        question=_question(experiment) or (sweep.question if sweep else ""),
+        question=_question(experiment, experiments_dir) or (sweep.question if sweep else ""),
         summary=summary_line, legend=_legend(base, baseline, test, summary),
         runs=tables.runs_table(exp, base), headline=headline,
         scalars=tables.scalar_table(exp, base, test) if variants else None,
@@ -310,7 +318,8 @@ def cmd_report(overrides: list[str]) -> int:
     name = opts["experiment"]
     out = Path(opts.get("out") or run_root / "reports" / name)
     report = build_report(uri, name, out, run_root, opts.get("baseline", "full"),
-                          opts.get("test", "wilcoxon"), opts.get("storage"))
+                          opts.get("test", "wilcoxon"), opts.get("storage"),
+                          experiments_dir=opts.get("experiments_dir"))
     html, md = write_report(report, out)
     print(f"report of {name}: {html}\n{' ' * (11 + len(name))}{md}")
     return 0

@@ -118,6 +118,7 @@ def launch(overrides: list[str]) -> int:
 
     from toolkit.config import compose_config
 
+    overrides = with_workers(overrides)
     check_experiment(overrides)
     compose_config(fixed(overrides))  # a typo'd key or value fails here, in one line
     register_strategy_configs()
@@ -142,6 +143,19 @@ def launch(overrides: list[str]) -> int:
 
         console.print(f"no summary: {err}", soft_wrap=True, markup=False)
     return 0
+
+
+def with_workers(overrides: list[str]) -> list[str]:
+    """``workers=N`` (as sweeps take it) as Hydra's joblib launcher with N parallel jobs."""
+    given = [o for o in overrides if o.startswith("workers=")]
+    if not given:
+        return overrides
+    value = given[-1].split("=", 1)[1]
+    if not value.isdigit() or int(value) < 1:
+        raise ConfigError(f"workers={value!r}: must be a whole number >= 1")
+    rest = [o for o in overrides if not o.startswith("workers=")]
+    return rest if int(value) == 1 else [*rest, "hydra/launcher=joblib",
+                                         f"hydra.launcher.n_jobs={value}"]
 
 
 def fixed(overrides: list[str]) -> list[str]:
