@@ -107,6 +107,10 @@ def test_parallel_and_cluster_launchers(tmp_path, launcher, capsys):
     assert main(grid(tmp_path, *extra)) == 0
     df = runs(tmp_path)
     assert (df["status"] == "FINISHED").sum() == 2
+    if launcher == "joblib":  # timed while sharing the machine: the report flags latency
+        assert set(df["tags.parallel"]) == {"2"}
+    else:
+        assert "tags.parallel" not in df
 
 
 @pytest.mark.parametrize("group", ["strategy", "compressor", "model"])

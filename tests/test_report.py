@@ -448,3 +448,16 @@ def test_reference_columns_are_never_ranked_and_wide_tables_split():
     parts = split(wide, 2, 6)
     assert [len(t.header) for t in parts] == [8, 5]
     assert parts[1].header[:2] == ["variant", "frames"] and parts[1].best == {(0, 4)}
+
+
+def test_latency_of_runs_that_shared_the_machine_is_flagged():
+    from reports.compare import shared_note
+    from reports.tables import Table
+
+    runs = pd.DataFrame({"variant": ["a", "b"], "tags.parallel": ["2", None]})
+    latency = Table("latency ↓ (ms)", ["variant"], [])
+    exp = Experiment("x", "sqlite:///x", runs, runs.iloc[:0])
+    (note,) = shared_note(exp, [latency])
+    assert "1 of 2 runs" in note and "up to 2 jobs" in note and "shared machine" in latency.title
+    assert shared_note(Experiment("x", "u", runs.drop(columns="tags.parallel"),
+                                  runs.iloc[:0]), []) == []

@@ -145,15 +145,16 @@ def load_runs(tracking_uri: str, experiment: str = "rollbench",
 
 
 def drop_duplicates(df: pd.DataFrame) -> pd.DataFrame:
-    """The runs with one FINISHED run per run key: the first to finish is kept (by
-    ``info.end_time``, then run id); unfinished runs and runs without a key are all kept.
-    ``attrs["duplicates"]`` of the result: how many finished runs were dropped."""
+    """The runs with one FINISHED run per run key: the last to finish is kept (by
+    ``info.end_time``, then run id; the run a lookup of the key finds first); unfinished runs
+    and runs without a key are all kept. ``attrs["duplicates"]`` of the result: how many
+    finished runs were dropped."""
     if df.empty or "run_key" not in df:
         df.attrs["duplicates"] = 0
         return df
     done = (df["status"] == "FINISHED") & df["run_key"].notna()
     order = df[done].sort_values(["info.end_time", "run_id"] if "info.end_time" in df
-                                 else ["run_id"], na_position="last")
+                                 else ["run_id"], ascending=False, na_position="last")
     twins = order.index[order.duplicated("run_key", keep="first")]
     out = df.drop(index=twins).reset_index(drop=True)
     out.attrs["duplicates"] = len(twins)
