@@ -191,14 +191,19 @@ def print_summary(overrides: list[str]) -> None:
     rows = [(str(variant), str(frames), str(len(g)),
              *[f"{g[m].mean() * k:.4g}" for m, _, k in cols])
             for (variant, frames), g in done.groupby(["tags.variant", "latent_frames"])]
+    if "tags.parallel" in done and done["tags.parallel"].notna().any():
+        console.print(f"ms/block: {int(done['tags.parallel'].notna().sum())} run(s) were timed "
+                      "while jobs shared the machine: not comparable with runs timed alone",
+                      soft_wrap=True, markup=False)
     print_table(f"experiment {experiment}: mean over seeds",
                 ("variant", "frames", "n", *[t for _, t, _ in cols]), rows,
                 optional=("ms/block", "discontinuity", "dynamic degree", "frames",
-                          "recall chance"))
+                          "recall chance", "fidelity drop"))
 
 
 #: The grid summary's columns: metric, header, scale.
-SUMMARY = (("vde", "vde", 1.0), ("start_end_fidelity_drop", "fidelity drop", 1.0),
+SUMMARY = (("fidelity_end", "fidelity at end", 1.0), ("fidelity_mean", "fidelity mean", 1.0),
+           ("vde", "vde", 1.0), ("start_end_fidelity_drop", "fidelity drop", 1.0),
            ("recall/mid", "recall (mid)", 1.0), ("recall_chance", "recall chance", 1.0),
            ("dynamic_degree", "dynamic degree", 1.0), ("discontinuity", "discontinuity", 1.0),
            ("peak_kv_bytes", "peak KV MiB", 2.0**-20), ("seconds_per_block", "ms/block", 1e3))
