@@ -333,6 +333,13 @@ def test_grid_workers_is_the_joblib_launcher_and_ctrl_c_is_one_line(capsys, monk
     assert with_workers(["experiment=x", "workers=3"]) == [
         "experiment=x", "hydra/launcher=joblib", "hydra.launcher.n_jobs=3"]
     assert with_workers(["experiment=x", "workers=1"]) == ["experiment=x"]
+    from omegaconf import OmegaConf
+
+    from toolkit.grid import shared_by
+
+    joblib = "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"
+    assert shared_by(OmegaConf.create({"_target_": joblib, "n_jobs": 3})) == 3
+    assert shared_by(OmegaConf.create({"_target_": "x.BasicLauncher"})) == 1
 
     def interrupted(overrides):
         raise KeyboardInterrupt

@@ -109,7 +109,7 @@ def shared_by(launcher: DictConfig) -> int:
     if "Joblib" not in target:
         return 1
     jobs = int(launcher.get("n_jobs") or 1)
-    return os.cpu_count() or 1 if jobs < 0 else jobs
+    return (os.cpu_count() or 1) if jobs < 0 else jobs
 
 
 def launch(overrides: list[str]) -> int:
