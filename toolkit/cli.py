@@ -35,6 +35,8 @@ def cmd_run(overrides: list[str]) -> int:
 
     cfg = compose_config(overrides)
     result = run_job(cfg, verbose=True, skip_finished=False, built=build(cfg))
+    if result.status == "busy":
+        console.print(f"not run: {result.error}", soft_wrap=True, markup=False)
     if result.status != "finished":
         return 1
     console.print(f"outputs: {result.run_dir}"
