@@ -8,6 +8,10 @@ twin with its images beside it (``reports.render``).
 
     rollbench report experiment=strategies_24x [out=DIR] [baseline=full] [test=wilcoxon]
                      [run_root=runs] [tracking.uri=URI] [storage=OPTUNA_URL]
+                     [experiments_dir=DIR]
+
+A sweep's trials are the runs of the MLflow experiment ``sweep-NAME``: its report is
+``rollbench report experiment=sweep-NAME`` (with the study's Pareto front and importances).
 """
 
 from __future__ import annotations
@@ -20,13 +24,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from reports import data, figures, sections, tables
+from reports import answer, data, figures, sections, tables
 from reports.sections import Image, Report, Strip, Sweep
 from reports.tables import Table
 from toolkit.aggregate import MIN_CI, value_range
 from toolkit.tracking import resolve_uri
 
-OPTIONS = ("experiment", "out", "baseline", "test", "run_root", "tracking.uri", "storage")
+OPTIONS = ("experiment", "out", "baseline", "test", "run_root", "tracking.uri", "storage",
+           "experiments_dir")
 #: Curves drawn over the rollout: metric, title, log y axis.
 CURVE_FIGURES = (("drift", "drift", False), ("fidelity", "prompt fidelity", False),
                  ("self_similarity", "repetition (long-lag self-similarity)", False),
@@ -46,10 +51,11 @@ def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "run"
 
 
-def _question(name: str) -> str:
+def _question(name: str, experiments_dir: str | None = None) -> str:
     from toolkit.grid import experiments
 
-    return experiments().get(name, "")
+    return experiments([f"experiments_dir={experiments_dir}"] if experiments_dir
+                       else []).get(name, "")
 
 
 def _legend(baseline: str | None, requested: str | None, test: str, summary: pd.DataFrame) -> str:
@@ -195,7 +201,8 @@ def _sweep(exp: data.Experiment, run_root: Path, storage: str | None) -> tuple[S
 def build_report(uri: str, experiment: str, out: str | Path, run_root: str | Path = "runs",
                  baseline: str | None = "full", test: str = "wilcoxon",
                  storage: str | None = None,
-                 machine: list[tuple[str, str]] | None = None) -> Report:
+                 machine: list[tuple[str, str]] | None = None,
+                 experiments_dir: str | None = None) -> Report:
     """Compute every section of the report of one experiment (nothing is written).
 
     Args:
@@ -207,6 +214,7 @@ def build_report(uri: str, experiment: str, out: str | Path, run_root: str | Pat
         test: ``wilcoxon`` or ``ttest``.
         storage: the sweep's Optuna storage URL when it is not the default journal.
         machine: the machine lines of the footer (default: this machine's).
+        experiments_dir: a user's config folder (the question of their own experiment).
     """
     wanted = dict.fromkeys([*tables.CURVES, *(m for m, _, _ in CURVE_FIGURES)])
     exp = data.load_experiment(uri, experiment, list(wanted))
@@ -218,31 +226,50 @@ def build_report(uri: str, experiment: str, out: str | Path, run_root: str | Pat
     train = trains[0] if len(trains) == 1 else None
     headline, summary = tables.headline_tables(exp, marks, base, test) if variants \
         else ([], pd.DataFrame())
+    first, numbers = answer.answer(exp, marks, base) if variants else (None, pd.DataFrame())
+    front = answer.pareto_figure(numbers, marks[-1]) if first is not None else None
     sweep, sweep_note = _sweep(exp, Path(run_root), storage)
-    notes = [sweep_note] if sweep_note else []
+    notes = [*([sweep_note] if sweep_note else []), *exp.notes, *shared_note(exp, headline)]
     if not variants:
         notes.append("No finished runs in this experiment yet.")
     if len(trains) > 1:
         notes.append(f"The runs' models have different training lengths {trains}: each "
                      "run's marks use its own.")
     lengths = sorted({int(f) for f in exp.runs.get("latent_frames", pd.Series()).dropna()})
-    summary_line = (f"{len(exp.runs)} finished runs ({len(exp.others)} not finished) of "
+    dup = f", {exp.duplicates} duplicates dropped" if exp.duplicates else ""
+    summary_line = (f"{len(exp.runs)} finished runs ({len(exp.others)} not finished{dup}) of "
                     f"{len(variants)} variant(s); latent frames "
                     f"{', '.join(map(str, lengths)) or '—'}; training length "
                     f"{train if train else 'unknown'}; baseline "
                     f"{'`' + base + '`' if base else 'none'}.")
     return Report(
         experiment=experiment,
-        question=_question(experiment) or (sweep.question if sweep else ""),
+        question=_question(experiment, experiments_dir) or (sweep.question if sweep else ""),
         summary=summary_line, legend=_legend(base, baseline, test, summary),
         runs=tables.runs_table(exp, base), headline=headline,
         scalars=tables.scalar_table(exp, base, test) if variants else None,
         recall=tables.scalar_table(exp, base, test, tables.RECALL, "Recall (memory world)")
         if variants else None,
         curves=_curve_images(exp, variants, marks, train) if variants else [],
-        strips=_strips(exp, variants, out) if variants else [], sweep=sweep,
+        strips=_strips(exp, variants, out) if variants else [], sweep=sweep, answer=first,
+        pareto=Image("figures/quality-vs-kv.png", front, "quality against peak KV")
+        if front else None,
         provenance=sections.provenance(exp, machine or sections.machine_info(),
                                        data.model_cards(exp, out / "artifacts")), notes=notes)
+
+
+def shared_note(exp: data.Experiment, headline: list[Table]) -> list[str]:
+    """A note (and a flag on the latency table) when runs shared the machine while timed."""
+    col = exp.runs["tags.parallel"] if "tags.parallel" in exp.runs else pd.Series(dtype=object)
+    shared = pd.to_numeric(col, errors="coerce").dropna()
+    if shared.empty:
+        return []
+    for table in headline:
+        if table.title.startswith("latency"):
+            table.title += " (shared machine: see the note)"
+    return [f"Latency: {len(shared)} of {len(exp.runs)} runs were timed while up to "
+            f"{int(shared.max())} jobs shared the machine (a parallel launcher or sweep "
+            "workers); their ms per block is not comparable with runs timed alone."]
 
 
 def write_report(report: Report, out: str | Path) -> tuple[Path, Path]:
@@ -254,7 +281,8 @@ def write_report(report: Report, out: str | Path) -> tuple[Path, Path]:
     for sub in ("figures", "filmstrips"):  # this report's own images only
         for old in (out / sub).glob("*.png"):
             old.unlink()
-    images = [*report.curves, *[s.image for s in report.strips if s.image]]
+    images = [*report.curves, *[s.image for s in report.strips if s.image],
+              *([report.pareto] if report.pareto else [])]
     if report.sweep:
         images += [i for i in (report.sweep.front, report.sweep.importances) if i]
     for image in images:
@@ -290,7 +318,8 @@ def cmd_report(overrides: list[str]) -> int:
     name = opts["experiment"]
     out = Path(opts.get("out") or run_root / "reports" / name)
     report = build_report(uri, name, out, run_root, opts.get("baseline", "full"),
-                          opts.get("test", "wilcoxon"), opts.get("storage"))
+                          opts.get("test", "wilcoxon"), opts.get("storage"),
+                          experiments_dir=opts.get("experiments_dir"))
     html, md = write_report(report, out)
     print(f"report of {name}: {html}\n{' ' * (11 + len(name))}{md}")
     return 0

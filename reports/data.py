@@ -20,7 +20,7 @@ from urllib.parse import unquote, urlparse
 import numpy as np
 import pandas as pd
 
-from toolkit.aggregate import curves, load_runs
+from toolkit.aggregate import curves, load_runs, split_variants
 
 #: Tokens of a grid's variant label that only state the length (the marks show length).
 LENGTH_KEYS = ("video.latent_frames=", "video.seconds=")
@@ -39,6 +39,8 @@ class Experiment:
         others: the runs that did not finish (failed, running, killed).
         curves: ``metric -> run_id -> (steps, values)`` for the finished runs.
         artifact_uris: ``run_id -> artifact URI``.
+        duplicates: finished runs dropped because their run key had finished already.
+        notes: sentences on what the reading changed (labels split, duplicates dropped).
     """
 
     name: str
@@ -47,6 +49,8 @@ class Experiment:
     others: pd.DataFrame
     curves: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = field(default_factory=dict)
     artifact_uris: dict[str, str] = field(default_factory=dict)
+    duplicates: int = 0
+    notes: list[str] = field(default_factory=list)
 
 
 def client_for(uri: str) -> Any:
@@ -129,6 +133,7 @@ def load_experiment(uri: str, name: str, metrics: list[str]) -> Experiment:
     """Runs, curves (``metrics``) and artifact locations of one experiment."""
     check_experiment(uri, name)
     df = load_runs(uri, name, finished_only=False)
+    dropped = int(df.attrs.get("duplicates", 0))
     if "strategy" in df:
         df = df[df["strategy"].notna()]  # a sweep's study run is no variant
     df = df.reset_index(drop=True)
@@ -136,6 +141,10 @@ def load_experiment(uri: str, name: str, metrics: list[str]) -> Experiment:
         return Experiment(name, uri, df, df)
     tag = df["tags.variant"] if "tags.variant" in df else pd.Series([None] * len(df))
     df["variant"] = [variant_label(v, s) for v, s in zip(tag, df["strategy"], strict=True)]
+    df, notes = split_variants(df)
+    if dropped:
+        notes.append(f"{dropped} duplicate run(s) of an already finished run key (two grids or "
+                     "workers ran the same config) are counted once.")
     records = df.to_dict("records")
     df["train_frames"] = pd.array([train_frames_of(r) for r in records], "Int64")
     df["block_frames"] = pd.array([block_frames_of(r) for r in records], "Int64")
@@ -144,7 +153,8 @@ def load_experiment(uri: str, name: str, metrics: list[str]) -> Experiment:
     done = df["status"] == "FINISHED"
     runs = df[done].sort_values(["variant", "seed", "latent_frames", "run_name"],
                                 na_position="last").reset_index(drop=True)
-    exp = Experiment(name, uri, runs, df[~done].reset_index(drop=True))
+    exp = Experiment(name, uri, runs, df[~done].reset_index(drop=True), duplicates=dropped,
+                     notes=notes)
     ids = list(runs["run_id"])
     exp.curves = {m: curves(ids, m, uri) for m in metrics}
     client = client_for(uri)

@@ -4,8 +4,8 @@ Curves: one line per variant, the mean over its seeds, with a band of the Studen
 interval of the mean at every latent frame where at least 3 runs have a value, clipped to the
 measure's range (a fraction's band stays in [0, 1]); a dashed line at the training length and
 dotted ones at the other length marks. A per-frame 0/1 curve (e.g. whether a frame matches its
-prompt) is drawn as its rolling mean over one block, with the raw per-frame means as faint
-points. Sweeps: Optuna's own
+prompt) is drawn as its mean in bins of whole blocks (about 24 over the run), with the raw
+per-frame means as faint points. Sweeps: Optuna's own
 matplotlib plots of the Pareto front (or the optimisation history of a single objective) and
 of the parameter importances.
 """
@@ -75,6 +75,26 @@ def rolling(series: Sequence[Curve], window: int) -> list[Curve]:
              .to_numpy()) for s, v in series]
 
 
+def bin_width(series: Sequence[Curve], block: int, count: int = 24) -> int:
+    """Latent frames per bin: whole blocks, about ``count`` bins over the longest curve."""
+    span = max((int(np.max(s)) + 1 for s, _ in series if len(s)), default=block)
+    return block * max(1, round(span / (block * count)))
+
+
+def bins(series: Sequence[Curve], width: int) -> list[Curve]:
+    """Each curve's mean in bins of ``width`` latent frames, placed at each bin's centre."""
+    out = []
+    for s, v in series:
+        s, v = np.asarray(s), np.asarray(v, float)
+        keys = s // width
+        ok = np.isfinite(v)
+        ids = np.unique(keys)
+        out.append((ids * width + (width - 1) / 2,
+                    np.array([v[(keys == k) & ok].mean() if ((keys == k) & ok).any()
+                              else np.nan for k in ids])))
+    return out
+
+
 def colours(n: int) -> list[Any]:
     """n distinct, stable colours (tab10, tab20 beyond ten)."""
     cmap = matplotlib.colormaps["tab10" if n <= 10 else "tab20"]
@@ -107,8 +127,9 @@ def curve_axes(title: str, ylabel: str, per_variant: dict[str, Sequence[Curve]],
         marks: ``(label, latent frame)`` of the other length marks (dotted lines).
         log: a log y axis (used only when every value is positive).
         bounds: the measure's range (unscaled): bands never leave it.
-        block: latent frames per block: a 0/1 curve is drawn as its rolling mean over one
-            block, the raw per-frame means as faint points (None or 1: as it is).
+        block: latent frames per block: a 0/1 curve is drawn as its mean in bins of whole
+            blocks (:func:`bin_width`), the raw per-frame means as faint points (None or 1: as
+            it is).
         switches: latent frames where the prompt switched in every plotted run (faint lines).
     """
     fig = Figure(figsize=(5.8, 3.2))
@@ -120,7 +141,7 @@ def curve_axes(title: str, ylabel: str, per_variant: dict[str, Sequence[Curve]],
         if block and block > 1 and binary(series):
             raw_x, raw, _, _ = band(series)
             ax.scatter(raw_x, raw * scale, s=3, color=colour, alpha=0.25, lw=0)
-            series = rolling(series, block)
+            series = bins(series, bin_width(series, block))
         x, mean, low, high = band(series, bounds)
         if not len(x):
             continue

@@ -12,7 +12,7 @@ larger than the test's margin), exact values for measures set by the config alon
 "not testable" with its reason. Figures:
 
 - curves of each claim's figure measure over the rollout (mean over seeds, 95% t band kept in
-  the measure's range; a per-frame 0/1 measure as its rolling mean over one block, the raw
+  the measure's range; a per-frame 0/1 measure as its mean in bins of whole blocks, the raw
   per-frame means faint), with the training length marked;
 - per test, every seed's value, the mean and its 95% CI against the pre-stated threshold.
 """
@@ -201,7 +201,7 @@ def curve_png(f: Findings, measure: str, arms: list[str]) -> bytes:
     zero_one = not log and all(figures.binary(s) for s in raw.values() if s)
     if log or zero_one:  # per block as logged, or per frame smoothed over one block
         per, how = raw, "mean over seeds" if log else (
-            f"rolling mean over one block ({block} frames), mean over seeds, 95% band")
+            f"mean in bins of whole {block}-frame blocks, mean over seeds, 95% band")
     else:
         per = {a: [_binned(s, v, BIN) for s, v in got] for a, got in raw.items()}
         how = f"mean of {BIN}-frame bins over seeds, 95% band"

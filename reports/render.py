@@ -13,13 +13,16 @@ import html
 from urllib.parse import quote
 
 from reports.sections import Image, Report
-from reports.tables import RECALL_NOTE, Table
+from reports.tables import RECALL_NOTE, Table, split
+
+#: Columns of a whole-run table beyond the variant and length before it is split.
+PER_TABLE = 6
 
 CURVES_NOTE = ("Mean over seeds per variant; bands: the 95% t interval of the mean at each "
                "latent frame where at least 3 runs have a value, kept inside the measure's "
-               "range; per-frame 0/1 curves: their rolling mean over one block, the raw "
-               "per-frame means as faint points; dashed: the training length; dotted: the "
-               "other marks.")
+               "range; per-frame 0/1 curves: their mean in bins of whole blocks (about 24 bins "
+               "over the run), the raw per-frame means as faint points; dashed: the training "
+               "length; dotted: the other marks.")
 CSS = """
 body{font:14px/1.45 system-ui,sans-serif;margin:2em auto;max-width:1200px;padding:0 1em;
 color:#222}
@@ -64,18 +67,22 @@ def to_markdown(report: Report) -> str:
         out += [f"> {report.question}", ""]
     out += [report.summary, ""]
     out += [f"_{n}_\n" for n in report.notes]
+    if report.answer:
+        out += [f"## {report.answer.title}", "", f"_{report.answer.note}_", "",
+                md_table(report.answer), ""]
+        out += [f"![{report.pareto.alt}]({report.pareto.path})", ""] if report.pareto else []
     out += ["## Runs", "", md_table(report.runs), ""]
     if report.headline:
         out += ["## Headline: the length marks", "", report.legend, ""]
         for t in report.headline:
             out += [f"### {t.title}", "", f"_{t.note}_", "", md_table(t), ""]
     if report.recall:
-        out += ["## Recall (memory world)", "", RECALL_NOTE, "", md_table(report.recall),
-                ""]
+        out += ["## Recall (memory world)", "", RECALL_NOTE, ""]
+        out += [x for t in split(report.recall, 2, PER_TABLE) for x in (md_table(t), "")]
     if report.scalars:
         out += ["## Whole-run scalars", "", "Each run's scalar metrics over its whole length, "
-                "grouped by variant and length (same legend).", "", md_table(report.scalars),
-                ""]
+                "grouped by variant and length (same legend).", ""]
+        out += [x for t in split(report.scalars, 2, PER_TABLE) for x in (md_table(t), "")]
     if report.curves:
         out += ["## Curves over the rollout", "", CURVES_NOTE, ""]
         out += [f"![{i.alt}]({i.path})\n" for i in report.curves]
@@ -155,6 +162,10 @@ def to_html(report: Report) -> str:
         b.append(f"<blockquote>{_e(report.question)}</blockquote>")
     b.append(f"<p>{_md_inline(report.summary)}</p>")
     b += [f'<p class="note"><i>{_e(n)}</i></p>' for n in report.notes]
+    if report.answer:
+        b += [f"<h2>{_e(report.answer.title)}</h2>",
+              f'<p class="note">{_e(report.answer.note)}</p>', html_table(report.answer)]
+        b += [img(report.pareto)] if report.pareto else []
     b += ["<h2>Runs</h2>", html_table(report.runs)]
     if report.headline:
         b += ["<h2>Headline: the length marks</h2>",
@@ -165,9 +176,10 @@ def to_html(report: Report) -> str:
         b.append("</div>")
     if report.recall:
         b += ["<h2>Recall (memory world)</h2>", f"<p>{html.escape(RECALL_NOTE)}</p>",
-              html_table(report.recall)]
+              *[html_table(t) for t in split(report.recall, 2, PER_TABLE)]]
     if report.scalars:
-        b += ["<h2>Whole-run scalars</h2>", html_table(report.scalars)]
+        b += ["<h2>Whole-run scalars</h2>",
+              *[html_table(t) for t in split(report.scalars, 2, PER_TABLE)]]
     if report.curves:
         b += ["<h2>Curves over the rollout</h2>", f'<p class="note">{_e(CURVES_NOTE)}</p>',
               '<div class="grid">']

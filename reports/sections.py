@@ -86,6 +86,8 @@ class Report:
     provenance: Provenance
     notes: list[str] = field(default_factory=list)
     recall: Table | None = None  # the memory world's recall measures, when the runs have them
+    answer: Table | None = None  # quality at the marks against peak KV (``reports.answer``)
+    pareto: Image | None = None  # quality at the last mark against peak KV
 
 
 def machine_info() -> list[tuple[str, str]]:

@@ -242,9 +242,35 @@ def _index(summary: pd.DataFrame, keys: list[str]) -> dict[tuple, pd.Series]:
     return {tuple(r[k] for k in keys): r for _, r in summary.iterrows()}
 
 
+#: Words naming a reference column (a chance level, a count of opportunities): never ranked.
+REFERENCE = ("chance", "count", "moments", "unreadable", "returns")
+
+
+def reference(metric: str) -> bool:
+    """Whether a metric is a reference (chance level, count) rather than a result to rank."""
+    return any(word in metric for word in REFERENCE)
+
+
+def split(table: Table, keep: int, per: int) -> list[Table]:
+    """A wide table as several that fit a page: each keeps the first ``keep`` columns and
+    takes up to ``per`` of the others (best cells carried over)."""
+    rest = list(range(keep, len(table.header)))
+    if len(rest) <= per:
+        return [table]
+    parts = []
+    for n, a in enumerate(range(0, len(rest), per)):
+        cols = [*range(keep), *rest[a:a + per]]
+        where = {c: j for j, c in enumerate(cols)}
+        parts.append(Table(f"{table.title} ({n + 1} of {-(-len(rest) // per)})",
+                           [table.header[c] for c in cols],
+                           [[row[c] for c in cols] for row in table.rows],
+                           {(i, where[c]) for i, c in table.best if c in where}, table.note))
+    return parts
+
+
 def _best(values: list[float], metric: str) -> set[int]:
     finite = [v for v in values if np.isfinite(v)]
-    if len(finite) < 2 or direction(metric) not in ARROWS:
+    if len(finite) < 2 or direction(metric) not in ARROWS or reference(metric):
         return set()
     target = max(finite) if direction(metric) == "higher" else min(finite)
     return {i for i, v in enumerate(values) if np.isfinite(v) and np.isclose(v, target,

@@ -123,3 +123,21 @@ def test_load_runs_and_curves_from_a_store(tmp_path):
     assert load_runs(uri, "no-such-experiment").empty
     assert json.loads((tmp_path / "sink-1" / "meta.json").read_text())["tags"]["strategy"] \
         == "sink"
+
+
+def test_duplicates_of_a_run_key_count_once_and_different_configs_are_never_pooled():
+    from toolkit.aggregate import drop_duplicates, split_variants
+
+    df = pd.DataFrame({
+        "run_id": ["a", "b", "c", "d", "e"], "status": ["FINISHED"] * 4 + ["FAILED"],
+        "run_key": ["k1", "k1", "k2", "k3", "k1"], "info.end_time": [1, 2, 3, 4, 5],
+        "variant": ["sink"] * 5, "params.seed": ["0", "0", "1", "0", None],
+        "params.strategy.positions": ["absolute", "absolute", "absolute", "reindex", None]})
+    out = drop_duplicates(df)
+    assert out.attrs["duplicates"] == 1 and list(out["run_id"]) == ["b", "c", "d", "e"]
+    split, notes = split_variants(out)
+    assert list(split["variant"]) == ["sink (strategy.positions=absolute)"] * 2 + [
+        "sink (strategy.positions=reindex)", "sink"]  # e logged no params: left as it is
+    assert len(notes) == 1 and "strategy.positions" in notes[0] and "2 variants" in notes[0]
+    same, none = split_variants(out[out["run_id"] != "d"])  # seeds differ only: pooled
+    assert set(same["variant"]) == {"sink"} and none == []

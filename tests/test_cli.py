@@ -16,7 +16,15 @@ def test_run_writes_outputs(tmp_path, capsys):
     assert code == 0
     (run_dir,) = (tmp_path / "rollouts").iterdir()
     assert {"config.yaml", "trace.json", "latents.pt"} <= {p.name for p in run_dir.iterdir()}
-    assert "rollout: sink" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "rollout: sink" in out
+    from toolkit.jobs import scalars_of
+
+    scalars = scalars_of(run_dir)
+    assert {"fidelity_start", "fidelity_end", "fidelity_mean", "vde"} <= set(scalars)
+    assert f"quality: prompt fidelity start {scalars['fidelity_start']:.2f}, end " \
+           f"{scalars['fidelity_end']:.2f}, mean {scalars['fidelity_mean']:.2f}" in out
+    assert 0 <= scalars["vde"] <= 1
 
 
 def test_ls_lists_strategies(capsys):
@@ -306,3 +314,43 @@ def test_training_settings_are_plain_fields_even_when_a_group_shares_the_name(mo
     assert main(["train", "packforcing", "compressor=hr", "steps=7", "lr=1e-4"]) == 0
     assert (got[0].compressor, got[0].steps, got[0].lr) == ("hr", 7, 1e-4)
     assert main(["train", "packforcing", "compresor=hr"]) != 0
+
+
+def test_hydras_errors_get_one_line_and_the_right_hint(capsys, tmp_path):
+    assert main(["run", "prompt=a red circle on navy, slow", f"run_root={tmp_path}"]) == 2
+    line = one_line_error(capsys)
+    assert "quote it whole" in line and "1. To use it as a list" not in line
+    assert main(["grid", "experiment=sink_size", "hydra.launcher.n_jobs=2",
+                 f"run_root={tmp_path}"]) == 2
+    line = one_line_error(capsys)
+    assert "hydra/launcher=joblib" in line and "+hydra.launcher.n_jobs" not in line
+
+
+def test_grid_workers_is_the_joblib_launcher_and_ctrl_c_is_one_line(capsys, monkeypatch):
+    from toolkit import cli
+    from toolkit.grid import with_workers
+
+    assert with_workers(["experiment=x", "workers=3"]) == [
+        "experiment=x", "hydra/launcher=joblib", "hydra.launcher.n_jobs=3"]
+    assert with_workers(["experiment=x", "workers=1"]) == ["experiment=x"]
+    from omegaconf import OmegaConf
+
+    from toolkit.grid import shared_by
+
+    joblib = "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"
+    assert shared_by(OmegaConf.create({"_target_": joblib, "n_jobs": 3})) == 3
+    assert shared_by(OmegaConf.create({"_target_": "x.BasicLauncher"})) == 1
+
+    def interrupted(overrides):
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(cli.COMMANDS, "grid", interrupted)
+    assert main(["grid", "experiment=sink_size"]) == 130
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1 and "rollbench grid experiment=sink_size` again" in out
+
+
+def test_report_takes_experiments_dir():
+    from reports.compare import parse
+
+    assert parse(["experiment=x", "experiments_dir=/tmp"])["experiments_dir"] == "/tmp"

@@ -107,6 +107,10 @@ def test_parallel_and_cluster_launchers(tmp_path, launcher, capsys):
     assert main(grid(tmp_path, *extra)) == 0
     df = runs(tmp_path)
     assert (df["status"] == "FINISHED").sum() == 2
+    if launcher == "joblib":  # timed while sharing the machine: the report flags latency
+        assert set(df["tags.parallel"]) == {"2"}
+    else:
+        assert "tags.parallel" not in df
 
 
 @pytest.mark.parametrize("group", ["strategy", "compressor", "model"])
@@ -119,3 +123,54 @@ def test_every_preset_composes(group):
             build_strategy(cfg.strategy)
         else:
             assert cfg.model._target_
+
+
+MY_GRID = """# @package _global_
+# Question: do the sink's positions matter (a key swept with ++)?
+defaults:
+  - override /strategy: sink
+experiment_name: my_positions
+progress: false
+hydra:
+  sweeper:
+    params:
+      ++strategy.positions: absolute,reindex
+"""
+
+
+def test_swept_keys_are_variants_from_the_command_line_and_with_plus_plus(tmp_path):
+    root = tmp_path / "runs"
+    assert main(["grid", "experiment=strategies_24x", "strategy=sink", "seed=0", *TINY[:2],
+                 "strategy.positions=reindex,interpolate", f"run_root={root}"]) == 0
+    df = runs(root, "strategies_24x")
+    assert sorted(df["tags.variant"]) == ["sink strategy.positions=interpolate",
+                                          "sink strategy.positions=reindex"]
+    (tmp_path / "mine" / "experiment").mkdir(parents=True)
+    (tmp_path / "mine" / "experiment" / "my_positions.yaml").write_text(MY_GRID)
+    assert main(["grid", "experiment=my_positions", f"experiments_dir={tmp_path / 'mine'}",
+                 *TINY, f"run_root={root}"]) == 0
+    assert sorted(runs(root, "my_positions")["tags.variant"]) == [
+        "sink strategy.positions=absolute", "sink strategy.positions=reindex"]
+
+
+def test_the_summary_refuses_to_pool_different_configs_and_counts_a_key_once(tmp_path,
+                                                                              capsys):
+    from toolkit.tracking import relog
+
+    root = tmp_path / "runs"
+    for extra in ([], ["strategy.positions=absolute"]):  # same label, another config
+        assert main(grid(root, "strategy.sink_frames=4", *extra, "seed=0,1")) == 0
+    done = sorted((root / "rollouts").glob("*/mlflow_run.json"))
+    relog(done[0].parent, force=True)  # a second FINISHED run of one key (a concurrent twin)
+    assert len(runs(root).query("status == 'FINISHED'")) == 4
+    capsys.readouterr()
+    assert main(grid(root, "strategy.sink_frames=4", "seed=0,1")) == 0
+    out = capsys.readouterr().out
+    assert "1 duplicate run(s)" in out
+    assert "differ in strategy.positions" in out
+    from toolkit.aggregate import split_variants
+
+    split, _ = split_variants(runs(root), "tags.variant")
+    assert sorted(set(split["tags.variant"])) == [
+        "packforcing strategy.sink_frames=4 (strategy.positions=absolute)",
+        "packforcing strategy.sink_frames=4 (strategy.positions=shift)"]

@@ -150,7 +150,20 @@ def test_block_boundary_jumps_are_discontinuities(gt):
 def test_vde_weights_late_segments_more():
     assert vde([1.0, 1.0, 0.5]) == pytest.approx(2 / 3 * 0.5)
     assert vde([1.0, 0.5, 1.0]) == pytest.approx(1 / 3 * 0.5)
-    assert vde([0.0, 0.0, 0.001]) == pytest.approx(2 / 3)  # denominator floored at 1e-3
+    assert vde([0.8, 0.8, 0.8]) == 0
+    assert vde([2.0, 2.0, 1.0], relative=True) == pytest.approx(2 / 3 * 1 / 3)
+
+
+def test_vde_is_bounded_when_the_first_block_scores_0():
+    """The old form divided by the first segment (floored at 1e-3): 0 -> 0.1 gave 66.7."""
+    rng = np.random.default_rng(0)
+    for series in ([0.0, 0.1, 0.1], [0.0, 1.0, 1.0], [0.0, 0.0, 0.0], *rng.random((50, 24))):
+        for relative in (False, True):
+            value = vde(series, relative=relative)
+            assert np.isfinite(value) and 0 <= value <= 1
+    assert vde([0.0, 0.1, 0.1]) == pytest.approx(0.1)
+    assert vde([0.0, 1.0, 1.0]) == vde([0.0, 0.3, 0.3], relative=True) == 1  # the bound
+    assert vde([0.0, 0.0, 0.0], relative=True) == 0
 
 
 def test_frechet_matches_the_textbook_formula():

@@ -204,7 +204,7 @@ def test_single_strategy(store):
     drift = _md_table(md, "drift ↓ (feature distance)")
     assert [r[0] for r in drift] == ["window"]
     assert "**" not in "".join(drift[0]) and "▲" not in md and "▼" not in md
-    assert md.count("](figures/") == 6 and md.count("](filmstrips/") == 1
+    assert md.count("](figures/") == 7 and md.count("](filmstrips/") == 1
     assert "<table>" in html
 
 
@@ -354,7 +354,7 @@ def test_fraction_bands_stay_in_their_range_and_need_three_runs():
     assert band_extents(figs["fidelity"]) == []
 
 
-def test_per_frame_binary_curves_are_a_rolling_mean_over_one_block_with_raw_points():
+def test_per_frame_binary_curves_are_binned_by_whole_blocks_with_raw_points():
     from reports.compare import curve_figures
 
     exp = _binary_fidelity(3)
@@ -368,8 +368,17 @@ def test_per_frame_binary_curves_are_a_rolling_mean_over_one_block_with_raw_poin
     for rid, (s, _) in stepped.curves["fidelity"].items():  # a 0 -> 1 step at frame 20
         stepped.curves["fidelity"][rid] = (s, (s >= 20).astype(float))
     fig = {m: f for m, _, f in curve_figures(stepped, ["v"], marks_of(stepped.runs), 8)}
-    y = next(ln for ln in fig["fidelity"].axes[0].lines if ln.get_label() == "v").get_ydata()
-    assert list(y[19:24]) == [0.0, 0.25, 0.5, 0.75, 1.0]  # trailing mean over 4 frames
+    line = next(ln for ln in fig["fidelity"].axes[0].lines if ln.get_label() == "v")
+    x, y = line.get_xdata(), line.get_ydata()
+    assert np.allclose(np.diff(x), 4) and x[0] == 1.5  # one point per block, at its centre
+    assert list(y) == [float(c >= 20) for c in x]  # bins of whole blocks: a clean step
+
+
+def test_long_binary_curves_get_about_24_bins():
+    from reports.figures import bin_width
+
+    assert bin_width([(np.arange(480), np.zeros(480))], 4) == 20
+    assert bin_width([(np.arange(40), np.zeros(40))], 4) == 4
 
 
 def test_the_fixture_reports_fraction_figures_keep_their_bands_in_range(store):
@@ -392,3 +401,63 @@ def test_the_fixture_reports_fraction_figures_keep_their_bands_in_range(store):
                 assert low - 1e-9 <= lo and hi <= high + 1e-9, (name, metric, lo, hi)
                 checked += value_range(metric) == (0.0, 1.0)
     assert checked  # some fraction's band was looked at
+
+
+def test_a_duplicate_run_key_counts_once_and_the_report_says_so(store):
+    root, _ = store
+    spec = FX.json.loads(FX.SPEC_PATH.read_text())
+    twice = _variant(spec, "twice", lambda r: r if r["strategy"] == "window"
+                     and r["status"] == "FINISHED" and r["config"]["seed"] < 3 else None)
+    twin = copy.deepcopy(twice["runs"][0])
+    twin["name"] += "-twin"  # the same config (run key) run a second time
+    twice["runs"].append(twin)
+    FX.build_store(root, twice)
+    _, _, md = _render(store, "twice")
+    assert "3 finished runs (0 not finished, 1 duplicates dropped)" in md
+    assert "1 duplicate run(s) of an already finished run key" in md
+
+
+def test_the_first_table_answers_quality_at_the_marks_against_kv(store):
+    from reports.answer import pareto_front, window_mean
+
+    out, _, md = _render(store, "fixture")
+    first = md.split("\n## ", 2)[1]
+    assert first.startswith("Quality against memory: prompt fidelity")
+    rows = {r[0]: r for r in _md_table(md.replace("\n## Quality", "\n### Quality"),
+                                       "Quality against memory: prompt fidelity at each "
+                                       "length mark, peak KV")}
+    assert set(rows) == {"full", "sink", "window"}
+    at, upto = (float(x.strip("* ")) for x in rows["window"][4].split("/"))
+    assert at < upto  # window's fidelity falls: the value at 24x is below the mean up to it
+    assert rows["full"][5] == "12.0" and rows["window"][5] == "2.00"  # peak KV, MiB
+    assert (out / "figures" / "quality-vs-kv.png").stat().st_size > 1000
+    steps = np.arange(10)
+    assert window_mean((steps, steps.astype(float)), 10, 2) == 8.5
+    assert window_mean((steps, steps.astype(float)), 10, 10) == 4.5
+    kv, quality = np.array([1.0, 2.0, 3.0, 2.5]), np.array([0.5, 0.7, 0.9, 0.6])
+    assert sorted(pareto_front(kv, quality)) == [0, 1, 2]  # 2.5 MiB at 0.6 is dominated
+
+
+def test_reference_columns_are_never_ranked_and_wide_tables_split():
+    from reports.tables import Table, _best, split
+
+    assert _best([0.1, 0.3], "recall_chance/colour") == set()
+    assert _best([3.0, 5.0], "recall_beyond/count") == set()
+    wide = Table("t", ["variant", "frames", *map(str, range(9))],
+                 [["a", "1", *map(str, range(9))]], {(0, 10)})
+    parts = split(wide, 2, 6)
+    assert [len(t.header) for t in parts] == [8, 5]
+    assert parts[1].header[:2] == ["variant", "frames"] and parts[1].best == {(0, 4)}
+
+
+def test_latency_of_runs_that_shared_the_machine_is_flagged():
+    from reports.compare import shared_note
+    from reports.tables import Table
+
+    runs = pd.DataFrame({"variant": ["a", "b"], "tags.parallel": ["2", None]})
+    latency = Table("latency ↓ (ms)", ["variant"], [])
+    exp = Experiment("x", "sqlite:///x", runs, runs.iloc[:0])
+    (note,) = shared_note(exp, [latency])
+    assert "1 of 2 runs" in note and "up to 2 jobs" in note and "shared machine" in latency.title
+    assert shared_note(Experiment("x", "u", runs.drop(columns="tags.parallel"),
+                                  runs.iloc[:0]), []) == []

@@ -166,3 +166,11 @@ def test_interpolated_positions_keep_full_history_inside_the_trained_range(tiny)
     assert all(t == room for t in starts["interpolate"][3:])
     with pytest.raises(ValueError, match=r"allowed.*interpolate"):
         Full(positions="squeeze")
+
+
+def test_a_malformed_schedule_fails_when_the_config_is_composed():
+    from toolkit.config import ConfigError, compose_config
+
+    with pytest.raises(ConfigError, match="must increase strictly"):
+        compose_config(['prompt=[[0,"a red circle on navy, slow"],[0,"a blue square on '
+                        'charcoal, fast"]]'])

@@ -133,3 +133,48 @@ def test_two_workers_on_postgresql(tmp_path):
     done = trials(PG, name)
     assert sum(t.state == optuna.trial.TrialState.COMPLETE for t in done) == 4
     optuna.delete_study(study_name=name, storage=open_storage(PG))
+
+
+def test_top_k_as_a_share_of_capacity_is_never_impossible(tmp_path):
+    params = """\
+        strategy.capacity: {type: categorical, choices: [2, 4]}
+        strategy.top_k: {type: float, low: 0.1, high: 1.0, of: strategy.capacity}
+    """
+    path = sweep_file(tmp_path, params)
+    assert main(["sweep", f"sweep={path}", f"run_root={tmp_path}"]) == 0
+    url = f"journal:{tmp_path.resolve() / 'optuna' / 'tiny.journal'}"
+    assert [t.state for t in trials(url)] == [optuna.trial.TrialState.COMPLETE] * 4
+    runs = load_runs(resolve_uri(None, tmp_path), "sweep-tiny")
+    runs = runs[runs["params.strategy.top_k"].notna()]
+    top = runs["params.strategy.top_k"].astype(int)
+    cap = runs["params.strategy.capacity"].astype(int)
+    assert ((top >= 1) & (top <= cap)).all()
+    bad = sweep_file(tmp_path, "strategy.top_k: {type: float, low: 0.1, high: 1.0, of: x}\n",
+                     name="bad")
+    with pytest.raises(Exception, match="of='x'"):
+        load_sweep(bad)
+
+
+def test_seeds_per_trial_and_identical_trials_answered_from_the_stored_runs(tmp_path, capsys):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(textwrap.dedent(f"""\
+        # Question: seeds per trial
+        base: {BASE}
+        objectives: [peak_kv_bytes]
+        n_trials: 3
+        seeds: [0, 1]
+        params:
+          strategy.sink_frames: {{type: categorical, choices: [2]}}
+        """))
+    assert main(["sweep", f"sweep={path}", f"run_root={tmp_path}"]) == 0
+    out = capsys.readouterr().out
+    assert "peak_kv_bytes (MiB)" in out and "rollbench report experiment=sweep-tiny" in out
+    url = f"journal:{tmp_path.resolve() / 'optuna' / 'tiny.journal'}"
+    got = trials(url)
+    assert [t.state for t in got] == [optuna.trial.TrialState.COMPLETE] * 3
+    assert "stored" not in got[0].user_attrs and got[1].user_attrs["stored"]
+    assert got[1].values == got[2].values == got[0].values
+    runs = load_runs(resolve_uri(None, tmp_path), "sweep-tiny", dedupe=False)
+    children = runs[runs["tags.mlflow.parentRunId"].notna()]
+    assert sorted(children["seed"]) == [0, 1]  # two rollouts in all: one per seed
+    assert got[0].values[0] == pytest.approx(children["peak_kv_bytes"].mean())

@@ -107,10 +107,13 @@ def direction(metric: str) -> str:
 
 
 def load_runs(tracking_uri: str, experiment: str = "rollbench",
-              finished_only: bool = True) -> pd.DataFrame:
-    """One row per run: run_id, status, the RUN_COLUMNS, ``params.*``, ``tags.*``, scalars.
+              finished_only: bool = True, dedupe: bool = True) -> pd.DataFrame:
+    """One row per run: run_id, status, the RUN_COLUMNS, ``params.*``, ``tags.*``,
+    ``info.end_time`` (ms) and scalars.
 
     Scalar metrics appear under their own names; curves are left out (see :func:`curves`).
+    With ``dedupe`` a run key finished twice (two grids ran it at once) counts once
+    (:func:`drop_duplicates`); ``df.attrs["duplicates"]`` says how many runs were dropped.
     """
     from toolkit.tracking import open_client
 
@@ -125,7 +128,7 @@ def load_runs(tracking_uri: str, experiment: str = "rollbench",
                                   page_token=token)
         for run in page:
             row = {"run_id": run.info.run_id, "run_name": run.info.run_name,
-                   "status": run.info.status}
+                   "status": run.info.status, "info.end_time": run.info.end_time}
             row.update({f"params.{k}": v for k, v in run.data.params.items()})
             row.update({f"tags.{k}": v for k, v in run.data.tags.items()})
             row.update({k: v for k, v in run.data.metrics.items() if _is_scalar(k)})
@@ -137,7 +140,59 @@ def load_runs(tracking_uri: str, experiment: str = "rollbench",
         token = page.token
         if not token:
             break
-    return pd.DataFrame(rows)
+    df = pd.DataFrame(rows)
+    return drop_duplicates(df) if dedupe else df
+
+
+def drop_duplicates(df: pd.DataFrame) -> pd.DataFrame:
+    """The runs with one FINISHED run per run key: the last to finish is kept (by
+    ``info.end_time``, then run id; the run a lookup of the key finds first); unfinished runs
+    and runs without a key are all kept. ``attrs["duplicates"]`` of the result: how many
+    finished runs were dropped."""
+    if df.empty or "run_key" not in df:
+        df.attrs["duplicates"] = 0
+        return df
+    done = (df["status"] == "FINISHED") & df["run_key"].notna()
+    order = df[done].sort_values(["info.end_time", "run_id"] if "info.end_time" in df
+                                 else ["run_id"], ascending=False, na_position="last")
+    twins = order.index[order.duplicated("run_key", keep="first")]
+    out = df.drop(index=twins).reset_index(drop=True)
+    out.attrs["duplicates"] = len(twins)
+    return out
+
+
+#: Config keys the runs of one variant may differ in: what a variant's mean is taken over
+#: (lengths too: tables and the report keep them apart by their own columns and marks).
+POOLED = ("seed", "prompt", "video.latent_frames", "video.seconds")
+
+
+def split_variants(df: pd.DataFrame, label: str = "variant",
+                   pooled: Sequence[str] = POOLED) -> tuple[pd.DataFrame, list[str]]:
+    """Never pool runs whose configs differ in more than ``pooled`` under one label.
+
+    Within each label, runs whose recorded ``params.*`` differ in any other key are relabelled
+    ``label (key=value ...)`` with the keys that differ. Runs without recorded params (failed
+    before logging them) keep their label. Returns the table and one sentence per split label.
+    """
+    cols = [c for c in df.columns if c.startswith("params.") and c[len("params."):]
+            not in pooled]
+    if df.empty or not cols or label not in df:
+        return df, []
+    out, notes = df.copy(), []
+    has = df[cols].notna().any(axis=1)
+    for name, sub in df[has].groupby(label, sort=True):
+        text = sub[cols].astype(object).where(sub[cols].notna(), "(unset)").astype(str)
+        differ = [c for c in cols if text[c].nunique() > 1]
+        if not differ:
+            continue
+        for i in sub.index:
+            out.at[i, label] = f"{name} (" + " ".join(
+                f"{c[len('params.'):]}={text.at[i, c]}" for c in differ) + ")"
+        keys = ", ".join(c[len("params."):] for c in differ)
+        notes.append(f"`{name}` held runs whose configs differ in {keys} (not only seed and "
+                     f"prompt): not pooled, shown as {len(text[differ].drop_duplicates())} "
+                     "variants.")
+    return out, notes
 
 
 def _is_scalar(key: str) -> bool:

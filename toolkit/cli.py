@@ -35,6 +35,8 @@ def cmd_run(overrides: list[str]) -> int:
 
     cfg = compose_config(overrides)
     result = run_job(cfg, verbose=True, skip_finished=False, built=build(cfg))
+    if result.status == "busy":
+        console.print(f"not run: {result.error}", soft_wrap=True, markup=False)
     if result.status != "finished":
         return 1
     console.print(f"outputs: {result.run_dir}"
@@ -248,6 +250,11 @@ def main(argv: list[str] | None = None) -> int:
     set_wide(args.wide)
     try:
         return COMMANDS[args.command](args.overrides)
+    except KeyboardInterrupt:
+        console.print(f"interrupted: finished runs are recorded; run `rollbench {args.command}"
+                      f"{' ' if args.overrides else ''}{' '.join(args.overrides)}` again to "
+                      "resume (finished run keys are skipped)", soft_wrap=True, markup=False)
+        return 130
     except Exception as err:
         line = user_error(err)
         if line is None:
@@ -269,12 +276,44 @@ def user_error(err: Exception) -> str | None:
     from toolkit.registry import UnknownName
 
     if isinstance(err, UnknownName | ValueError):
-        return " ".join(str(err).split())
+        return with_hint(" ".join(str(err).split()))
     if isinstance(err, ConnectionError):
         return f"{type(err).__name__}: {' '.join(str(err).split())}"
     if type(err).__module__.startswith(("hydra", "omegaconf")):
-        return " ".join(f"config error: {err}".split())
+        return config_error(str(err))
     return None
+
+
+#: Hydra messages and the hint rollbench gives instead of Hydra's own (pattern, hint).
+HINTS = (("Ambiguous value for argument", "a value with commas is a list or a sweep: quote "
+          "it whole, e.g. prompt='\"a red circle on navy, slow\"'"),
+         ("hydra.launcher.", "hydra.launcher.* keys belong to a launcher: choose it first, "
+          "e.g. hydra/launcher=joblib hydra.launcher.n_jobs=2 (or workers=2 on grids and "
+          "sweeps)"),
+         ("Could not override 'strategy.", "the strategy has no such field (a strategy-only "
+          "key in a grid of several strategies: set it in the experiment file for that "
+          "strategy, or sweep it in a grid of that strategy alone)"))
+
+
+#: Hydra's own advice, wrong for rollbench's commands (cut from its messages).
+ADVICE = (r" ?To append to your config use \S+", r" ?1\. To use it as a list.*$")
+
+
+def with_hint(line: str) -> str:
+    """A one-line message with Hydra's advice cut and rollbench's hint added, if one fits."""
+    import re
+
+    hint = next((h for pattern, h in HINTS if pattern in line), None)
+    if hint is None:
+        return line
+    for advice in ADVICE:
+        line = re.sub(advice, "", line)
+    return f"{line.rstrip('. ')}. Hint: {hint}"
+
+
+def config_error(message: str) -> str:
+    """Hydra's (multi-line) message as one line, with :func:`with_hint`."""
+    return with_hint(" ".join(f"config error: {message}".split()))
 
 
 if __name__ == "__main__":

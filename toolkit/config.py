@@ -252,6 +252,13 @@ def check_run_config(cfg: DictConfig) -> None:
         raise ConfigError(f"video.seconds={seconds!r}: must be a positive number of seconds "
                           "(or null to use video.latent_frames)")
     check_device(cfg.get("device", "cpu"), present=False)  # whether it exists: when building
+    if cfg.get("prompt") is not None:  # a malformed schedule fails before any model loads
+        from toolkit.schedule import PromptSchedule
+
+        try:
+            PromptSchedule.of(cfg.prompt)
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"prompt: {err}") from None
     uri = (cfg.get("tracking") or {}).get("uri")
     if uri:
         from toolkit.stores import require_driver

@@ -11,6 +11,7 @@ already finished is skipped, and a failing job is recorded as failed while the g
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -56,13 +57,33 @@ def check_experiment(overrides: list[str]) -> str:
     return chosen[0]
 
 
+#: Override keys that never enter a variant label: they vary inside a variant (seed, prompt),
+#: name the grid (experiment), or do not change a rollout (see ``toolkit.tracking``).
+UNLABELLED = ("seed", "prompt", "strategy", "experiment", "experiment_name", "experiments_dir",
+              "variant", "run_root", "progress", "tracking")
+#: Environment variable carrying the keys swept on a grid's command line to its jobs.
+SWEPT_ENV = "ROLLBENCH_GRID_SWEPT"
+
+
+def _key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
 def variant(cfg: DictConfig, task_overrides: list[str], swept: list[str]) -> str:
-    """A grid job's label: the strategy's, plus its values of the swept keys but the seed."""
+    """A grid job's label: the strategy's, plus its values of every swept key but the seed and
+    the prompt (``swept``: keys of the experiment file's ``hydra.sweeper.params`` and of the
+    command line's ``key=a,b`` sweeps, with or without ``+`` / ``++``)."""
     from toolkit.config import strategy_label
 
-    keys = set(swept) - {"seed", "strategy"}
-    values = [o.lstrip("+~") for o in task_overrides if o.split("=", 1)[0].lstrip("+~") in keys]
-    return " ".join([strategy_label(cfg.strategy), *values])
+    keys = {_key(k) for k in swept}
+    keys = {k for k in keys if k not in UNLABELLED and not k.startswith("tracking.")}
+    values = [o.lstrip("+~") for o in task_overrides if _key(o) in keys]
+    return " ".join([strategy_label(cfg.strategy), *sorted(values)])
+
+
+def swept_keys(overrides: list[str]) -> list[str]:
+    """The keys a grid's command line sweeps (``key=a,b``; not lists ``[a,b]``)."""
+    return sorted({_key(o) for o in overrides if o not in fixed(overrides)})
 
 
 def _job(cfg: DictConfig) -> str:
@@ -72,11 +93,23 @@ def _job(cfg: DictConfig) -> str:
     from toolkit.terminal import console
 
     hc = HydraConfig.get()
-    cfg.variant = variant(cfg, list(hc.overrides.task), list(hc.sweeper.get("params") or {}))
+    swept = [*(hc.sweeper.get("params") or {}), *os.environ.get(SWEPT_ENV, "").split()]
+    cfg.variant = variant(cfg, list(hc.overrides.task), swept)
+    cfg.parallel = shared_by(hc.launcher)
     result = run_job(cfg)
     console.print(f"job {HydraConfig.get().job.num}: {cfg.variant} seed={cfg.seed} -> "
                   f"{describe(result)}")
     return result.status
+
+
+def shared_by(launcher: DictConfig) -> int:
+    """Jobs a launcher runs at once on this machine (joblib's ``n_jobs``; -1: every CPU);
+    1 for one at a time or for cluster launchers, whose jobs get machines of their own."""
+    target = str(launcher.get("_target_", ""))
+    if "Joblib" not in target:
+        return 1
+    jobs = int(launcher.get("n_jobs") or 1)
+    return (os.cpu_count() or 1) if jobs < 0 else jobs
 
 
 def launch(overrides: list[str]) -> int:
@@ -85,6 +118,7 @@ def launch(overrides: list[str]) -> int:
 
     from toolkit.config import compose_config
 
+    overrides = with_workers(overrides)
     check_experiment(overrides)
     compose_config(fixed(overrides))  # a typo'd key or value fails here, in one line
     register_strategy_configs()
@@ -92,10 +126,16 @@ def launch(overrides: list[str]) -> int:
                       config_name="config")(_job)
     argv = sys.argv
     sys.argv = ["rollbench-grid", "--multirun", *with_experiments_dir(rewrite_custom(overrides))]
+    before = os.environ.get(SWEPT_ENV)
+    os.environ[SWEPT_ENV] = " ".join(swept_keys(overrides))  # inherited by every launcher's jobs
     try:
         main()
     finally:
         sys.argv = argv
+        if before is None:
+            os.environ.pop(SWEPT_ENV, None)
+        else:
+            os.environ[SWEPT_ENV] = before
     try:
         print_summary(overrides)
     except ConnectionError as err:  # the store is down: the runs wait on disk for relog
@@ -105,6 +145,19 @@ def launch(overrides: list[str]) -> int:
     return 0
 
 
+def with_workers(overrides: list[str]) -> list[str]:
+    """``workers=N`` (as sweeps take it) as Hydra's joblib launcher with N parallel jobs."""
+    given = [o for o in overrides if o.startswith("workers=")]
+    if not given:
+        return overrides
+    value = given[-1].split("=", 1)[1]
+    if not value.isdigit() or int(value) < 1:
+        raise ConfigError(f"workers={value!r}: must be a whole number >= 1")
+    rest = [o for o in overrides if not o.startswith("workers=")]
+    return rest if int(value) == 1 else [*rest, "hydra/launcher=joblib",
+                                         f"hydra.launcher.n_jobs={value}"]
+
+
 def fixed(overrides: list[str]) -> list[str]:
     """The overrides that set one value (a grid's swept ``key=a,b`` ones left out)."""
     return [o for o in overrides if "," not in o.split("=", 1)[-1] or "[" in o]
@@ -112,7 +165,7 @@ def fixed(overrides: list[str]) -> list[str]:
 
 def print_summary(overrides: list[str]) -> None:
     """Status counts and a mean table of the experiment's runs, from the tracking store."""
-    from toolkit.aggregate import load_runs
+    from toolkit.aggregate import load_runs, split_variants
     from toolkit.config import compose_config
     from toolkit.terminal import console, print_table
     from toolkit.tracking import target
@@ -123,23 +176,34 @@ def print_summary(overrides: list[str]) -> None:
     if runs.empty:
         console.print("no runs recorded")
         return
+    dropped = runs.attrs.get("duplicates", 0)
     console.print("runs: " + ", ".join(f"{k.lower()}={v}" for k, v in
-                                      runs["status"].value_counts().items()))
+                                      runs["status"].value_counts().items())
+                  + (f" ({dropped} duplicate run(s) of a finished run key not counted)"
+                     if dropped else ""))
     done = runs[runs["status"] == "FINISHED"]
     if done.empty:
         return
+    done, notes = split_variants(done, "tags.variant")
+    for note in notes:
+        console.print(note.replace("`", ""), soft_wrap=True, markup=False)
     cols = [(m, title, k) for m, title, k in SUMMARY if m in done]
     rows = [(str(variant), str(frames), str(len(g)),
              *[f"{g[m].mean() * k:.4g}" for m, _, k in cols])
             for (variant, frames), g in done.groupby(["tags.variant", "latent_frames"])]
+    if "tags.parallel" in done and done["tags.parallel"].notna().any():
+        console.print(f"ms/block: {int(done['tags.parallel'].notna().sum())} run(s) were timed "
+                      "while jobs shared the machine: not comparable with runs timed alone",
+                      soft_wrap=True, markup=False)
     print_table(f"experiment {experiment}: mean over seeds",
                 ("variant", "frames", "n", *[t for _, t, _ in cols]), rows,
                 optional=("ms/block", "discontinuity", "dynamic degree", "frames",
-                          "recall chance"))
+                          "recall chance", "fidelity drop"))
 
 
 #: The grid summary's columns: metric, header, scale.
-SUMMARY = (("vde", "vde", 1.0), ("start_end_fidelity_drop", "fidelity drop", 1.0),
+SUMMARY = (("fidelity_end", "fidelity at end", 1.0), ("fidelity_mean", "fidelity mean", 1.0),
+           ("vde", "vde", 1.0), ("start_end_fidelity_drop", "fidelity drop", 1.0),
            ("recall/mid", "recall (mid)", 1.0), ("recall_chance", "recall chance", 1.0),
            ("dynamic_degree", "dynamic degree", 1.0), ("discontinuity", "discontinuity", 1.0),
            ("peak_kv_bytes", "peak KV MiB", 2.0**-20), ("seconds_per_block", "ms/block", 1e3))

@@ -1,8 +1,9 @@
 """One job = one tracked rollout: the unit ``run``, ``grid`` and ``sweep`` all execute.
 
 A job's identity is its run key (a hash of the resolved config). A job whose key already has a
-FINISHED run in the tracking store is skipped; a job that fails is recorded as a FAILED run
-(with the error) and reported, never raised to the caller, so a grid goes on.
+FINISHED run in the tracking store is skipped; a key is claimed before it runs
+(``toolkit.claims``), so two processes never compute it at once; a job that fails is recorded
+as a FAILED run (with the error) and reported, never raised to the caller, so a grid goes on.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ if TYPE_CHECKING:
 
 @dataclass
 class JobResult:
-    """What became of a job: ``finished``, ``skipped`` (already done) or ``failed``."""
+    """What became of a job: ``finished``, ``skipped`` (already done), ``busy`` (another
+    process is computing its run key) or ``failed``."""
 
     status: str
     run_key: str
@@ -116,6 +118,24 @@ def recall_line(scalars: dict[str, float]) -> str:
             f"{scalars.get('recall_beyond/count', 0):.0f} readable beyond")
 
 
+#: A run's quality line: (metric, label) in order; the first present decides the line's kind.
+QUALITY = (("fidelity_start", "prompt fidelity start"), ("fidelity_end", "end"),
+           ("fidelity_mean", "mean"), ("start_end_fidelity_drop", "drop"), ("vde", "vde"),
+           ("clip_drift_end", "CLIP drift at the end"),
+           ("subject_consistency_score", "subject consistency"),
+           ("dynamic_degree", "dynamic degree"))
+
+
+def quality_line(scalars: dict[str, float]) -> str:
+    """One line of a run's quality measures that it has (prompt fidelity at the start and end,
+    its mean, drop and vde on the world; CLIP and consistency on real videos), or a line saying
+    none was computed."""
+    parts = [f"{label} {scalars[key]:.2f}" for key, label in QUALITY
+             if key in scalars and scalars[key] == scalars[key]]
+    return "quality: " + (", ".join(parts) if parts else "no quality measure computed (see "
+                          "metrics.json's unavailable)")
+
+
 def scalars_of(run_dir: Path) -> dict[str, float]:
     """Scalar metrics a finished job wrote (metrics.json), by name."""
     data = json.loads((run_dir / "metrics.json").read_text())["metrics"]
@@ -139,35 +159,90 @@ def record_failure(cfg: DictConfig, key: str, error: str, parent: str | None = N
     return run.info.run_id
 
 
+def finished_twin(key: str, uri: str, experiment: str) -> str | None:
+    """The FINISHED run of ``key`` (None when there is none, or the store cannot tell)."""
+    from toolkit.stores import TrackingUnreachable
+    from toolkit.tracking import find_finished
+
+    try:
+        return find_finished(key, uri, experiment)
+    except TrackingUnreachable as err:  # cannot tell: run it, keep the results on disk
+        warnings.warn(f"{err}; running the job without checking for a finished twin",
+                      stacklevel=3)
+        return None
+
+
+def stored_scalars(run_id: str, uri: str) -> dict[str, float]:
+    """The scalar metrics a stored run logged, by name (a finished twin's, for sweeps)."""
+    from toolkit.aggregate import _is_scalar
+    from toolkit.tracking import open_client
+
+    metrics = open_client(uri).get_run(run_id).data.metrics
+    return {k: float(v) for k, v in metrics.items() if _is_scalar(k)}
+
+
+def _skip(key: str, uri: str, done: str) -> JobResult:
+    try:
+        scalars = stored_scalars(done, uri)
+    except Exception:  # the summary line of a skipped job never needs them
+        scalars = {}
+    return JobResult("skipped", key, run_id=done, scalars=scalars)
+
+
 def run_job(cfg: DictConfig, verbose: bool = False, skip_finished: bool = True,
             parent: str | None = None, built: tuple[Any, Any] | None = None,
-            callbacks: tuple = ()) -> JobResult:
+            callbacks: tuple = (), wait: bool = False) -> JobResult:
     """Build, roll out, save locally, compute metrics and track one config.
+
+    The job first claims its run key in the run store (``toolkit.claims``): a key that another
+    live process is computing is not computed twice (``busy``; with ``wait``, the job waits
+    for it and answers from the stored run).
 
     Args:
         cfg: a composed run config.
         verbose: print the rollout summary table.
-        skip_finished: return ``skipped`` when the run key already finished.
+        skip_finished: return ``skipped`` (with the stored run's scalars) when the run key
+            already finished.
         parent: MLflow run id to nest this run under (a sweep's study run).
         built: the (model, strategy) of cfg when the caller already built them.
         callbacks: called with each block's record during the rollout (e.g. pruning).
+        wait: when another process holds the key, wait for it instead of returning ``busy``.
     """
-    from toolkit.config import build
-    from toolkit.rollout import RolloutError, rollout
-    from toolkit.stores import TrackingUnreachable, mask
-    from toolkit.tracking import find_finished, record_run, run_key, target
+    from toolkit.claims import claim, holder, wait_free
+    from toolkit.tracking import run_key, target
 
     key = run_key(cfg)
     uri, experiment = target(cfg)
-    if skip_finished:
-        try:
-            done = find_finished(key, uri, experiment)
-        except TrackingUnreachable as err:  # cannot tell: run it, keep the results on disk
-            warnings.warn(f"{err}; running the job without checking for a finished twin",
-                          stacklevel=2)
-            done = None
+    done = finished_twin(key, uri, experiment) if skip_finished else None
+    if done:
+        return _skip(key, uri, done)
+    held = claim(cfg.run_root, key)
+    while held is None:
+        who = holder(cfg.run_root, key)
+        if not wait:
+            return JobResult("busy", key, error=f"run key {key[:12]} is being computed by "
+                                                f"{who or 'another process'}")
+        wait_free(cfg.run_root, key)
+        done = finished_twin(key, uri, experiment) if skip_finished else None
         if done:
-            return JobResult("skipped", key, run_id=done)
+            return _skip(key, uri, done)
+        held = claim(cfg.run_root, key)
+    try:
+        done = finished_twin(key, uri, experiment) if skip_finished else None
+        if done:  # finished by another process between the first look and the claim
+            return _skip(key, uri, done)
+        return _run_claimed(cfg, key, verbose, parent, built, callbacks)
+    finally:
+        held.release()
+
+
+def _run_claimed(cfg: DictConfig, key: str, verbose: bool, parent: str | None,
+                 built: tuple[Any, Any] | None, callbacks: tuple) -> JobResult:
+    from toolkit.config import build
+    from toolkit.rollout import RolloutError, rollout
+    from toolkit.stores import mask
+    from toolkit.tracking import record_run
+
     run_dir = Path(cfg.run_root) / "rollouts" / f"{key[:12]}-{time.strftime('%Y%m%d-%H%M%S')}"
     try:
         model, strategy = built or build(cfg)
@@ -181,6 +256,8 @@ def run_job(cfg: DictConfig, verbose: bool = False, skip_finished: bool = True,
                 (out.trace.strategy, summarise(out, time.perf_counter() - start))])
         run_id = record_run(out, cfg, run_dir, model=model, prompt=prompts[0], parent=parent)
         scalars = scalars_of(run_dir)
+        if verbose:
+            console.print(quality_line(scalars), soft_wrap=True, markup=False)
         if verbose and "recall" in scalars:
             console.print(recall_line(scalars))
         return JobResult("finished", key, run_id, run_dir, scalars=scalars, rollout=out)

@@ -43,7 +43,9 @@ class SweepSpec:
     n_trials: int = 20
     seed: int = 0
     pruner: str | None = None
+    seeds: list[int] | None = None  # seeds per trial (objective: their mean); None: base's
     overrides: list[str] = field(default_factory=list)
+    workers: int = 1  # processes on the study on this machine (set by ``cmd_sweep``)
 
     @property
     def directions(self) -> list[str]:
@@ -73,7 +75,7 @@ def load_sweep(name: str, overrides: Sequence[str] = ()) -> SweepSpec:
     data = OmegaConf.to_container(OmegaConf.load(path))
     question = next((ln.lstrip("# ").strip() for ln in path.read_text().splitlines()
                      if ln.startswith("#")), "")
-    allowed = {"base", "objectives", "params", "n_trials", "seed", "pruner"}
+    allowed = {"base", "objectives", "params", "n_trials", "seed", "pruner", "seeds"}
     unknown = sorted(set(data) - allowed)
     if unknown:
         raise ConfigError(f"sweep {name!r}: unknown keys {unknown}; allowed {sorted(allowed)}")
@@ -82,6 +84,11 @@ def load_sweep(name: str, overrides: Sequence[str] = ()) -> SweepSpec:
         if space.get("type") not in KINDS:
             raise ConfigError(f"sweep {name!r}: {key} has type={space.get('type')!r}; "
                               f"allowed {list(KINDS)}")
+    _check_shares(spec)
+    if spec.seeds is not None and (not spec.seeds or not all(isinstance(s, int)
+                                                             for s in spec.seeds)):
+        raise ConfigError(f"sweep {name!r}: seeds={spec.seeds!r}; allowed a non-empty list "
+                          "of whole numbers, e.g. [0, 1, 2]")
     _ = spec.directions  # unknown objective metrics fail here, with "did you mean"
     if spec.pruner not in (None, "median"):
         raise ConfigError(f"sweep {name!r}: pruner={spec.pruner!r}; allowed null, median")
@@ -91,9 +98,24 @@ def load_sweep(name: str, overrides: Sequence[str] = ()) -> SweepSpec:
     return spec
 
 
+def _check_shares(spec: SweepSpec) -> None:
+    """A param with ``of: KEY`` is searched as a share of KEY (a float in (0, 1]), e.g.
+    ``strategy.top_k: {type: float, low: 0.1, high: 1.0, of: strategy.capacity}``."""
+    for key, s in spec.params.items():
+        if "of" not in s:
+            continue
+        if s["of"] not in spec.params or "of" in spec.params[s["of"]]:
+            raise ConfigError(f"sweep {spec.name!r}: {key} has of={s['of']!r}; allowed one of "
+                              f"the searched params {[k for k in spec.params if k != key]}")
+        if s.get("type") != "float" or not 0 < s.get("low", 0) <= s.get("high", 2) <= 1:
+            raise ConfigError(f"sweep {spec.name!r}: {key} is a share of {s['of']}: it needs "
+                              "type: float with 0 < low <= high <= 1")
+
+
 def suggest(trial: optuna.Trial, spec: SweepSpec) -> list[str]:
-    """Overrides for one trial, sampled from the search space."""
-    out = []
+    """Overrides for one trial, sampled from the search space (a share ``of`` another param
+    becomes a whole number of it, at least 1)."""
+    values: dict[str, Any] = {}
     for key, s in spec.params.items():
         if s["type"] == "int":
             value = trial.suggest_int(key, s["low"], s["high"], step=s.get("step", 1),
@@ -102,8 +124,11 @@ def suggest(trial: optuna.Trial, spec: SweepSpec) -> list[str]:
             value = trial.suggest_float(key, s["low"], s["high"], log=s.get("log", False))
         else:
             value = trial.suggest_categorical(key, s["choices"])
-        out.append(f"{key}={'null' if value is None else value}")
-    return out
+        values[key] = value
+    for key, s in spec.params.items():
+        if "of" in s:
+            values[key] = max(1, round(values[key] * float(values[s["of"]])))
+    return [f"{k}={'null' if v is None else v}" for k, v in values.items()]
 
 
 def storage_url(storage: str | None, run_root: str, name: str) -> str:
@@ -141,29 +166,38 @@ class Objective:
     def __call__(self, trial: optuna.Trial) -> float | list[float]:
         import optuna
 
+        from toolkit.config import build
         from toolkit.jobs import run_job
 
         overrides = [*self.spec.base, *self.spec.overrides, *suggest(trial, self.spec),
                      f"experiment_name=sweep-{self.spec.name}", "progress=false",
-                     f"variant=trial {trial.number}"]
-        try:
-            cfg = compose_config(overrides)
-            from toolkit.config import build
-
-            built = build(cfg)
-        except (ConfigError, ValueError) as err:  # impossible partitions: not a crash
-            trial.set_user_attr("invalid", str(err))
-            raise optuna.TrialPruned(f"invalid config: {err}") from err
-        callbacks = [self._reporter(trial)] if self.spec.pruner else []
-        result = run_job(cfg, parent=self.parent, built=built, skip_finished=False,
-                         callbacks=callbacks)
-        trial.set_user_attr("run_id", result.run_id)
-        if result.status != "finished":
-            raise RuntimeError(f"trial {trial.number} failed: {result.error}")
-        missing = [m for m in self.spec.objectives if m not in result.scalars]
-        if missing:
-            raise RuntimeError(f"trial {trial.number}: objectives {missing} were not computed")
-        values = [float(result.scalars[m]) for m in self.spec.objectives]
+                     f"variant=trial {trial.number}", f"parallel={self.spec.workers}"]
+        seeds = self.spec.seeds or [None]
+        per_seed = []
+        for n, seed in enumerate(seeds):
+            try:
+                cfg = compose_config([*overrides, *([f"seed={seed}"] if seed is not None
+                                                    else [])])
+                built = build(cfg)
+            except (ConfigError, ValueError) as err:  # impossible partitions: not a crash
+                trial.set_user_attr("invalid", str(err))
+                raise optuna.TrialPruned(f"invalid config: {err}") from err
+            callbacks = [self._reporter(trial)] if self.spec.pruner and n == 0 else []
+            # an identical parameter set (same run key) is answered from the stored run;
+            # one another worker is computing is waited for
+            result = run_job(cfg, parent=self.parent, built=built, callbacks=callbacks,
+                             wait=True)
+            trial.set_user_attr(f"run_id{'' if n == 0 else f'_{n}'}", result.run_id)
+            if result.status == "skipped":
+                trial.set_user_attr("stored", True)
+            if result.status not in ("finished", "skipped"):
+                raise RuntimeError(f"trial {trial.number} failed: {result.error}")
+            missing = [m for m in self.spec.objectives if m not in result.scalars]
+            if missing:
+                raise RuntimeError(f"trial {trial.number}: objectives {missing} were not "
+                                   "computed")
+            per_seed.append([float(result.scalars[m]) for m in self.spec.objectives])
+        values = [float(sum(v) / len(v)) for v in zip(*per_seed, strict=True)]
         return values[0] if len(values) == 1 else values
 
     @staticmethod
@@ -181,11 +215,11 @@ class Objective:
 
 
 def _worker(name: str, url: str, overrides: list[str], parent: str | None, total: int,
-            share: int, rank: int = 0) -> None:
+            share: int, rank: int = 0, workers: int = 1) -> None:
     import optuna
 
     spec = load_sweep(name, overrides)
-    spec.overrides = overrides
+    spec.overrides, spec.workers = overrides, workers
     sampler = optuna.samplers.TPESampler(seed=spec.seed + rank)  # distinct, reproducible
     study = optuna.load_study(study_name=spec.name, storage=open_storage(url), sampler=sampler)
     states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED,
@@ -265,7 +299,8 @@ def cmd_sweep(args: list[str]) -> int:
     else:
         ctx = mp.get_context("spawn")
         procs = [ctx.Process(target=_worker,
-                             args=(source, url, overrides, parent, total, share, rank))
+                             args=(source, url, overrides, parent, total, share, rank,
+                                   workers))
                  for rank in range(workers)]
         for p in procs:
             p.start()
@@ -277,11 +312,24 @@ def cmd_sweep(args: list[str]) -> int:
         counts[t.state.name.lower()] = counts.get(t.state.name.lower(), 0) + 1
     console.print("trials: " + ", ".join(f"{k}={v}" for k, v in sorted(counts.items())))
     best = study.best_trials if any(t.state.name == "COMPLETE" for t in study.trials) else []
+    shown = [shown_unit(m) for m in spec.objectives]
     print_table(f"{name}: best trials (Pareto front)" if len(spec.objectives) > 1
-                else f"{name}: best trial", ("trial", *spec.objectives, "params"),
-                [(str(t.number), *[f"{v:.4g}" for v in t.values],
+                else f"{name}: best trial", ("trial", *[h for h, _ in shown], "params"),
+                [(str(t.number), *[f"{v * k:.4g}" for v, (_, k) in zip(t.values, shown,
+                                                                       strict=True)],
                   " ".join(f"{k}={v}" for k, v in t.params.items())) for t in best])
+    console.print(f"report: rollbench report experiment=sweep-{name} (every trial is a run "
+                  f"of the MLflow experiment sweep-{name})", soft_wrap=True, markup=False)
     return 0
+
+
+def shown_unit(metric: str) -> tuple[str, float]:
+    """A metric's column header and scale in the terminal (bytes as MiB, seconds as ms)."""
+    from toolkit.metrics import METRICS
+
+    unit = METRICS.get(metric.split("/", 1)[0]).unit
+    return {"bytes": (f"{metric} (MiB)", 2.0**-20), "s": (f"{metric} (ms)", 1e3)}.get(
+        unit, (metric, 1.0))
 
 
 def _whole(key: str, value: Any) -> int:

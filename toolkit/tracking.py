@@ -51,7 +51,7 @@ if TYPE_CHECKING:
 # MLflow 3 sends usage telemetry unless told not to; a benchmark run should not phone home.
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
-EXCLUDED_KEYS = ("run_root", "progress", "tracking", "variant")
+EXCLUDED_KEYS = ("run_root", "progress", "tracking", "variant", "parallel")
 MARKER = "TRACKING_FAILED"
 LOGGED = "mlflow_run.json"
 ARTIFACTS = ("video.mp4", "filmstrip.png", "marks.png", "trace.json", "metrics.json",
@@ -61,6 +61,7 @@ MARKS = (1, 6, 12, 24)
 DEFAULT_EXPERIMENT = "rollbench"
 TAG_CHARS = 1000  # an unavailable measure's reason, as a tag
 log = logging.getLogger("rollbench.tracking")
+_WARNED: set[str] = set()  # the unavailable-measure warnings already given in this process
 
 
 class TrackingWarning(UserWarning):
@@ -198,10 +199,12 @@ def record_run(out: Any, cfg: DictConfig, run_dir: str | Path, model: Any = None
                       options=dict(track.get("options") or {}),
                       backends=dict(track.get("backends") or {}))
     results = compute(inp, track.get("metrics", "world"))
-    if results.unavailable:
+    names = ", ".join(results.unavailable)
+    if results.unavailable and names not in _WARNED:  # once per process (a grid's jobs)
+        _WARNED.add(names)
         log.warning("%s: %d measures unavailable (reasons in metrics.json and the run's "
-                    "unavailable.* tags): %s", run_dir.name, len(results.unavailable),
-                    ", ".join(results.unavailable))
+                    "unavailable.* tags; said once for all jobs here): %s", run_dir.name,
+                    len(results.unavailable), names)
     (run_dir / "metrics.json").write_text(json.dumps(results_json(results, inp), indent=1))
     if frames is not None:
         idx = mark_frames(len(frames), inp.latent_frames, inp.train_frames)
@@ -209,6 +212,7 @@ def record_run(out: Any, cfg: DictConfig, run_dir: str | Path, model: Any = None
     config = canonical_config(cfg)
     tags = {"strategy": strategy_label(cfg.strategy),
             "variant": str(cfg.get("variant") or strategy_label(cfg.strategy)),
+            **({"parallel": str(cfg.parallel)} if (cfg.get("parallel") or 1) > 1 else {}),
             "model": str(cfg.model.get("_target_", "")).rsplit(".", 1)[-1],
             "prompt": _prompt_text(prompt), "run_key": run_key(cfg),
             "run_dir": str(run_dir.resolve()), **git_state(), **versions(), **spec_tags(spec),

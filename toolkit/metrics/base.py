@@ -85,7 +85,8 @@ METRICS: Registry[Metric] = Registry("metric", "rollbench.metrics", "toolkit.met
 #: Named metric sets; a set may also be given as an explicit list of names.
 METRIC_SETS: dict[str, list[str]] = {
     "world": ["drift", "frechet", "start_end_distance", "fidelity", "identity_drift", "vde",
-              "start_end_fidelity_drop", "self_similarity", "repetition", "norepeat", "motion",
+              "fidelity_start", "fidelity_end", "fidelity_mean", "start_end_fidelity_drop",
+              "self_similarity", "repetition", "norepeat", "motion",
               "dynamic_degree", "moving", "sprite_speed", "frozen", "speed_ratio",
               "repetition_excess", "vde_motion", "discontinuity", "boundary_change",
               "boundary_jump", "cache_events", "rope_power", "lpips_step", "kv_bytes",

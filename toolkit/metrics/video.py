@@ -29,11 +29,19 @@ EDGE = 0.15  # start / end contrast: first vs last 15% of the latent frames
 EPS = 1e-8
 
 
-def vde(series: np.ndarray, floor: float = 1e-3) -> float:
-    """Video Drift Error of a per-segment series q: ``sum_i w_i |q_i - q_0| / max(|q_0|, floor)``.
+def vde(series: np.ndarray, relative: bool = False) -> float:
+    """Video Drift Error of a per-segment series q, bounded and finite for any first segment.
 
-    Weights grow linearly with the segment index, ``w_i = i / sum_j j`` over segments
-    ``i = 1 .. S-1`` that are finite, so late drift counts most. 0 means no change.
+    ``sum_i w_i d(q_i, q_0)`` over the finite segments ``i = 1 .. S-1``, with weights growing
+    linearly with the index (``w_i = i / sum_j j``, so late drift counts most) and
+
+    - ``d = |q_i - q_0|`` (default): the change on the measure's own scale, for fractions
+      such as prompt fidelity: vde is then a fraction in [0, 1];
+    - ``d = |q_i - q_0| / (|q_i| + |q_0|)`` (``relative``, 0 when both are 0): the symmetric
+      relative change, in [0, 1] whatever the scale (motion).
+
+    0 means no change. Neither form divides by the first segment alone, so a first segment
+    scoring 0 gives at most 1, never an explosion.
     """
     q = np.asarray(series, dtype=np.float64)
     i = np.arange(len(q))
@@ -41,7 +49,11 @@ def vde(series: np.ndarray, floor: float = 1e-3) -> float:
     if not np.isfinite(q[0]) or not ok.any():
         raise Unavailable("VDE needs a finite first segment and at least one more")
     w = i[ok] / i[ok].sum()
-    return float((w * np.abs(q[ok] - q[0])).sum() / max(abs(q[0]), floor))
+    change = np.abs(q[ok] - q[0])
+    if relative:
+        size = np.abs(q[ok]) + abs(q[0])
+        change = np.divide(change, size, out=np.zeros_like(change), where=size > 0)
+    return float((w * change).sum())
 
 
 # --- shared, cached intermediates ------------------------------------------------------
@@ -159,10 +171,31 @@ def identity_drift(inp: MetricInput) -> np.ndarray:
     return frame_curve(inp, np.where(size > 0, 1.0 - same / np.maximum(size, 1), 0.0))
 
 
-@metric("vde", "lower", "relative change", "scalar", ["frames", "world"])
+@metric("vde", "lower", "fraction", "scalar", ["frames", "world"])
 def vde_fidelity(inp: MetricInput) -> float:
-    """Video Drift Error of the per-segment prompt fidelity (see ``vde``)."""
+    """Video Drift Error of the per-segment prompt fidelity: the weighted mean absolute change
+    from the first segment, late segments weighted most, in [0, 1] (see ``vde``)."""
     return vde(_by_segment(inp, fidelity.fn(inp)[""]))
+
+
+@metric("fidelity_start", "higher", "fraction", "scalar", ["frames", "world"])
+def fidelity_start(inp: MetricInput) -> float:
+    """Prompt fidelity over the first 15% of latent frames."""
+    f = fidelity.fn(inp)[""]
+    return float(np.nanmean(f[:_edges(len(f))]))
+
+
+@metric("fidelity_end", "higher", "fraction", "scalar", ["frames", "world"])
+def fidelity_end(inp: MetricInput) -> float:
+    """Prompt fidelity over the last 15% of latent frames."""
+    f = fidelity.fn(inp)[""]
+    return float(np.nanmean(f[-_edges(len(f)):]))
+
+
+@metric("fidelity_mean", "higher", "fraction", "scalar", ["frames", "world"])
+def fidelity_mean(inp: MetricInput) -> float:
+    """Prompt fidelity over the whole video."""
+    return float(np.nanmean(fidelity.fn(inp)[""]))
 
 
 @metric("start_end_fidelity_drop", "lower", "fraction", "scalar", ["frames", "world"])
@@ -301,10 +334,11 @@ def frozen(inp: MetricInput) -> np.ndarray:
     return frame_curve(inp, np.where(np.isfinite(speed), speed < FROZEN_SPEED, np.nan))
 
 
-@metric("vde_motion", "lower", "relative change", "scalar", ["frames"])
+@metric("vde_motion", "lower", "fraction", "scalar", ["frames"])
 def vde_motion(inp: MetricInput) -> float:
-    """Video Drift Error of the per-segment motion (see ``vde``)."""
-    return vde(_by_segment(inp, motion.fn(inp)))
+    """Video Drift Error of the per-segment motion, symmetric relative change in [0, 1]
+    (see ``vde``)."""
+    return vde(_by_segment(inp, motion.fn(inp)), relative=True)
 
 
 def _boundary_changes(inp: MetricInput) -> tuple[np.ndarray, np.ndarray, float]:
