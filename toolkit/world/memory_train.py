@@ -349,6 +349,28 @@ def export_checkpoint(out: str | Path, folder: str | Path) -> Path:
     return path
 
 
+def export_eval(out: str | Path, step: int, folder: str | Path, name: str = MEMORY_FILE,
+                note: str = "") -> Path:
+    """Export the EMA weights a run saved at a validation point (``<out>/evals/step-N.pt``)
+    as ``folder/name`` with its card: the checkpoint chosen on validation schedules."""
+    state = torch.load(Path(out) / "checkpoint.pt", weights_only=False, map_location="cpu")
+    saved = torch.load(Path(out) / "evals" / f"step-{step}.pt", weights_only=False,
+                       map_location="cpu")
+    cfg = MemoryTrainConfig(**{**state["config"], "export": str(folder)})
+    model = memory_model_from(cfg.init or None)
+    model.load_state_dict(saved["ema"])
+    history = [row for row in state["history"] if row["step"] <= step]
+    path = export(cfg, model.eval(), history, model.card["init"], name)
+    card = json.loads(path.with_suffix(".json").read_text())
+    card.update(steps_done=step, chosen_on="validation layouts (val split) and 24x validation "
+                "schedules", validation=saved["val"], notes=note,
+                validation_curve=[{k: v for k, v in row.items() if k == "step" or
+                                   k.startswith("val_")} for row in state["history"]
+                                  if "val_oracle" in row])
+    path.with_suffix(".json").write_text(json.dumps(card, indent=1))
+    return path
+
+
 def command(cfg: MemoryTrainConfig) -> str:
     """The ``rollbench train world-memory`` line re-creating this run."""
     default = MemoryTrainConfig()
@@ -359,7 +381,7 @@ def command(cfg: MemoryTrainConfig) -> str:
 
 
 def export(cfg: MemoryTrainConfig, model: MemoryWorldModel, history: list[dict[str, Any]],
-           init: dict[str, Any]) -> Path:
+           init: dict[str, Any], name: str = MEMORY_FILE) -> Path:
     """Write world-memory.safetensors and its card (the gates are added by ``gates``)."""
     if cfg.export_from not in ("ema", "model"):
         raise ValueError(f"export_from={cfg.export_from!r}: allowed ['ema', 'model']")
@@ -372,7 +394,7 @@ def export(cfg: MemoryTrainConfig, model: MemoryWorldModel, history: list[dict[s
             "wall_seconds": last.get("elapsed"), "device": cfg.device,
             "exported": cfg.export_from,
             "clip_mix": asdict(ClipMix(memory_share=cfg.memory_share))}
-    path = save_world(model, world_cfg, folder / MEMORY_FILE, card)
+    path = save_world(model, world_cfg, folder / name, card)
     from toolkit.world.memory_eval import record_gates  # evaluation builds on this module
 
     record_gates(path)
