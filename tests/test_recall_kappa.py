@@ -79,26 +79,27 @@ def _recolour_block(video, sched, block, colour="white"):
     return out
 
 
-def test_beyond_counts_only_returns_last_shown_four_or_more_blocks_back(sched):
+def test_beyond_counts_only_returns_last_shown_four_or_more_blocks_back_outside_the_sink(sched):
     """Returns 2-3 blocks back drawn wrong: whole recall falls, ``beyond`` does not; and the
     other way round."""
     moments = return_moments(sched)
     relays = {m.last for m in moments}  # blocks a later return is compared with: left alone
-    near = [m.block for m in moments if m.gap < BEYOND_GAP and m.block not in relays]
-    far = [m.block for m in moments if m.gap >= BEYOND_GAP and m.block not in relays]
+    far_ = [m for m in moments if m.gap >= BEYOND_GAP and m.needed_in(1, 1) == "mid"]
+    near = [m.block for m in moments if m not in far_ and m.block not in relays]
+    far = [m.block for m in far_ if m.block not in relays]
     assert near and far
     video = render(sched)
     for b in near:
         video = _recolour_block(video, sched, b)
     got = recall_beyond.fn(_inp(sched, video))
     assert got["colour"] == 1.0
-    assert got["count"] == sum(m.gap >= BEYOND_GAP for m in moments)
+    assert got["count"] == len(far_)
     assert recall.fn(_inp(sched, video))["colour"] < 1.0
     video = render(sched)
     for b in far:
         video = _recolour_block(video, sched, b)
     got = recall_beyond.fn(_inp(sched, video))["colour"]
-    assert got == pytest.approx(1 - len(far) / sum(m.gap >= BEYOND_GAP for m in moments))
+    assert got == pytest.approx(1 - len(far) / len(far_))
 
 
 def test_swap_returns_on_truth(sched):
@@ -203,9 +204,8 @@ def test_selection_hit_rates_from_the_trace(memory_model):
                           spec=memory_model.spec)
         got[pick] = selection.fn(inp)
     assert got["needed"]["hit"] == 1.0  # every return's last shown block is kept somewhere
-    # 4+ blocks back: the wrong oracle holds a needed block only when the sink showed it
-    beyond = [m for m in return_moments(sched) if m.gap >= BEYOND_GAP]
-    assert got["wrong"]["hit_beyond"] == pytest.approx(np.mean([0 in m.shown for m in beyond]))
+    # beyond (4+ blocks back, not in the sink): only the mid history could hold it
+    assert got["wrong"]["hit_beyond"] == 0.0
     assert got["wrong"]["hit"] < 1.0
     out.trace.blocks[0].attended = None
     with pytest.raises(Unavailable, match="attended"):

@@ -45,7 +45,16 @@ SINK_BLOCKS, RECENT_BLOCKS = 1, 1  # the memory world's default partitions (memo
 POSITION_PX = 2.0  # a position within this many pixels of the last one drawn counts as recalled
 GAP_BINS = ((2, 2), (3, 3), (4, 8), (9, 10**9))  # blocks since the sprite was last shown
 BEYOND_GAP = 4  # ``recall/beyond``: last shown 4+ blocks (16 frames) back, outside the default
-# windows and recent partitions, whatever a strategy's own partition sizes
+# windows and recent partitions, and never shown in the first block (which every sink keeps)
+
+
+def is_beyond(row: dict) -> bool:
+    """A return only memory can answer, defined by the schedule alone: its sprite was last
+    shown ``BEYOND_GAP`` or more blocks before and never in the video's first block (a return
+    the sink holds is no test of memory: with no mid history at all, sink + recent answered
+    0.66 of such returns at chance 0.23 on validation schedules)."""
+    return row["gap"] >= BEYOND_GAP and row["where"] == "mid"
+
 
 
 @dataclass(frozen=True)
@@ -199,10 +208,10 @@ def kappa(recall: float, chance_level: float) -> float:
 @metric("recall_beyond", "higher", "fraction", "scalar", needs=("frames", "world"),
         series=("", "colour", "count", "unreadable"))
 def recall_beyond(inp: MetricInput) -> dict[str, float]:
-    """Recall of returns whose sprite was last shown ``BEYOND_GAP`` (4) or more blocks before:
-    outside the default windows and recent partitions, so only memory brings them back.
+    """Recall of returns only memory can answer (``is_beyond``: last shown 4+ blocks before,
+    never in the first block): outside the default windows, recent partitions and sinks.
     ``count``: such returns readable (their earlier block shows a sprite); ``unreadable``: not."""
-    part = [r for r in moment_rows(inp) if r["gap"] >= BEYOND_GAP]
+    part = [r for r in moment_rows(inp) if is_beyond(r)]
     return {"": _mean(part, "identity"), "colour": _mean(part, "colour"),
             "count": float(sum(r["readable"] for r in part)),
             "unreadable": float(sum(not r["readable"] for r in part))}
@@ -213,11 +222,11 @@ def recall_beyond(inp: MetricInput) -> dict[str, float]:
 def recall_kappa(inp: MetricInput) -> dict[str, float]:
     """Chance-corrected recall, (recall - chance) / (1 - chance), with the run's own chance
     level (``recall_chance``: returns compared with what was drawn for other sprites), for all
-    returns, ``beyond`` (last shown 4+ blocks back) and ``mid`` (needed blocks only in the mid
-    history); identity and colour. A run that draws one colour has colour kappa 0."""
+    returns, ``beyond`` (``is_beyond``) and ``mid`` (needed blocks only in the mid history);
+    identity and colour. A run that draws one colour has colour kappa 0."""
     rows = moment_rows(inp)
     odds = chance(rows)
-    parts = {"": rows, "beyond": [r for r in rows if r["gap"] >= BEYOND_GAP],
+    parts = {"": rows, "beyond": [r for r in rows if is_beyond(r)],
              "mid": [r for r in rows if r["where"] == "mid"]}
     out = {}
     for name, part in parts.items():
@@ -294,7 +303,7 @@ def selection(inp: MetricInput) -> dict[str, float]:
     for r in moment_rows(inp):
         layers = [bool(set(att) & set(moments[r["block"]].shown)) for att in by_block[r["block"]]]
         pairs += layers
-        if r["gap"] >= BEYOND_GAP:
+        if is_beyond(r):
             beyond += layers
         if all(layers):
             hit_rows.append(r)

@@ -1,7 +1,8 @@
 """The memory model's gates at 24x, where the memory claims are tested.
 
-Four rollout arms per schedule, 480 latent frames each, colour recall of the returns whose
-sprite was last shown 4+ blocks back (``recall_beyond``), chance the arm's own (returns
+Four rollout arms per schedule, 480 latent frames each, colour recall of the returns only
+memory can answer (``is_beyond``: last shown 4+ blocks back, never in the first block, which
+every sink keeps), chance the arm's own (returns
 compared with what was drawn for other sprites, pooled over the arm's schedules):
 
 - ``oracle`` (sink + recent + the last 2 needed blocks): kappa >= ``ORACLE_KAPPA``;
@@ -30,7 +31,7 @@ from scipy import stats
 from tqdm.auto import tqdm
 
 from toolkit.metrics import MetricInput, Unavailable
-from toolkit.metrics.recall import BEYOND_GAP, chance, kappa, moment_rows
+from toolkit.metrics.recall import chance, is_beyond, kappa, moment_rows
 from toolkit.rollout import rollout
 from toolkit.world.memory_eval import as_prompt
 from toolkit.world.memory_reference import Oracle, swap_partner
@@ -81,7 +82,7 @@ def arm_rows(model: Any, strategy: Any, seed: int, split: str, frames: int) -> l
 
 def summarise(rows: list[dict]) -> dict[str, float]:
     """Colour recall, chance and kappa (all returns and ``beyond``) of pooled rows."""
-    beyond = [r for r in rows if r["gap"] >= BEYOND_GAP and "colour" in r]
+    beyond = [r for r in rows if is_beyond(r) and "colour" in r]
     every = [r for r in rows if "colour" in r]
     try:
         odds = chance(rows)["colour"]
@@ -105,7 +106,7 @@ def paired_bracket(per_seed: dict[str, dict[int, list[dict]]]) -> dict[str, floa
     for seed, rows in per_seed["oracle"].items():
         wrong = {r["block"]: r for r in per_seed["oracle-wrong"][seed]}
         pairs = [(r["colour"], wrong[r["block"]]["colour"]) for r in rows
-                 if r["gap"] >= BEYOND_GAP and "colour" in r and "colour" in wrong[r["block"]]]
+                 if is_beyond(r) and "colour" in r and "colour" in wrong[r["block"]]]
         if pairs:
             diffs.append(float(np.mean([a - b for a, b in pairs])))
     n = len(diffs)
