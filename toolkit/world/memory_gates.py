@@ -12,6 +12,10 @@ compared with what was drawn for other sprites, pooled over the arm's schedules)
   in >= ``SWAP`` of the swap returns where the two drawn colours differ;
 - ``sink`` + recent, no memory: kappa <= ``NO_MEMORY_KAPPA``.
 
+Chance is each run's own (see ``summarise``); ``beyond_truth`` (the colour the introducing
+prompt named) is reported beside it: a run that copies its sink at every return agrees with
+itself but not with the truth.
+
 Choices (recipe, sampler, checkpoint) are made on validation schedules (``split="val"``); the
 gate set (``GATE_SEEDS`` of the held-out split, never read before this model) is read once per
 candidate model and the result written into its card.
@@ -80,19 +84,40 @@ def arm_rows(model: Any, strategy: Any, seed: int, split: str, frames: int) -> l
     return rows
 
 
-def summarise(rows: list[dict]) -> dict[str, float]:
-    """Colour recall, chance and kappa (all returns and ``beyond``) of pooled rows."""
-    beyond = [r for r in rows if is_beyond(r) and "colour" in r]
-    every = [r for r in rows if "colour" in r]
+def _chance(rows: list[dict]) -> float:
     try:
-        odds = chance(rows)["colour"]
-    except Unavailable:
-        odds = float("nan")
+        return chance(rows)["colour"]
+    except Unavailable:  # fewer than two readable sprites in the video
+        return float("nan")
+
+
+def summarise(by_seed: dict[int, list[dict]]) -> dict[str, float]:
+    """Colour recall, chance and kappa (all returns and ``beyond``) of one arm. Chance is each
+    run's own (its returns against what it drew for its other sprites), averaged with the
+    weight of the run's moments: a run that copies one visible sprite (e.g. the sink's) at
+    every return agrees with itself, and its own chance says so; chance pooled over runs would
+    not."""
+    rows = [r for rs in by_seed.values() for r in rs]
+    every = [r for r in rows if "colour" in r]
+    beyond = [r for r in every if is_beyond(r)]
+
+    def weighted_chance(keep) -> float:
+        pairs = [(_chance(rs), sum(1 for r in rs if "colour" in r and keep(r)))
+                 for rs in by_seed.values()]
+        pairs = [(c, n) for c, n in pairs if n and np.isfinite(c)]
+        total = sum(n for _, n in pairs)
+        return sum(c * n for c, n in pairs) / total if total else float("nan")
+
     col = float(np.mean([r["colour"] for r in every])) if every else float("nan")
     bey = float(np.mean([r["colour"] for r in beyond])) if beyond else float("nan")
+    odds, odds_beyond = weighted_chance(lambda r: True), weighted_chance(is_beyond)
+    truth = [r for r in beyond if r["back"].colour is not None]
     swaps = [r["swap"] for r in rows if "swap" in r]
-    return {"colour": col, "beyond": bey, "chance": odds, "kappa": kappa(col, odds),
-            "kappa_beyond": kappa(bey, odds), "beyond_n": float(len(beyond)),
+    return {"colour": col, "beyond": bey, "chance": odds, "chance_beyond": odds_beyond,
+            "kappa": kappa(col, odds), "kappa_beyond": kappa(bey, odds_beyond),
+            "beyond_truth": float(np.mean([r["back"].colour == r["truth"].colour
+                                           for r in truth])) if truth else float("nan"),
+            "beyond_n": float(len(beyond)),
             "unreadable": float(sum(not r["readable"] for r in rows)),
             "swap_needed": float(np.mean([s[0] for s in swaps])) if swaps else float("nan"),
             "swap_wrong": float(np.mean([s[1] for s in swaps])) if swaps else float("nan"),
@@ -117,16 +142,40 @@ def paired_bracket(per_seed: dict[str, dict[int, list[dict]]]) -> dict[str, floa
     return {"mean": mean, "low": mean - half, "high": mean + half, "n": float(n)}
 
 
+def _seed_rows(path: str, seeds: Sequence[int], split: str, frames: int
+               ) -> dict[str, dict[int, list[dict]]]:
+    """Rows of every arm for some schedules, in a worker process (one thread)."""
+    from toolkit.world.model import load_world
+
+    torch.set_num_threads(1)
+    model = load_world(path)
+    bf = model.spec.block_frames
+    return {name: {seed: arm_rows(model, strategy, seed, split, frames) for seed in seeds}
+            for name, strategy in arms(bf).items()}
+
+
 def measure(model: Any, seeds: Sequence[int] = GATE_SEEDS, split: str = "heldout",
-            frames: int = FRAMES, progress: bool = True) -> dict[str, Any]:
-    """Run the four arms on every schedule and apply the gates."""
+            frames: int = FRAMES, progress: bool = True, workers: int = 1,
+            path: str | None = None) -> dict[str, Any]:
+    """Run the four arms on every schedule and apply the gates (``workers`` > 1: processes
+    splitting the schedules, each loading the weights at ``path``; same numbers)."""
     bf = model.spec.block_frames
     per_seed: dict[str, dict[int, list[dict]]] = {name: {} for name in arms(bf)}
-    jobs = [(name, seed) for seed in seeds for name in arms(bf)]
-    for name, seed in tqdm(jobs, desc=f"gates ({split})", disable=not progress):
-        per_seed[name][seed] = arm_rows(model, arms(bf)[name], seed, split, frames)
-    summary = {name: summarise([r for rows in by.values() for r in rows])
-               for name, by in per_seed.items()}
+    if workers > 1 and path:
+        from concurrent.futures import ProcessPoolExecutor
+
+        parts = [list(seeds)[i::workers] for i in range(workers)]
+        with ProcessPoolExecutor(workers) as pool:
+            for got in pool.map(_seed_rows, [path] * workers, parts, [split] * workers,
+                                [frames] * workers):
+                for name, by in got.items():
+                    per_seed[name].update(by)
+        per_seed = {name: dict(sorted(by.items())) for name, by in per_seed.items()}
+    else:
+        jobs = [(name, seed) for seed in seeds for name in arms(bf)]
+        for name, seed in tqdm(jobs, desc=f"gates ({split})", disable=not progress):
+            per_seed[name][seed] = arm_rows(model, arms(bf)[name], seed, split, frames)
+    summary = {name: summarise(by) for name, by in per_seed.items()}
     bracket = paired_bracket(per_seed)
     checks = {
         f"oracle kappa (beyond, colour) >= {ORACLE_KAPPA}":
@@ -137,12 +186,14 @@ def measure(model: Any, seeds: Sequence[int] = GATE_SEEDS, split: str = "heldout
         f"no memory (sink + recent): kappa (beyond, colour) <= {NO_MEMORY_KAPPA}":
             summary["no-memory"]["kappa_beyond"] <= NO_MEMORY_KAPPA,
     }
+    checks = {k: bool(v) for k, v in checks.items()}
+    bracket = {k: float(v) for k, v in bracket.items()}
     return {"split": split, "seeds": list(seeds), "frames": frames, "arms": summary,
             "bracket": bracket, "checks": checks, "passed": all(checks.values())}
 
 
 def record(path: str | Path, seeds: Sequence[int] = GATE_SEEDS, split: str = "heldout",
-           key: str = "gates_24x") -> dict[str, Any]:
+           key: str = "gates_24x", workers: int = 1) -> dict[str, Any]:
     """Measure a memory model's 24x gates on one thread and write them into its card."""
     from toolkit.weights import find_weights
     from toolkit.world.model import load_world
@@ -151,7 +202,7 @@ def record(path: str | Path, seeds: Sequence[int] = GATE_SEEDS, split: str = "he
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        result = measure(load_world(path), seeds, split)
+        result = measure(load_world(path), seeds, split, workers=workers, path=str(path))
     finally:
         torch.set_num_threads(threads)
     card_path = Path(path).with_suffix(".json")
@@ -172,9 +223,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("weights")
     parser.add_argument("--split", choices=("heldout", "val"), default="heldout")
     parser.add_argument("--seeds", type=int, default=len(GATE_SEEDS))
+    parser.add_argument("--workers", type=int, default=1)
     args = parser.parse_args(argv)
     if args.split == "heldout":
-        result = record(args.weights, GATE_SEEDS[:args.seeds])
+        result = record(args.weights, GATE_SEEDS[:args.seeds], workers=args.workers)
     else:
         from toolkit.world.model import load_world
 
