@@ -240,9 +240,9 @@ def load_world(
             f"unexpected {unexpected[:5]}"
         )
     model.card = card
-    gates = card.get("gates")
-    if gates and not gates.get("passed", True):  # shipped as a candidate: say so at every load
-        failed = [name for name, ok in gates["checks"].items() if not ok]
+    failed = [name for key in ("gates", "gates_24x") for name, ok in
+              (card.get(key) or {}).get("checks", {}).items() if not ok]
+    if failed:  # shipped as a candidate: say so at every load
         warnings.warn(f"{path.name} fails its gates ({'; '.join(failed)}); see {card_path.name}",
                       stacklevel=2)
     return model.eval().to(device)
