@@ -4,7 +4,7 @@
 ``pack_layout`` turns that into positions and a mask over [clean clip | noisy clip] queries and
 [clean | noisy | compressed mid] keys; ``compressed_kv`` computes the mid blocks' K/V through
 the strategy's own code path; ``predict`` runs the pass. The world's PackForcing recipe
-(``toolkit.world.pf_train``) trains through it; its tests pin it to a cached PackForcing
+(``toolkit.worlds.sprites.pf_train``) trains through it; its tests pin it to a cached PackForcing
 rollout. Any ``WanCausalModel`` works (nothing here knows a concrete model).
 
 Conditioning ``cond`` is (B, L, C), one prompt for the clip, or (B, blocks, L, C), each block

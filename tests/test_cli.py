@@ -298,7 +298,7 @@ def test_training_settings_are_plain_fields_even_when_a_group_shares_the_name(mo
     """`rollbench train packforcing compressor=hr`: `compressor` is also a config group;
     a typo'd setting gets did-you-mean."""
     from toolkit.recipes import RECIPES, Recipe
-    from toolkit.world.pf_train import PFTrainConfig
+    from toolkit.worlds.sprites.pf_train import PFTrainConfig
 
     got = []
     monkeypatch.setitem(RECIPES._items, "packforcing",

@@ -10,7 +10,7 @@ from strategies.packforcing import PackForcing
 from toolkit.config import build_strategy, compose_config
 from toolkit.rollout import rollout
 from toolkit.specmodel import wan_spec_model
-from toolkit.world.model import WorldConfig, build_world
+from toolkit.worlds.sprites.model import WorldConfig, build_world
 
 CONFIGS = Path(__file__).resolve().parent.parent / "ablations" / "compressor"
 

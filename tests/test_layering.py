@@ -34,14 +34,14 @@ def test_findings_and_reports_do_not_import_each_other():
 
 def test_strategies_do_not_import_the_world():
     """Strategies are written against the contract and the generic model, never one concrete
-    model: nothing under strategies/ imports toolkit.world (weights are found through
-    toolkit.weights; the world's PackForcing recipe lives in toolkit/world/pf_train.py)."""
+    model: nothing under strategies/ imports toolkit.worlds (weights are found through
+    toolkit.weights; the world's PackForcing recipe lives in toolkit/worlds/sprites/pf_train.py)."""
     root = Path(__file__).resolve().parents[1]
     files = sorted((root / "strategies").rglob("*.py"))
     assert len(files) >= 10  # the check reads the package, compressors included
     world = {str(p.relative_to(root)): sorted(m for m in imports_of(p)
                                               if m == "toolkit.world" or
-                                              m.startswith("toolkit.world."))
+                                              m.startswith(("toolkit.world.", "toolkit.worlds")))
              for p in files}
     assert {p: m for p, m in world.items() if m} == {}
 

@@ -22,7 +22,7 @@ from toolkit.metrics import METRICS, MetricInput, Unavailable, compute
 from toolkit.metrics.boundary import events, rope_periods
 from toolkit.spec import ModelSpec
 from toolkit.trace import BlockRecord, Trace
-from toolkit.world import BACKGROUNDS, prompt_for_seed, simulate, split_seed
+from toolkit.worlds.sprites import BACKGROUNDS, prompt_for_seed, simulate, split_seed
 
 # the world model's sizes: head_dim 32 -> 12 time dims -> RoPE periods 6.3, 29.2, 135.4 ... frames
 SPEC = ModelSpec(num_layers=1, num_heads=1, head_dim=32, latent_channels=12, latent_height=8,
@@ -256,7 +256,7 @@ def test_declared_series_are_what_the_metrics_return():
 # --- the memory world's recall, and the whole path from logged series ------------------
 def test_recall_measures_of_the_memory_world_are_findings_measures():
     from toolkit.schedule import PromptSchedule
-    from toolkit.world.scenes import render, schedule_for_seed
+    from toolkit.worlds.memory.scenes import render, schedule_for_seed
 
     sched = schedule_for_seed(0, 30)
     prompt = PromptSchedule(tuple((b * 4, s) for b, s in enumerate(sched.shots)))
@@ -276,7 +276,7 @@ def test_recall_measures_of_the_memory_world_are_findings_measures():
 
 def test_memory_world_motion_can_fall():
     from toolkit.schedule import PromptSchedule
-    from toolkit.world.scenes import render, schedule_for_seed
+    from toolkit.worlds.memory.scenes import render, schedule_for_seed
 
     sched = schedule_for_seed(1, 30)
     prompt = PromptSchedule(tuple((b * 4, s) for b, s in enumerate(sched.shots)))

@@ -20,7 +20,7 @@ from toolkit.metrics.features import make_backend
 from toolkit.metrics.real import consistency, dynamic_rule, interpolate_middle, prompt_text
 from toolkit.spec import ModelSpec
 from toolkit.tracking import resolve_uri
-from toolkit.world import prompt_for_seed, simulate, split_seed
+from toolkit.worlds.sprites import prompt_for_seed, simulate, split_seed
 
 REAL = ["subject_consistency", "subject_consistency_score", "background_consistency",
         "background_consistency_score", "clip_score", "clip_drift", "clip_drift_end",

@@ -307,7 +307,7 @@ def test_compressor_module_survives_rebind():
 @pytest.mark.parametrize("positions", ["shift", "repack"])
 def test_world_24x_rollout_is_flat_and_selection_is_cheap(positions):
     """480 latent frames on the world architecture (random init: same sizes and speed)."""
-    from toolkit.world.model import WorldConfig, build_world
+    from toolkit.worlds.sprites.model import WorldConfig, build_world
 
     model = build_world(WorldConfig()).eval()
     pf = PackForcing(positions=positions)

@@ -12,8 +12,8 @@ from strategies.packforcing import PackForcing
 from strategies.packforcing_layout import block_errors, contexts, pack_layout, predict
 from toolkit.rollout import BlockDriver, rollout
 from toolkit.rope import grid_positions
-from toolkit.world.model import load_world
-from toolkit.world.pf_train import (
+from toolkit.worlds.sprites.model import load_world
+from toolkit.worlds.sprites.pf_train import (
     COMPRESSOR_FILE,
     PFTrainConfig,
     build_modules,

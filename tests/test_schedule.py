@@ -41,7 +41,7 @@ def test_switch_off_a_block_boundary_is_an_error(tiny):
 
 
 def test_unknown_prompt_fails_before_any_block():
-    from toolkit.world.model import load_world
+    from toolkit.worlds.sprites.model import load_world
 
     model = load_world()
     with pytest.raises(ValueError, match="cannot parse prompt text 'a purple moon'"):

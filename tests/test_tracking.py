@@ -28,7 +28,7 @@ from toolkit.tracking import (
     resolve_uri,
     run_key,
 )
-from toolkit.world import prompt_for_seed, simulate, split_seed
+from toolkit.worlds.sprites import prompt_for_seed, simulate, split_seed
 
 SPEC = ModelSpec(num_layers=1, num_heads=1, head_dim=24, latent_channels=12, latent_height=8,
                  latent_width=8, block_frames=4, train_frames=20)
@@ -255,7 +255,7 @@ def test_learned_compressor_weights_are_recorded(tmp_path, store):
     assert main(["run", "model=world-pf", "strategy=packforcing-world", "video.latent_frames=8",
                  f"run_root={tmp_path}", "progress=false", "tracking.metrics=fast"]) == 0
     row = search(store).iloc[0]
-    card = json.loads((Path(__file__).parents[1] / "toolkit/world/weights/"
+    card = json.loads((Path(__file__).parents[1] / "toolkit/worlds/sprites/weights/"
                        "compressor-hr.json").read_text())
     assert row["tags.provenance.compressor_sha256"] == card["sha256"]
     assert row["tags.provenance.compressor_trained_for"] == \

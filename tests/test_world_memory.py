@@ -5,8 +5,9 @@ import json
 import pytest
 import torch
 
-from toolkit.world.memory_eval import COMPRESSED_USE_GATE, USE_RATIO_GATE, memory_gates
-from toolkit.world.model import WEIGHTS_DIR, load_world
+from toolkit.worlds.memory import WEIGHTS_DIR
+from toolkit.worlds.memory.evaluate import COMPRESSED_USE_GATE, USE_RATIO_GATE, memory_gates
+from toolkit.worlds.sprites.model import load_world
 
 VARIANTS = ("hr", "lr", "dual")
 
@@ -95,7 +96,7 @@ def test_run_world_memory_at_1x_and_24x(tmp_path):
 def test_a_shipped_memory_model_can_be_trained_further(name):
     """`rollbench train world-memory init=NAME` starts from it as it is (the next candidate,
     run F, ships for that)."""
-    from toolkit.world.memory_train import memory_model_from
+    from toolkit.worlds.memory.train import memory_model_from
 
     with pytest.warns(UserWarning):  # both fail their colour gate, and say so at every load
         shipped = load_world(name)

@@ -8,9 +8,9 @@ import torch
 
 from strategies import Window
 from toolkit.rollout import rollout
-from toolkit.world.model import WEIGHTS_DIR, PixelVAE, load_world
-from toolkit.world.sim import prompt_for_seed, sample_batch
-from toolkit.world.train import TrainConfig, teacher_forcing_layout, train
+from toolkit.worlds.sprites.model import WEIGHTS_DIR, PixelVAE, load_world
+from toolkit.worlds.sprites.sim import prompt_for_seed, sample_batch
+from toolkit.worlds.sprites.train import TrainConfig, teacher_forcing_layout, train
 
 SHIPPED = WEIGHTS_DIR / "world-model.safetensors"
 

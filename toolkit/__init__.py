@@ -1,1 +1,8 @@
-"""rollbench's harness: model protocol, rollout loop, positions, cache base classes, world."""
+"""rollbench's harness: the core (strategy contract, rollout), runs, benches, models, worlds.
+
+Importing the package installs the finder of old module paths (``toolkit.compat``).
+"""
+
+from toolkit import compat
+
+compat.install()

@@ -21,15 +21,15 @@ RECIPES: Registry[Recipe] = Registry("training recipe", "rollbench.recipes", "to
 
 
 def _builtin() -> None:
-    from toolkit.world.train import TrainConfig, train
+    from toolkit.worlds.sprites.train import TrainConfig, train
 
     RECIPES.register("world-model")(Recipe(TrainConfig, train))
 
-    from toolkit.world.memory_train import MemoryTrainConfig, train_memory
+    from toolkit.worlds.memory.train import MemoryTrainConfig, train_memory
 
     RECIPES.register("world-memory")(Recipe(MemoryTrainConfig, train_memory))
 
-    from toolkit.world.pf_train import PFTrainConfig, train_packforcing
+    from toolkit.worlds.sprites.pf_train import PFTrainConfig, train_packforcing
 
     RECIPES.register("packforcing")(Recipe(PFTrainConfig, train_packforcing))
 

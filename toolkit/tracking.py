@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
+from toolkit.compat import old_path
 from toolkit.config import strategy_label
 from toolkit.stores import check_store, database_url, mask, timeout
 
@@ -96,9 +97,21 @@ def canonical_config(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
 
 
 def run_key(cfg: DictConfig | Mapping[str, Any]) -> str:
-    """sha256 of the canonical JSON of :func:`canonical_config` (same config, same key)."""
-    text = json.dumps(canonical_config(cfg), sort_keys=True, separators=(",", ":"), default=str)
+    """sha256 of the canonical JSON of :func:`canonical_config` (same config, same key).
+
+    ``_target_`` paths are hashed as they were first spelled (``toolkit.compat.old_path``): a
+    module that moves, or a config naming its old path, keeps the key of the stored runs.
+    """
+    text = json.dumps(_first_targets(canonical_config(cfg)), sort_keys=True,
+                      separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _first_targets(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {k: old_path(v) if k == "_target_" and isinstance(v, str) else _first_targets(v)
+                for k, v in node.items()}
+    return [_first_targets(v) for v in node] if isinstance(node, list) else node
 
 
 def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, str]:

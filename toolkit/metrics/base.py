@@ -177,7 +177,7 @@ class MetricInput:
         frames: (F, 3, H, W) in [0, 1], or None when the model has no VAE.
         latents: (C, L, h, w) latents of the same video, or None.
         trace: the rollout's Trace, or None.
-        prompt: the prompt (a ``toolkit.world.Prompt`` enables the world analysers).
+        prompt: the prompt (a ``toolkit.worlds.sprites.Prompt`` enables the world analysers).
         spec: the model's spec (block size, training length).
         references: real clips of the same prompt (N, F, 3, H, W); None: built from the world
             simulator when the prompt is a world prompt.
@@ -256,8 +256,8 @@ class MetricInput:
         return self.trace
 
     def world_prompt(self) -> Any:
-        """The prompt as a ``toolkit.world.Prompt``, else Unavailable."""
-        from toolkit.world import Prompt
+        """The prompt as a ``toolkit.worlds.sprites.Prompt``, else Unavailable."""
+        from toolkit.worlds.sprites import Prompt
 
         if isinstance(self.prompt, Prompt):
             return self.prompt

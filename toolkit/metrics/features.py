@@ -47,7 +47,7 @@ class WorldFeatures:
         self.grid, self.centroid_weight, self.grid_weight = grid, centroid_weight, grid_weight
 
     def __call__(self, frames: np.ndarray) -> np.ndarray:
-        from toolkit.world.analyse import _N_SPRITE, _NAMES, _UNKNOWN_ID, classify_pixels
+        from toolkit.worlds.sprites.analyse import _N_SPRITE, _NAMES, _UNKNOWN_ID, classify_pixels
 
         f, _, h, w = frames.shape
         cls = classify_pixels(frames)  # (F, H, W)

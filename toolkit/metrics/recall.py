@@ -1,16 +1,15 @@
 """Recall measures of the memory world: did the sprite that comes back match the one shown?
 
-The run's prompt is a schedule of memory-world shots (``toolkit.world.scenes``); from the shots
-alone follow the return moments (every cut back to a scene). The analysers read every frame of
-the GENERATED video (with the memory world's backgrounds); a block's sprite is the colour read
-in most of the frames where a sprite is read, with the shape read most often (``unknown`` when
-no frame's shape is readable); a block in which no frame shows a sprite has none. For each
-return moment the sprite of the returning block is compared with the sprite the model itself
-drew in the last block that showed that scene's sprite (``drawn``): memory of what it made, not
-of the simulator's truth. Moments where that
-earlier block shows no readable sprite cannot test recall and are left out (counted in
-``recall_moments/unreadable``). Against the prompt's truth, ``recall_truth`` compares with
-the sprite the introducing shot named.
+The run's prompt is a schedule of memory-world shots (``toolkit.worlds.memory.scenes``); from
+the shots alone follow the return moments (every cut back to a scene). The analysers read every
+frame of the GENERATED video (with the memory world's backgrounds); a block's sprite is the
+colour read in most of the frames where a sprite is read, with the shape read most often
+(``unknown`` when no frame's shape is readable); a block in which no frame shows a sprite has
+none. For each return moment the sprite of the returning block is compared with the sprite the
+model itself drew in the last block that showed that scene's sprite (``drawn``): memory of what
+it made, not of the simulator's truth. Moments where that earlier block shows no readable sprite
+cannot test recall and are left out (counted in ``recall_moments/unreadable``). Against the
+prompt's truth, ``recall_truth`` compares with the sprite the introducing shot named.
 
 Chance: colours are drawn uniformly from 4 and shapes from 3, so a model that redraws a random
 sprite scores 0.25 (colour), 0.33 (shape), 0.083 (both). ``recall_chance`` measures the
@@ -58,7 +57,7 @@ class BlockSprite:
 
 
 def _shots(inp: MetricInput) -> list:
-    from toolkit.world.scenes import Shot
+    from toolkit.worlds.memory.scenes import Shot
 
     sched = inp.prompt
     if not hasattr(sched, "at"):
@@ -74,15 +73,15 @@ def _shots(inp: MetricInput) -> list:
 
 
 def _moments(inp: MetricInput) -> list:
-    from toolkit.world.scenes import return_moments
+    from toolkit.worlds.memory.scenes import return_moments
 
     return inp.cached("moments", lambda: return_moments(_shots(inp)))
 
 
 def block_sprites(inp: MetricInput) -> list[BlockSprite]:
     """The sprite read in every block of the generated video."""
-    from toolkit.world.analyse import analyse_video
-    from toolkit.world.scenes import SCENE_BACKGROUNDS
+    from toolkit.worlds.memory.scenes import SCENE_BACKGROUNDS
+    from toolkit.worlds.sprites.analyse import analyse_video
 
     def make() -> list[BlockSprite]:
         frames = inp.need_frames()
@@ -240,7 +239,7 @@ def recall_moments(inp: MetricInput) -> dict[str, float]:
 def continuity(inp: MetricInput) -> dict[str, float]:
     """Across block boundaries WITHOUT a cut (the same sprite stays on screen): share where the
     sprite keeps its colour and shape: the model's own consistency, the ceiling of recall."""
-    from toolkit.world.scenes import instances_of
+    from toolkit.worlds.memory.scenes import instances_of
 
     shots, sprites = _shots(inp), block_sprites(inp)
     inst = instances_of(shots)
@@ -259,8 +258,8 @@ def continuity(inp: MetricInput) -> dict[str, float]:
 def scene_fidelity(inp: MetricInput) -> dict[str, np.ndarray]:
     """Per frame: the background is the shot's scene (``""``); on new shots, the sprite is the
     one the prompt names (``intro``, NaN elsewhere)."""
-    from toolkit.world.analyse import analyse_video
-    from toolkit.world.scenes import SCENE_BACKGROUNDS
+    from toolkit.worlds.memory.scenes import SCENE_BACKGROUNDS
+    from toolkit.worlds.sprites.analyse import analyse_video
 
     shots, bf = _shots(inp), inp.block_frames
     obs = inp.cached("scene_obs", lambda: analyse_video(inp.need_frames(), SCENE_BACKGROUNDS))
@@ -276,8 +275,8 @@ def scene_fidelity(inp: MetricInput) -> dict[str, np.ndarray]:
 
 def scene_speeds(inp: MetricInput) -> np.ndarray:
     """Per pixel frame, the largest sprite's speed inside its block (NaN where unread)."""
-    from toolkit.world.analyse import analyse_video
-    from toolkit.world.scenes import SCENE_BACKGROUNDS
+    from toolkit.worlds.memory.scenes import SCENE_BACKGROUNDS
+    from toolkit.worlds.sprites.analyse import analyse_video
 
     def make() -> np.ndarray:
         obs = inp.cached("scene_obs", lambda: analyse_video(inp.need_frames(), SCENE_BACKGROUNDS))
@@ -297,7 +296,7 @@ def scene_speeds(inp: MetricInput) -> np.ndarray:
 @metric("scene_speed_ratio", "higher", "ratio", "curve_frame", needs=("frames", "world"))
 def scene_speed_ratio(inp: MetricInput) -> np.ndarray:
     """Sprite speed inside blocks over the shot's speed (1 = the simulator's pace, 0 = frozen)."""
-    from toolkit.world.sim import SPEEDS
+    from toolkit.worlds.sprites.sim import SPEEDS
 
     shots = _shots(inp)
     want = np.array([SPEEDS[shots[t // inp.block_frames].speed]
@@ -308,7 +307,7 @@ def scene_speed_ratio(inp: MetricInput) -> np.ndarray:
 @metric("scene_frozen", "lower", "fraction of frames", "curve_frame", needs=("frames", "world"))
 def scene_frozen(inp: MetricInput) -> np.ndarray:
     """1 where the sprite stands still inside its block (under 0.1 px/frame), NaN where unread."""
-    from toolkit.world.evaluate import FROZEN_SPEED
+    from toolkit.worlds.sprites.evaluate import FROZEN_SPEED
 
     _shots(inp)  # a memory-world schedule, else unavailable
     speed = scene_speeds(inp)

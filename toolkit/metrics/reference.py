@@ -40,7 +40,7 @@ def _same_length(inp: MetricInput, refs: np.ndarray) -> np.ndarray:
 
 def reference_speed(inp: MetricInput) -> float:
     """Mean sprite speed (px/frame) the analysers read on the real clips of the prompt."""
-    from toolkit.world import video_report
+    from toolkit.worlds.sprites import video_report
 
     def make() -> float:
         prompt = inp.world_prompt()

@@ -65,7 +65,7 @@ def _edges(n: int) -> int:
 
 def world_report(inp: MetricInput) -> dict[str, np.ndarray]:
     """The analysers' per-frame report of the video against its world prompt (cached)."""
-    from toolkit.world import video_report
+    from toolkit.worlds.sprites import video_report
 
     return inp.cached("report", lambda: video_report(inp.need_frames(), inp.world_prompt()))
 
@@ -95,7 +95,7 @@ def reference_clips(inp: MetricInput) -> np.ndarray:
     def make() -> np.ndarray:
         refs = inp.references
         if refs is None:
-            from toolkit.world import simulate, split_seed
+            from toolkit.worlds.sprites import simulate, split_seed
 
             prompt = inp.world_prompt()
             n = int(inp.options.get("references", 4))
@@ -145,7 +145,7 @@ def identity_drift(inp: MetricInput) -> np.ndarray:
     The opening identity is the most common multiset of readings over the first segment;
     a frame scores ``1 - |seen & opening| / max(|seen|, |opening|)`` (0 when both are empty).
     """
-    from toolkit.world import analyse_video
+    from toolkit.worlds.sprites import analyse_video
 
     inp.world_prompt()
     frames = inp.cached("observations", lambda: analyse_video(inp.need_frames()))
@@ -290,12 +290,13 @@ def sprite_speed(inp: MetricInput) -> np.ndarray:
 @metric("frozen", "lower", "fraction of frames", "curve_frame", ["frames", "world"])
 def frozen(inp: MetricInput) -> np.ndarray:
     """Per latent frame, the share of its pixel frames whose sprites stand still (analysers'
-    speed under 0.1 px/frame, ``toolkit.world.evaluate.FROZEN_SPEED``; NaN where none is seen).
+    speed under 0.1 px/frame, ``toolkit.worlds.sprites.evaluate.FROZEN_SPEED``; NaN where none
+    is seen).
 
     Unlike ``moving`` it does not saturate on noise: noise moves pixels, not sprites. Simulator
     clips of the world read under 1% frozen.
     """
-    from toolkit.world.evaluate import FROZEN_SPEED
+    from toolkit.worlds.sprites.evaluate import FROZEN_SPEED
 
     speed = world_report(inp)["speed"]
     return frame_curve(inp, np.where(np.isfinite(speed), speed < FROZEN_SPEED, np.nan))

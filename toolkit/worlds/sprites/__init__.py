@@ -1,14 +1,15 @@
 """The built-in sprite world: prompts, simulator and ground-truth analysers.
 
-See :mod:`toolkit.world.sim` for the world's rules and seeds, and :mod:`toolkit.world.analyse`
-for how frames are read back. Importing it registers the world's weight folder
-(``toolkit/world/weights``) on the weights search path (``toolkit.weights``).
+See :mod:`toolkit.worlds.sprites.sim` for the world's rules and seeds, and
+:mod:`toolkit.worlds.sprites.analyse` for how frames are read back. Importing it registers the
+world's weight folder (``toolkit/worlds/sprites/weights``) on the weights search path
+(``toolkit.weights``).
 """
 
 from pathlib import Path
 
 from toolkit.weights import register_weights_dir
-from toolkit.world.analyse import (
+from toolkit.worlds.sprites.analyse import (
     FrameObs,
     SpriteObs,
     analyse_frame,
@@ -17,7 +18,7 @@ from toolkit.world.analyse import (
     fidelity,
     video_report,
 )
-from toolkit.world.sim import (
+from toolkit.worlds.sprites.sim import (
     BACKGROUNDS,
     COLOURS,
     FRAME_SIZE,
@@ -43,7 +44,7 @@ from toolkit.world.sim import (
 )
 
 #: The world's shipped weights and their cards.
-WEIGHTS_DIR = register_weights_dir("world", Path(__file__).resolve().parent / "weights")
+WEIGHTS_DIR = register_weights_dir("sprites", Path(__file__).resolve().parent / "weights")
 
 __all__ = [
     "BACKGROUNDS",

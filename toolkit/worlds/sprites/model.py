@@ -23,9 +23,15 @@ from toolkit.sampling import SamplerConfig
 from toolkit.schedule import PromptSchedule
 from toolkit.spec import ModelSpec
 from toolkit.weights import find_weights, missing_weights
-from toolkit.world import WEIGHTS_DIR
-from toolkit.world.scenes import SCENE_VOCAB_SIZE, Shot, schedule_for_seed
-from toolkit.world.sim import FRAME_SIZE, PROMPT_TOKENS, VOCAB_SIZE, Prompt, prompt_for_seed
+from toolkit.worlds.memory.scenes import SCENE_VOCAB_SIZE, Shot, schedule_for_seed
+from toolkit.worlds.sprites import WEIGHTS_DIR
+from toolkit.worlds.sprites.sim import (
+    FRAME_SIZE,
+    PROMPT_TOKENS,
+    VOCAB_SIZE,
+    Prompt,
+    prompt_for_seed,
+)
 from toolkit.zoo import TokenPromptEncoder
 
 WORLDS = ("sprites", "scenes")
@@ -105,7 +111,8 @@ class WorldConfig:
 
 
 class WorldModel(WanCausalModel):
-    """The world's causal Wan: prompts are ``toolkit.world.Prompt`` records (or their text)."""
+    """The sprite world's causal Wan: prompts are ``toolkit.worlds.sprites.Prompt`` records (or
+    their text)."""
 
     def encode_prompt(self, prompts: list[Any]) -> torch.Tensor:
         """Prompt records, or their text (parsed with ``Prompt.from_text``)."""
@@ -118,7 +125,7 @@ class WorldModel(WanCausalModel):
 
 
 class MemoryWorldModel(WanCausalModel):
-    """The memory world's causal Wan: prompts are ``toolkit.world.scenes.Shot`` records (or
+    """The memory world's causal Wan: prompts are ``toolkit.worlds.memory.scenes.Shot`` records (or
     their text); a run seed's default prompt is a schedule of shots (``schedule_for_seed``)."""
 
     #: blocks of a default schedule (longer than any rollout the toolkit runs: 1,024 frames)

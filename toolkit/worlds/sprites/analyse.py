@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from toolkit.world.sim import BACKGROUNDS, PALETTE, SHAPES, Prompt, shape_mask
+from toolkit.worlds.sprites.sim import BACKGROUNDS, PALETTE, SHAPES, Prompt, shape_mask
 
 COLOUR_THRESHOLD = 0.3
 MIN_AREA = 4
@@ -111,7 +111,7 @@ def classify_pixels(video: torch.Tensor | np.ndarray,
     """Per-pixel class ids (T, H, W): palette, then backgrounds, then unknown (last id).
 
     ``backgrounds``: the background classes (the world's by default; the memory world has
-    more, ``toolkit.world.scenes.SCENE_BACKGROUNDS``).
+    more, ``toolkit.worlds.memory.scenes.SCENE_BACKGROUNDS``).
     """
     centres = _centres(backgrounds)
     v = np.moveaxis(_to_numpy(video), -3, -1)  # (T, H, W, 3)

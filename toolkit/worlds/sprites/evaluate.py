@@ -9,8 +9,8 @@ import torch
 
 from toolkit.cache import CacheStrategy
 from toolkit.rollout import rollout
-from toolkit.world.analyse import video_report
-from toolkit.world.sim import Prompt, prompt_for_seed, simulate, split_seed
+from toolkit.worlds.sprites.analyse import video_report
+from toolkit.worlds.sprites.sim import Prompt, prompt_for_seed, simulate, split_seed
 
 FROZEN_SPEED = 0.1  # pixels per frame below which a frame counts as frozen
 

@@ -5,10 +5,11 @@ The data follow the starting weights: the sprite world (one prompt per clip), or
 (``init=world-memory.safetensors``: a shot per block, clips ending in a cut back to a scene whose
 sprite only the mid blocks showed, so the compressed mid history is what the last block needs).
 
-One teacher-forced pass per step, as ``toolkit.world.train``, on 20-latent-frame clips (5 blocks
-of 4), with the three partitions active INSIDE the clip. Queries are [clean clip | noisy clip]
-(timestep 0 | one noise level per block); keys are [clean clip | noisy clip | compressed mid
-blocks]. Noisy block b sees exactly what the cached PackForcing rollout gives it (``contexts``):
+One teacher-forced pass per step, as ``toolkit.worlds.sprites.train``, on 20-latent-frame clips
+(5 blocks of 4), with the three partitions active INSIDE the clip. Queries are [clean clip |
+noisy clip] (timestep 0 | one noise level per block); keys are [clean clip | noisy clip |
+compressed mid blocks]. Noisy block b sees exactly what the cached PackForcing rollout gives it
+(``contexts``):
 
 - ``b < sink``: the clean blocks before it (all in the sink), and itself;
 - otherwise: the sink's clean blocks, the COMPRESSED K/V of mid blocks ``sink .. b-recent-1``,
@@ -67,17 +68,17 @@ from strategies.compressors import SPATIAL, Compressor, build_compressor, compre
 from strategies.packforcing import KV_MODES
 from strategies.packforcing_layout import Layout, block_errors, contexts, pack_layout, predict
 from toolkit.weights import find_weights
-from toolkit.world.memory_train import colour_recall, encode_shots, return_weights
-from toolkit.world.model import (
+from toolkit.worlds.memory.scenes import ClipMix, sample_clips
+from toolkit.worlds.memory.train import colour_recall, encode_shots, return_weights
+from toolkit.worlds.sprites.model import (
     WEIGHTS_DIR,
     WorldConfig,
     WorldModel,
     load_world,
     save_world,
 )
-from toolkit.world.scenes import ClipMix, sample_clips
-from toolkit.world.sim import FRAME_SIZE, sample_batch
-from toolkit.world.train import cosine_factor, loss_weights, noise_blocks
+from toolkit.worlds.sprites.sim import FRAME_SIZE, sample_batch
+from toolkit.worlds.sprites.train import cosine_factor, loss_weights, noise_blocks
 
 CLEAN_CONTEXTS = ("strategy", "causal")
 WORLD_FILE = "world-model-pf.safetensors"
@@ -258,7 +259,7 @@ def _sha256(path: Path) -> str:
 
 def _shown(path: Path) -> str:
     """A path relative to the repository when it lies inside it."""
-    root = WEIGHTS_DIR.parents[2]
+    root = WEIGHTS_DIR.parents[3]
     try:
         return str(path.resolve().relative_to(root))
     except ValueError:

@@ -20,8 +20,8 @@ from tqdm.auto import tqdm
 
 from toolkit.attention import MaskedPlan
 from toolkit.rope import grid_positions
-from toolkit.world.model import PixelVAE, WorldConfig, WorldModel, build_world, save_world
-from toolkit.world.sim import FRAME_SIZE, sample_batch
+from toolkit.worlds.sprites.model import PixelVAE, WorldConfig, WorldModel, build_world, save_world
+from toolkit.worlds.sprites.sim import FRAME_SIZE, sample_batch
 
 
 @dataclass
@@ -219,7 +219,7 @@ def train(cfg: TrainConfig, log=print) -> Path:
 def quality(model: WorldModel, cfg: TrainConfig, seeds: int = 8) -> dict[str, float]:
     """Analyser scores at 1x (full history, held-out prompts) beside real clips'."""
     from toolkit.registry import STRATEGIES
-    from toolkit.world.evaluate import evaluate
+    from toolkit.worlds.sprites.evaluate import evaluate
 
     model.eval()
     with torch.no_grad():

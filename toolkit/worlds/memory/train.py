@@ -1,10 +1,11 @@
 """Training recipe of the memory-world model (``rollbench train world-memory``).
 
-Teacher forcing exactly as the world recipe (``toolkit.world.train``): one pass over [clean clip
-| noisy clip], one noise level per block, every block attending the clean blocks before it. What
-is new is the data and the conditioning: clips of the memory world (``toolkit.world.scenes``),
-each block under its own shot's prompt (cross-attention per block), most of them ending in a cut
-back to a scene whose sprite was shown only in the clip's middle blocks.
+Teacher forcing exactly as the world recipe (``toolkit.worlds.sprites.train``): one pass over
+[clean clip | noisy clip], one noise level per block, every block attending the clean blocks
+before it. What is new is the data and the conditioning: clips of the memory world
+(``toolkit.worlds.memory.scenes``), each block under its own shot's prompt (cross-attention per
+block), most of them ending in a cut back to a scene whose sprite was shown only in the clip's
+middle blocks.
 
 It starts from the shipped world model (same architecture; the prompt vocabulary grows by two
 backgrounds, whose embeddings start as the mean of the world's two). Seeded and resumable: a
@@ -30,10 +31,21 @@ import torch
 from tqdm.auto import tqdm
 
 from toolkit.attention import MaskedPlan
-from toolkit.world.model import MemoryWorldModel, WorldConfig, build_world, load_world, save_world
-from toolkit.world.scenes import SCENE_BACKGROUNDS, ClipMix, Shot, sample_clips
-from toolkit.world.sim import PALETTE
-from toolkit.world.train import cosine_factor, loss_weights, noise_blocks, teacher_forcing_layout
+from toolkit.worlds.memory.scenes import SCENE_BACKGROUNDS, ClipMix, Shot, sample_clips
+from toolkit.worlds.sprites.model import (
+    MemoryWorldModel,
+    WorldConfig,
+    build_world,
+    load_world,
+    save_world,
+)
+from toolkit.worlds.sprites.sim import PALETTE
+from toolkit.worlds.sprites.train import (
+    cosine_factor,
+    loss_weights,
+    noise_blocks,
+    teacher_forcing_layout,
+)
 
 MEMORY_FILE = "world-memory.safetensors"
 
@@ -49,7 +61,7 @@ class MemoryTrainConfig:
             plain draws of the schedule process).
         return_weight: loss weight of returning blocks (cuts back to a scene) over the others.
         eval_every: steps between context-use diagnostics (0: only at the end).
-        packed_share: share of layout-matched packed contexts (``toolkit.world.memory_packed``:
+        packed_share: share of layout-matched packed contexts (``toolkit.worlds.memory.packed``:
             sink + chosen mid blocks + recent, the needed block at any mid slot); 0 trains on
             contiguous clips only (the first recipe).
         packed_two_needed, packed_window: ``PackedMix.two_needed`` / ``window_share``.
@@ -128,8 +140,8 @@ def encode_shots(model: MemoryWorldModel, shots: list[list[Shot]]) -> torch.Tens
 def packed_batch(cfg: MemoryTrainConfig, model: MemoryWorldModel, step: int,
                  gen: torch.Generator):
     """Clean latents, noisy latents, per-block sigmas, shots and per-block loss weights of one
-    step mixing packed contexts and plain clips (``toolkit.world.memory_packed``)."""
-    from toolkit.world.memory_packed import PackedMix, sample_packed
+    step mixing packed contexts and plain clips (``toolkit.worlds.memory.packed``)."""
+    from toolkit.worlds.memory.packed import PackedMix, sample_packed
 
     mix = PackedMix(share=cfg.packed_share, two_needed=cfg.packed_two_needed,
                     window_share=cfg.packed_window)
@@ -174,7 +186,7 @@ def block_errors(pred: torch.Tensor, x0: torch.Tensor, block_frames: int) -> tor
 
 def return_weights(scheds, blocks: int, weight: float) -> torch.Tensor:
     """(B, blocks) loss weights: ``weight`` on blocks that cut back to a scene, else 1."""
-    from toolkit.world.scenes import return_moments
+    from toolkit.worlds.memory.scenes import return_moments
 
     w = torch.ones(len(scheds), blocks)
     for i, s in enumerate(scheds):
@@ -186,7 +198,7 @@ def return_weights(scheds, blocks: int, weight: float) -> torch.Tensor:
 def hide_mask(mask: torch.Tensor, scheds, spec, frames: int) -> torch.Tensor:
     """Per-clip masks (B, 1, 2N, 2N): the last block's noisy queries no longer see the clean
     blocks that showed its sprite (the context-use ablation)."""
-    from toolkit.world.scenes import return_moments
+    from toolkit.worlds.memory.scenes import return_moments
 
     tpb, n = spec.tokens_per_block, frames * spec.tokens_per_frame
     last = frames // spec.block_frames - 1
@@ -324,7 +336,7 @@ def validate_layouts(cfg: MemoryTrainConfig, ema: MemoryWorldModel, step: int,
                      out: Path) -> dict[str, float]:
     """Layout recall of the EMA weights on validation schedules; the weights are kept under
     ``<out>/evals/step-N.pt`` so the checkpoint is chosen on validation, not on held-out."""
-    from toolkit.world.memory_packed import layout_recall
+    from toolkit.worlds.memory.packed import layout_recall
 
     was = ema.training
     scores = layout_recall(ema.eval(), n=cfg.layout_clips, split="val", seed=0)
@@ -373,7 +385,7 @@ def export(cfg: MemoryTrainConfig, model: MemoryWorldModel, history: list[dict[s
             "exported": cfg.export_from,
             "clip_mix": asdict(ClipMix(memory_share=cfg.memory_share))}
     path = save_world(model, world_cfg, folder / MEMORY_FILE, card)
-    from toolkit.world.memory_eval import record_gates  # evaluation builds on this module
+    from toolkit.worlds.memory.evaluate import record_gates  # evaluation builds on this module
 
     record_gates(path)
     return path

@@ -12,7 +12,7 @@ Per block the schedule holds one :class:`Shot` (the block's prompt). ``simulate_
 a schedule; ``return_moments`` lists, for every cut back to a scene, what was shown, when, and
 what the returning block needs: the simulator's truth for the recall measures.
 
-Design (decided by the experiments in the memory model's card, see toolkit/world/weights/):
+Design (decided by the experiments in the memory model's card, see toolkit/worlds/memory/weights/):
 - the needed information (colour, shape, position) is never in the prompt of the block that
   needs it; it lies in the scene's earlier blocks, which under the memory configs' partitions
   (sink = first block, recent = last block) are often only in the mid history;
@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from toolkit.world.sim import (
+from toolkit.worlds.sprites.sim import (
     COLOURS,
     DIRECTION_JITTER_DEG,
     FRAME_SIZE,

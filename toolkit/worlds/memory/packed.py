@@ -32,7 +32,7 @@ import torch
 from toolkit.attention import MaskedPlan
 from toolkit.rope import grid_positions
 from toolkit.sampling import BlockSampler
-from toolkit.world.scenes import (
+from toolkit.worlds.memory.scenes import (
     EVAL_PROCESS,
     ClipMix,
     Process,
@@ -43,7 +43,7 @@ from toolkit.world.scenes import (
     return_moments,
     sample_clips,
 )
-from toolkit.world.sim import SPLIT_SEEDS, split_seed
+from toolkit.worlds.sprites.sim import SPLIT_SEEDS, split_seed
 
 LAYOUTS = ("oracle", "wrong", "swap", "mirror")
 
@@ -312,8 +312,8 @@ def sample_last(model, contexts: list[Context], seed: int = 0) -> torch.Tensor:
 
 def read_colours(frames: torch.Tensor) -> list[str | None]:
     """The modal sprite colour of each block (B, bf, 3, H, W) read by the analysers."""
-    from toolkit.world.analyse import analyse_video
-    from toolkit.world.scenes import SCENE_BACKGROUNDS
+    from toolkit.worlds.memory.scenes import SCENE_BACKGROUNDS
+    from toolkit.worlds.sprites.analyse import analyse_video
 
     out = []
     for video in frames:

@@ -1,6 +1,6 @@
 """The README's picture of a return moment: what a strategy brings back when a scene comes back.
 
-``python -m toolkit.world.memory_figure OUT.png`` rolls out the shipped memory models and draws,
+``python -m toolkit.worlds.memory.figure OUT.png`` rolls out the shipped memory models and draws,
 per row, the last block that showed a sprite, then the block that cuts back to it:
 
 - 1x: a held-out gate clip under ``full`` (the needed blocks are 1-2, the return is block 4);
@@ -20,9 +20,9 @@ import torch
 
 from toolkit.config import build_strategy, compose_config
 from toolkit.rollout import rollout
-from toolkit.world.memory_eval import as_prompt, gate_clips
-from toolkit.world.model import load_world
-from toolkit.world.scenes import ReturnMoment, render, return_moments, schedule_for_seed
+from toolkit.worlds.memory.evaluate import as_prompt, gate_clips
+from toolkit.worlds.memory.scenes import ReturnMoment, render, return_moments, schedule_for_seed
+from toolkit.worlds.sprites.model import load_world
 
 ROWS_24X = (("window", "window"), ("sink", "sink"), ("packforcing-memory", "packforcing"))
 

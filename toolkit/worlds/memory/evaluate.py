@@ -24,8 +24,8 @@ from toolkit.metrics import MetricInput, Unavailable
 from toolkit.metrics.recall import chance, continuity, moment_rows
 from toolkit.rollout import rollout
 from toolkit.schedule import PromptSchedule
-from toolkit.world.scenes import ClipMix, Schedule, mid_return_clip, return_moments
-from toolkit.world.sim import SPLIT_SEEDS, split_seed
+from toolkit.worlds.memory.scenes import ClipMix, Schedule, mid_return_clip, return_moments
+from toolkit.worlds.sprites.sim import SPLIT_SEEDS, split_seed
 
 
 def gate_clips(n: int, block_frames: int = 4, split: str = "heldout",
@@ -103,8 +103,8 @@ def memory_gates(model: Any, clips: int = 64, seed: int = 0) -> dict[str, Any]:
     """
     from strategies.full import Full
     from strategies.sink import Sink
-    from toolkit.world.memory_train import MemoryTrainConfig, context_use
-    from toolkit.world.train import teacher_forcing_layout
+    from toolkit.worlds.memory.train import MemoryTrainConfig, context_use
+    from toolkit.worlds.sprites.train import teacher_forcing_layout
 
     bf = model.spec.block_frames
     cfg = MemoryTrainConfig()
@@ -136,7 +136,7 @@ def record_gates(path: str | Path, clips: int = 64) -> dict[str, Any]:
     Measured on one thread, as the tests re-measure them (same seed, same numbers).
     """
     from toolkit.weights import find_weights
-    from toolkit.world.model import load_world
+    from toolkit.worlds.sprites.model import load_world
 
     path = find_weights(path)
     threads = torch.get_num_threads()
