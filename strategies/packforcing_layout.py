@@ -21,8 +21,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from strategies.compressors import Compressor
-from toolkit.model import WanCausalModel
-from toolkit.rope import grid_positions
+from toolkit.core.model import WanCausalModel
+from toolkit.core.rope import grid_positions
 
 
 # -- partitions and layout ---------------------------------------------------------------------

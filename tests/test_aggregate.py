@@ -11,7 +11,7 @@ from scipy import stats
 
 from toolkit.aggregate import curves, load_runs, mean_ci, paired_test, summarise
 from toolkit.config import compose_config
-from toolkit.trace import BlockRecord, Trace
+from toolkit.core.trace import BlockRecord, Trace
 from toolkit.tracking import record_run
 
 

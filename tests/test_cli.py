@@ -136,7 +136,7 @@ def test_unknown_field_lists_allowed():
 def test_user_strategy_by_target(tmp_path, monkeypatch):
     (tmp_path / "my_cache.py").write_text(textwrap.dedent('''
         from dataclasses import dataclass
-        from toolkit.cache import KeepBlocksStrategy
+        from toolkit.core.cache import KeepBlocksStrategy
 
         @dataclass
         class EveryOther(KeepBlocksStrategy):

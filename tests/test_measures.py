@@ -10,6 +10,8 @@ import pytest
 import torch
 
 from toolkit.config import ConfigError
+from toolkit.core.spec import ModelSpec
+from toolkit.core.trace import BlockRecord, Trace
 from toolkit.findings import (
     Check,
     bin_means,
@@ -20,8 +22,6 @@ from toolkit.findings import (
 )
 from toolkit.metrics import METRICS, MetricInput, Unavailable, compute
 from toolkit.metrics.boundary import events, rope_periods
-from toolkit.spec import ModelSpec
-from toolkit.trace import BlockRecord, Trace
 from toolkit.worlds.sprites import BACKGROUNDS, prompt_for_seed, simulate, split_seed
 
 # the world model's sizes: head_dim 32 -> 12 time dims -> RoPE periods 6.3, 29.2, 135.4 ... frames
@@ -163,7 +163,7 @@ def test_cache_events_are_read_from_the_trace():
 def test_cache_events_of_a_real_packforcing_rollout():
     """shift and absolute evict at the same blocks; only shift moves the sink."""
     from toolkit.config import build, compose_config
-    from toolkit.rollout import rollout
+    from toolkit.core.rollout import rollout
 
     got = {}
     for pos in ("shift", "absolute"):
@@ -255,7 +255,7 @@ def test_declared_series_are_what_the_metrics_return():
 
 # --- the memory world's recall, and the whole path from logged series ------------------
 def test_recall_measures_of_the_memory_world_are_findings_measures():
-    from toolkit.schedule import PromptSchedule
+    from toolkit.core.schedule import PromptSchedule
     from toolkit.worlds.memory.scenes import render, schedule_for_seed
 
     sched = schedule_for_seed(0, 30)
@@ -275,7 +275,7 @@ def test_recall_measures_of_the_memory_world_are_findings_measures():
 
 
 def test_memory_world_motion_can_fall():
-    from toolkit.schedule import PromptSchedule
+    from toolkit.core.schedule import PromptSchedule
     from toolkit.worlds.memory.scenes import render, schedule_for_seed
 
     sched = schedule_for_seed(1, 30)

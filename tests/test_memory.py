@@ -5,10 +5,10 @@ import pytest
 from strategies import Full, Sink, Window
 from strategies.packforcing import PackForcing
 from toolkit.cli import main
+from toolkit.core.rollout import rollout
+from toolkit.core.testing import held_tensors
 from toolkit.memory import account
-from toolkit.rollout import rollout
 from toolkit.specmodel import SpecModel, wan_spec_model
-from toolkit.testing import held_tensors
 
 PAPER_FRAMES = 480  # 120 s at 16 fps, 4x temporal VAE
 
@@ -96,8 +96,8 @@ def test_meta_accounting_equals_a_real_rollout(tiny, make):
 def test_value_dependent_strategy_fails_clearly(wan):
     from dataclasses import dataclass
 
-    from toolkit.cache import KeepBlocksStrategy
     from toolkit.config import ConfigError
+    from toolkit.core.cache import KeepBlocksStrategy
 
     @dataclass
     class KeepLoud(KeepBlocksStrategy):

@@ -9,11 +9,11 @@ import torch
 
 from strategies import Full, Sink
 from strategies.packforcing import PackForcing
-from toolkit.cache import BlockKV, FinishedBlock
-from toolkit.rollout import rollout
-from toolkit.rope import Rope, apply_rope, grid_positions
-from toolkit.sampling import SamplerConfig
-from toolkit.testing import StrategyContract
+from toolkit.core.cache import BlockKV, FinishedBlock
+from toolkit.core.rollout import rollout
+from toolkit.core.rope import Rope, apply_rope, grid_positions
+from toolkit.core.sampling import SamplerConfig
+from toolkit.core.testing import StrategyContract
 from toolkit.zoo import tiny_random
 
 FRAMES = 16

@@ -10,8 +10,8 @@ import torch
 from strategies.compressors import build_compressor
 from strategies.packforcing import PackForcing
 from strategies.packforcing_layout import block_errors, contexts, pack_layout, predict
-from toolkit.rollout import BlockDriver, rollout
-from toolkit.rope import grid_positions
+from toolkit.core.rollout import BlockDriver, rollout
+from toolkit.core.rope import grid_positions
 from toolkit.worlds.sprites.model import load_world
 from toolkit.worlds.sprites.pf_train import (
     COMPRESSOR_FILE,

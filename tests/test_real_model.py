@@ -14,7 +14,10 @@ from diffusers import AutoencoderKLWan, WanTransformer3DModel
 
 from strategies import Full
 from toolkit.config import ConfigError
-from toolkit.model import WanCausalModel
+from toolkit.core.model import WanCausalModel
+from toolkit.core.rollout import rollout
+from toolkit.core.sampling import BlockSampler
+from toolkit.core.testing import block_causal_reference
 from toolkit.real import (
     SUBFOLDERS,
     WAN_T2V_1_3B,
@@ -26,9 +29,6 @@ from toolkit.real import (
     spec_for,
     wan_t2v,
 )
-from toolkit.rollout import rollout
-from toolkit.sampling import BlockSampler
-from toolkit.testing import block_causal_reference
 from toolkit.zoo import wan_t2v_1_3b_spec
 
 TINY = {"patch_size": (1, 2, 2), "num_attention_heads": 2, "attention_head_dim": 24,

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+from toolkit.core.schedule import PromptSchedule
+from toolkit.core.spec import ModelSpec
 from toolkit.metrics import MetricInput, compute
-from toolkit.schedule import PromptSchedule
-from toolkit.spec import ModelSpec
 from toolkit.worlds.memory.scenes import (
     SCENE_BACKGROUNDS,
     ClipMix,

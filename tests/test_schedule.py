@@ -6,11 +6,11 @@ import torch
 from omegaconf import OmegaConf
 
 from strategies.full import Full
-from toolkit.attention import MaskedPlan
-from toolkit.cache import KeepBlocksStrategy
-from toolkit.rollout import rollout
-from toolkit.rope import grid_positions
-from toolkit.schedule import Conditioning, PromptSchedule
+from toolkit.core.attention import MaskedPlan
+from toolkit.core.cache import KeepBlocksStrategy
+from toolkit.core.rollout import rollout
+from toolkit.core.rope import grid_positions
+from toolkit.core.schedule import Conditioning, PromptSchedule
 
 
 def test_schedule_syntax_and_lookup():

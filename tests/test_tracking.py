@@ -14,10 +14,10 @@ from mlflow.tracking import MlflowClient
 
 from toolkit.cli import main
 from toolkit.config import compose_config
+from toolkit.core.rollout import Rollout
+from toolkit.core.spec import ModelSpec
+from toolkit.core.trace import BlockRecord, Trace
 from toolkit.jobs import save_rollout
-from toolkit.rollout import Rollout
-from toolkit.spec import ModelSpec
-from toolkit.trace import BlockRecord, Trace
 from toolkit.tracking import (
     MARKER,
     TrackingWarning,

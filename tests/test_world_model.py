@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from strategies import Window
-from toolkit.rollout import rollout
+from toolkit.core.rollout import rollout
 from toolkit.worlds.sprites.model import WEIGHTS_DIR, PixelVAE, load_world
 from toolkit.worlds.sprites.sim import prompt_for_seed, sample_batch
 from toolkit.worlds.sprites.train import TrainConfig, teacher_forcing_layout, train

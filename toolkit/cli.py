@@ -165,8 +165,8 @@ def cmd_ls(args: list[str]) -> int:
 def cmd_bench(overrides: list[str]) -> int:
     """Per strategy: ms per block at the start and end of a long rollout, and peak KV bytes."""
     from toolkit.config import build, compose_config
+    from toolkit.core.rollout import rollout
     from toolkit.jobs import default_prompts, print_summaries, summarise
-    from toolkit.rollout import rollout
 
     names = [o.split("=", 1)[1] for o in overrides if o.startswith("strategies=")]
     overrides = [o for o in overrides if not o.startswith("strategies=")]

@@ -34,6 +34,10 @@ MOVED: dict[str, str] = {
     **{f"toolkit.world.memory_{m}": f"toolkit.worlds.memory.{n}"
        for m, n in (("train", "train"), ("eval", "evaluate"), ("figure", "figure"),
                     ("packed", "packed"))},
+    # toolkit/'s flat modules got folders that show the architecture (0.2)
+    **{f"toolkit.{m}": f"toolkit.core.{m}"
+       for m in ("spec", "rope", "attention", "model", "sampling", "schedule", "trace", "timing",
+                 "cache", "contract", "rollout", "testing")},
 }
 
 #: Old paths that were packages (their modules are listed one by one above).

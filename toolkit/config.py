@@ -30,7 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 from toolkit.registry import STRATEGIES, where
 
 if TYPE_CHECKING:
-    from toolkit.cache import CacheStrategy
+    from toolkit.core.cache import CacheStrategy
 
 #: Built-in config folders (the package ``ablations``).
 ABLATIONS = Path(__file__).resolve().parent.parent / "ablations"
@@ -298,8 +298,8 @@ def build_strategy(node: DictConfig | dict[str, Any]) -> CacheStrategy:
     """A strategy from its config node ``{_target_: name-or-path, **hyperparameters}``."""
     params = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) \
         else dict(node)
-    from toolkit.cache import CacheStrategy
-    from toolkit.contract import renamed_params
+    from toolkit.core.cache import CacheStrategy
+    from toolkit.core.contract import renamed_params
 
     target = params.pop("_target_", None)
     params.pop("label", None)  # the name reports show; not a hyperparameter

@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from toolkit.terminal import console, print_table
 
 if TYPE_CHECKING:
-    from toolkit.rollout import Rollout
+    from toolkit.core.rollout import Rollout
 
 
 @dataclass
@@ -38,8 +38,8 @@ class JobResult:
 
 def default_prompts(model, cfg) -> list:
     """The prompt of a run: the config's (one prompt, or a schedule of ``[frame, prompt]``
-    pairs, see ``toolkit.schedule``), else the model's own default for the seed."""
-    from toolkit.schedule import PromptSchedule
+    pairs, see ``toolkit.core.schedule``), else the model's own default for the seed."""
+    from toolkit.core.schedule import PromptSchedule
 
     if cfg.prompt is not None:
         schedule = PromptSchedule.of(cfg.prompt)
@@ -152,7 +152,7 @@ def run_job(cfg: DictConfig, verbose: bool = False, skip_finished: bool = True,
         callbacks: called with each block's record during the rollout (e.g. pruning).
     """
     from toolkit.config import build
-    from toolkit.rollout import RolloutError, rollout
+    from toolkit.core.rollout import RolloutError, rollout
     from toolkit.stores import TrackingUnreachable, mask
     from toolkit.tracking import find_finished, record_run, run_key, target
 

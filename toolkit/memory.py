@@ -2,7 +2,7 @@
 
 ``account`` binds the strategy to a spec-only model (``toolkit.specmodel``) and drives it
 exactly as a rollout does, through the rollout's own block driver
-(``toolkit.rollout.BlockDriver``: ``begin_block``; the strategy's context for every layer at
+(``toolkit.core.rollout.BlockDriver``: ``begin_block``; the strategy's context for every layer at
 every denoising step and in the cache-fill pass, copied into the plan's buffer; the block's
 K/V recorded; ``commit``; the block's ``BlockRecord``), with meta tensors of the true sizes:
 no weights, no allocation, no arithmetic. Tokens and bytes
@@ -29,13 +29,13 @@ from rich.console import Console
 from rich.table import Table
 
 from toolkit.allocations import LiveBytes
-from toolkit.cache import CacheStrategy
 from toolkit.config import ConfigError, build_strategy, compose_config, video_frames
+from toolkit.core.cache import CacheStrategy
+from toolkit.core.rollout import BlockDriver
+from toolkit.core.spec import ModelSpec
+from toolkit.core.trace import BlockRecord
 from toolkit.registry import strategy_name
-from toolkit.rollout import BlockDriver
-from toolkit.spec import ModelSpec
 from toolkit.specmodel import SpecModel
-from toolkit.trace import BlockRecord
 
 GB = 1e9  # reports use decimal gigabytes, as the paper does
 

@@ -31,7 +31,6 @@ from hydra.utils import instantiate
 from rich.console import Console
 from rich.table import Table
 
-from toolkit.cache import CacheStrategy
 from toolkit.config import (
     ConfigError,
     build_strategy,
@@ -39,12 +38,13 @@ from toolkit.config import (
     compose_config,
     video_frames,
 )
+from toolkit.core.cache import CacheStrategy
+from toolkit.core.model import VideoModel
+from toolkit.core.rollout import RolloutError, rollout
+from toolkit.core.trace import BlockRecord
 from toolkit.memory import MemoryReport, account, transient_table
-from toolkit.model import VideoModel
 from toolkit.registry import STRATEGIES
-from toolkit.rollout import RolloutError, rollout
 from toolkit.specmodel import SpecModel
-from toolkit.trace import BlockRecord
 
 console = Console()
 FIRST = ("full", "window", "sink")  # listed first; then every other registered strategy

@@ -13,9 +13,9 @@ from typing import Any
 
 import torch
 
-from toolkit.rope import Rope
-from toolkit.sampling import SamplerConfig
-from toolkit.spec import ModelSpec
+from toolkit.core.rope import Rope
+from toolkit.core.sampling import SamplerConfig
+from toolkit.core.spec import ModelSpec
 from toolkit.zoo import wan_t2v_1_3b_spec
 
 WAN_VAE_TIME = 4  # Wan's VAE: 4 video frames per latent frame

@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from toolkit.cache import CacheStrategy
-from toolkit.rollout import rollout
+from toolkit.core.cache import CacheStrategy
+from toolkit.core.rollout import rollout
 
 
 @dataclass

@@ -8,9 +8,9 @@ from typing import Any
 import torch
 from diffusers import WanTransformer3DModel
 
-from toolkit.model import WanCausalModel
-from toolkit.sampling import SamplerConfig
-from toolkit.spec import ModelSpec
+from toolkit.core.model import WanCausalModel
+from toolkit.core.sampling import SamplerConfig
+from toolkit.core.spec import ModelSpec
 
 
 class TokenPromptEncoder(torch.nn.Module):

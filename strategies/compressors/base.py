@@ -29,8 +29,8 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
+from toolkit.core.spec import ModelSpec
 from toolkit.registry import Registry, UnknownName
-from toolkit.spec import ModelSpec
 
 COMPRESSORS: Registry[type] = Registry("compressor", "rollbench.compressors",
                                        "strategies.compressors")

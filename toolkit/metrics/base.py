@@ -23,9 +23,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from toolkit.core.spec import ModelSpec
+from toolkit.core.trace import Trace
 from toolkit.registry import Registry
-from toolkit.spec import ModelSpec
-from toolkit.trace import Trace
 
 KINDS = ("curve_frame", "curve_block", "scalar")
 DIRECTIONS = ("higher", "lower")

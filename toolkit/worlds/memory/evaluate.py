@@ -19,11 +19,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from toolkit.cache import CacheStrategy
+from toolkit.core.cache import CacheStrategy
+from toolkit.core.rollout import rollout
+from toolkit.core.schedule import PromptSchedule
 from toolkit.metrics import MetricInput, Unavailable
 from toolkit.metrics.recall import chance, continuity, moment_rows
-from toolkit.rollout import rollout
-from toolkit.schedule import PromptSchedule
 from toolkit.worlds.memory.scenes import ClipMix, Schedule, mid_return_clip, return_moments
 from toolkit.worlds.sprites.sim import SPLIT_SEEDS, split_seed
 

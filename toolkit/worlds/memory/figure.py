@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from toolkit.config import build_strategy, compose_config
-from toolkit.rollout import rollout
+from toolkit.core.rollout import rollout
 from toolkit.worlds.memory.evaluate import as_prompt, gate_clips
 from toolkit.worlds.memory.scenes import ReturnMoment, render, return_moments, schedule_for_seed
 from toolkit.worlds.sprites.model import load_world

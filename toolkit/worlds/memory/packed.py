@@ -29,9 +29,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from toolkit.attention import MaskedPlan
-from toolkit.rope import grid_positions
-from toolkit.sampling import BlockSampler
+from toolkit.core.attention import MaskedPlan
+from toolkit.core.rope import grid_positions
+from toolkit.core.sampling import BlockSampler
 from toolkit.worlds.memory.scenes import (
     EVAL_PROCESS,
     ClipMix,

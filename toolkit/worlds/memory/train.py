@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from toolkit.attention import MaskedPlan
+from toolkit.core.attention import MaskedPlan
 from toolkit.worlds.memory.scenes import SCENE_BACKGROUNDS, ClipMix, Shot, sample_clips
 from toolkit.worlds.sprites.model import (
     MemoryWorldModel,

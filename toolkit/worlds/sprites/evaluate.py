@@ -7,8 +7,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from toolkit.cache import CacheStrategy
-from toolkit.rollout import rollout
+from toolkit.core.cache import CacheStrategy
+from toolkit.core.rollout import rollout
 from toolkit.worlds.sprites.analyse import video_report
 from toolkit.worlds.sprites.sim import Prompt, prompt_for_seed, simulate, split_seed
 

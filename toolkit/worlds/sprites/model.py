@@ -18,10 +18,10 @@ import torch
 import torch.nn.functional as F
 from diffusers import WanTransformer3DModel
 
-from toolkit.model import WanCausalModel
-from toolkit.sampling import SamplerConfig
-from toolkit.schedule import PromptSchedule
-from toolkit.spec import ModelSpec
+from toolkit.core.model import WanCausalModel
+from toolkit.core.sampling import SamplerConfig
+from toolkit.core.schedule import PromptSchedule
+from toolkit.core.spec import ModelSpec
 from toolkit.weights import find_weights, missing_weights
 from toolkit.worlds.memory.scenes import SCENE_VOCAB_SIZE, Shot, schedule_for_seed
 from toolkit.worlds.sprites import WEIGHTS_DIR

@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from toolkit.attention import MaskedPlan
-from toolkit.rope import grid_positions
+from toolkit.core.attention import MaskedPlan
+from toolkit.core.rope import grid_positions
 from toolkit.worlds.sprites.model import PixelVAE, WorldConfig, WorldModel, build_world, save_world
 from toolkit.worlds.sprites.sim import FRAME_SIZE, sample_batch
 

@@ -2,7 +2,7 @@
 
 Use it from pytest by subclassing and saying how to build your strategy::
 
-    from toolkit.testing import StrategyContract
+    from toolkit.core.testing import StrategyContract
 
     class TestMyStrategy(StrategyContract):
         def make_strategy(self):
@@ -18,9 +18,9 @@ import torch
 from diffusers.models.transformers.transformer_wan import WanAttnProcessor
 from torch import Tensor
 
-from toolkit.cache import CacheStrategy
-from toolkit.rollout import rollout
-from toolkit.sampling import BlockSampler
+from toolkit.core.cache import CacheStrategy
+from toolkit.core.rollout import rollout
+from toolkit.core.sampling import BlockSampler
 
 
 def held_by_attribute(obj: Any, skip: tuple[str, ...] = ()) -> dict[str, list[Tensor]]:

@@ -2,7 +2,7 @@
 
 A rollout takes, per video, one prompt or a :class:`PromptSchedule`: prompts that start at given
 latent frames. Every block is generated under the prompt in force at its first frame, and its
-cached K/V (and :class:`toolkit.cache.FinishedBlock`) carry that block's conditioning. This
+cached K/V (and :class:`toolkit.core.cache.FinishedBlock`) carry that block's conditioning. This
 serves LongLive-style prompt switching on real models and the memory world's shots.
 
 In a config (``rollbench run prompt=...``) a schedule is a list of ``[frame, prompt]`` pairs or

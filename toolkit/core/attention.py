@@ -7,7 +7,7 @@ does, then hands them to an *attention plan*, which owns the policy:
 
 - ``MaskedPlan``: one pass over a whole sequence with a boolean mask (the block-causal reference
   and teacher-forced training);
-- ``CachePlan`` (in ``toolkit.rollout``): context K/V from a cache strategy, plus recording of
+- ``CachePlan`` (in ``toolkit.core.rollout``): context K/V from a cache strategy, plus recording of
   the block's own K/V for the cache-fill pass.
 """
 
@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from toolkit.rope import rotate
+from toolkit.core.rope import rotate
 
 
 class AttentionPlan(Protocol):

@@ -3,7 +3,7 @@
 Any model the harness drives satisfies ``VideoModel``. ``WanCausalModel`` drives a diffusers
 ``WanTransformer3DModel`` (a tiny config or the 1.3B one) one block at a time, reading the
 diffusers forward top to bottom but with positions chosen by the caller and self-attention
-context chosen by the installed attention plan (``toolkit.attention``).
+context chosen by the installed attention plan (``toolkit.core.attention``).
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ import torch.nn.functional as F
 from diffusers import WanTransformer3DModel
 from torch import Tensor
 
-from toolkit.attention import PlanSlot, install
-from toolkit.rope import Rope, apply_rope
-from toolkit.sampling import SamplerConfig
-from toolkit.spec import ModelSpec
+from toolkit.core.attention import PlanSlot, install
+from toolkit.core.rope import Rope, apply_rope
+from toolkit.core.sampling import SamplerConfig
+from toolkit.core.spec import ModelSpec
 
 PREDICTIONS = ("flow", "x0")
 

@@ -16,14 +16,14 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from toolkit.cache import BlockKV, CacheStrategy, FinishedBlock
-from toolkit.contract import ask_context
+from toolkit.core.cache import BlockKV, CacheStrategy, FinishedBlock
+from toolkit.core.contract import ask_context
+from toolkit.core.rope import grid_positions
+from toolkit.core.sampling import BlockSampler
+from toolkit.core.schedule import Conditioning
+from toolkit.core.timing import Timer
+from toolkit.core.trace import BlockRecord, Trace
 from toolkit.registry import strategy_name
-from toolkit.rope import grid_positions
-from toolkit.sampling import BlockSampler
-from toolkit.schedule import Conditioning
-from toolkit.timing import Timer
-from toolkit.trace import BlockRecord, Trace
 
 
 class RolloutError(RuntimeError):

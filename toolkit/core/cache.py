@@ -5,7 +5,7 @@ Keys are stored already rotated at the position their block was generated at; mo
 (``BlockKV.move_to``) only records its new start ``t0``, and ``BlockKV.layer_kv`` rotates the
 time dims by the difference when the layer is read: absolute, re-indexed and incrementally
 shifted positions all work from the same storage, and a block moved a hundred times is still
-rounded once (bf16 keys moved in place drift: ``toolkit.rope.shift_drift``).
+rounded once (bf16 keys moved in place drift: ``toolkit.core.rope.shift_drift``).
 
 ``CacheStrategy`` is the full contract (five methods). ``KeepBlocksStrategy`` is the narrow
 template for strategies that keep some finished blocks at full resolution: write ``assign``.
@@ -13,13 +13,13 @@ A strategy hands the harness its context as a list of parts (``context_parts``, 
 it holds); the harness copies them, one layer at a time, into one reused buffer beside the
 block's own K/V, so no strategy needs a concatenated copy of its cache.
 
-Per block the harness (``toolkit.rollout.BlockDriver``) calls ``begin_block``; then
+Per block the harness (``toolkit.core.rollout.BlockDriver``) calls ``begin_block``; then
 ``context_parts(layer, q, step, fill)`` for every layer in every denoising step
 (``step = 0 .. steps - 1``, ``fill=False``) and once more per layer in the cache-fill pass
 (``fill=True``: the clean block at timestep 0, whose K/V are recorded; ``step`` is then
 ``steps``, the ``fill_step``); then ``commit`` and ``footprint``. Step 0 is always the block's
 first request. A strategy written before the ``fill`` flag (``context(layer, q, step)``) still
-runs, with a FutureWarning saying what to add (``toolkit.contract``).
+runs, with a FutureWarning saying what to add (``toolkit.core.contract``).
 
 Partition names, one vocabulary: ``sink`` (the video's first frames, never evicted; moved or
 not), ``mid`` (between sink and recent: pruned, compressed or selected), ``recent`` (the last
@@ -27,7 +27,7 @@ finished frames at full resolution; their count is ``recent_frames``), ``pending
 (compressed copies of recent blocks); ``window`` keeps only ``recent``, sized by its span
 ``window_frames``. Hyperparameters renamed for this (``window_frames`` -> ``recent_frames``,
 ...) are listed in a strategy's ``renamed`` and still accepted, with a FutureWarning
-(``toolkit.contract.renamed_params``).
+(``toolkit.core.contract.renamed_params``).
 """
 
 from __future__ import annotations
@@ -41,10 +41,10 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from toolkit.contract import StrategyType, ask_context, check_contract
-from toolkit.rope import Rope
-from toolkit.spec import ModelSpec
-from toolkit.timing import Timer
+from toolkit.core.contract import StrategyType, ask_context, check_contract
+from toolkit.core.rope import Rope
+from toolkit.core.spec import ModelSpec
+from toolkit.core.timing import Timer
 
 POSITIONS = ("absolute", "reindex", "interpolate")
 
@@ -93,7 +93,7 @@ class BlockKV:
 
     def layer_kv(self, layer: int, rope: Rope) -> tuple[Tensor, Tensor]:
         """Keys (rotated at ``t0``) and values (B, H, N, D) of one layer."""
-        from toolkit.rope import shift_time
+        from toolkit.core.rope import shift_time
 
         views = self.__dict__.get("_views")
         if views is None:
@@ -103,7 +103,7 @@ class BlockKV:
 
     def keys_at_t0(self, rope: Rope) -> Tensor:
         """All layers' keys (L, B, H, N, D) rotated at ``t0`` (a copy when the block moved)."""
-        from toolkit.rope import shift_time
+        from toolkit.core.rope import shift_time
 
         return shift_time(self.keys, rope, self.t0 - self.rotated_at)
 
@@ -122,7 +122,7 @@ class _LayerViews:
     """Per-layer views of a block's K/V, made once (indexing a layer is an op per call).
 
     Views share the block's storage and hold no bytes of their own; ``__slots__`` keeps them
-    out of walks over a strategy's state (``toolkit.testing.held_tensors``).
+    out of walks over a strategy's state (``toolkit.core.testing.held_tensors``).
     """
 
     __slots__ = ("layers",)
@@ -136,7 +136,7 @@ class FinishedBlock:
     """A block the harness has finished: its clean latents and its cache-fill K/V.
 
     ``cond`` is the conditioning the block was made under (``model.encode_prompt`` of the
-    prompt in force at its first frame, see ``toolkit.schedule``), for strategies that run more
+    prompt in force at its first frame, see ``toolkit.core.schedule``), for strategies that run more
     tokens through the model (e.g. compressed stand-ins); None when unknown.
     """
 

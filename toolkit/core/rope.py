@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from toolkit.spec import ModelSpec
+from toolkit.core.spec import ModelSpec
 
 
 class Rope:
