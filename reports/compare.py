@@ -23,8 +23,8 @@ import pandas as pd
 from reports import data, figures, sections, tables
 from reports.sections import Image, Report, Strip, Sweep
 from reports.tables import Table
-from toolkit.aggregate import MIN_CI, value_range
-from toolkit.tracking import resolve_uri
+from toolkit.runs.aggregate import MIN_CI, value_range
+from toolkit.runs.tracking import resolve_uri
 
 OPTIONS = ("experiment", "out", "baseline", "test", "run_root", "tracking.uri", "storage")
 #: Curves drawn over the rollout: metric, title, log y axis.
@@ -47,7 +47,7 @@ def slug(text: str) -> str:
 
 
 def _question(name: str) -> str:
-    from toolkit.grid import experiments
+    from toolkit.runs.grid import experiments
 
     return experiments().get(name, "")
 

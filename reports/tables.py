@@ -15,7 +15,7 @@ each run's curves up to that latent frame, so one rollout of 24x gives all four 
 
 A run of exactly the mark's length is preferred for a mark (an ``extrapolation`` grid runs
 each length); otherwise the shortest run that reaches it. Means carry 95% CIs over seeds and a
-paired test against the baseline (``toolkit.aggregate.summarise``).
+paired test against the baseline (``toolkit.runs.aggregate.summarise``).
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ import numpy as np
 import pandas as pd
 
 from reports.data import Experiment
-from toolkit.aggregate import MIN_CI, direction, summarise
 from toolkit.metrics import METRICS
-from toolkit.tracking import MARKS
+from toolkit.runs.aggregate import MIN_CI, direction, summarise
+from toolkit.runs.tracking import MARKS
 
 ARROWS = {"higher": "↑", "lower": "↓"}
 DISPLAY = {"bytes": (2.0**-20, "MiB"), "s": (1e3, "ms")}  # unit -> (scale, shown unit)

@@ -6,8 +6,8 @@ import textwrap
 import pytest
 
 from toolkit.cli import main
-from toolkit.config import ConfigError, build, build_strategy, compose_config
 from toolkit.registry import STRATEGIES, UnknownName
+from toolkit.runs.config import ConfigError, build, build_strategy, compose_config
 
 
 def test_run_writes_outputs(tmp_path, capsys):
@@ -80,7 +80,7 @@ def test_missing_postgres_driver_names_the_extra_and_hides_the_password(capsys, 
     drivers = ("psycopg2", "psycopg")  # as if no PostgreSQL driver were installed
     for name in drivers:
         monkeypatch.setitem(sys.modules, name, None)
-    monkeypatch.setattr("toolkit.stores.find_spec",
+    monkeypatch.setattr("toolkit.runs.stores.find_spec",
                         lambda name: None if name in drivers else object())
     url = "postgresql://bench:s3cret@db.example:5432/optuna"
     assert main(["run", f"tracking.uri={url}", f"run_root={tmp_path}"]) == 2
@@ -118,7 +118,7 @@ def closed_port() -> int:
     ("http://host:5000/path", "http://host:5000/path"),
 ])
 def test_mask_hides_passwords_only(text, masked):
-    from toolkit.stores import mask
+    from toolkit.runs.stores import mask
 
     assert masked in mask(text) and ("***" in masked) == ("***" in mask(text))
 
@@ -185,7 +185,7 @@ def test_help_and_ls_import_only_what_they_need():
 def test_tables_never_cut_a_header(capsys, monkeypatch):
     """At 80 columns a header wraps at spaces, optional columns give way (the caption says
     which), and ``--wide`` shows every column whole."""
-    from toolkit.jobs import Summary, print_summaries
+    from toolkit.runs.jobs import Summary, print_summaries
     from toolkit.terminal import console, set_wide
 
     monkeypatch.setattr(console, "width", 80)
@@ -252,9 +252,9 @@ def user_dir(tmp_path):
 
 @pytest.mark.parametrize("how", ["experiments_dir", "searchpath"])
 def test_a_users_own_experiment_runs_as_a_grid(user_dir, tmp_path, how):
-    from toolkit.aggregate import load_runs
-    from toolkit.grid import experiments
-    from toolkit.tracking import resolve_uri
+    from toolkit.runs.aggregate import load_runs
+    from toolkit.runs.grid import experiments
+    from toolkit.runs.tracking import resolve_uri
 
     where = f"experiments_dir={user_dir}" if how == "experiments_dir" else \
         f"hydra.searchpath=[file://{user_dir}]"
@@ -269,7 +269,7 @@ def test_a_users_own_experiment_runs_as_a_grid(user_dir, tmp_path, how):
 
 
 def test_a_users_own_sweep_runs(user_dir, tmp_path):
-    from toolkit.sweep import load_sweep
+    from toolkit.runs.sweep import load_sweep
 
     assert load_sweep("my_sweep", [f"experiments_dir={user_dir}"]).objectives == ["peak_kv_bytes"]
     assert main(["sweep", "sweep=my_sweep", f"experiments_dir={user_dir}",

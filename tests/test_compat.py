@@ -67,8 +67,8 @@ def test_a_config_naming_an_old_target_runs_and_keeps_its_key():
     """``model._target_`` by its old path resolves; old and new spelling are one run key."""
     from hydra.utils import get_method
 
-    from toolkit.config import compose_config
-    from toolkit.tracking import run_key
+    from toolkit.runs.config import compose_config
+    from toolkit.runs.tracking import run_key
 
     new = compose_config(["model=world"])
     assert new.model._target_ == "toolkit.worlds.sprites.model.load_world"

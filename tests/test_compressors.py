@@ -7,8 +7,8 @@ import torch
 
 from strategies.compressors import COMPRESSORS, HR, build_compressor
 from strategies.packforcing import PackForcing
-from toolkit.config import build_strategy, compose_config
 from toolkit.core.rollout import rollout
+from toolkit.runs.config import build_strategy, compose_config
 from toolkit.specmodel import wan_spec_model
 from toolkit.worlds.sprites.model import WorldConfig, build_world
 

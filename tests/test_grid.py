@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from toolkit.aggregate import load_runs
 from toolkit.cli import main
-from toolkit.config import build_strategy, compose_config
-from toolkit.grid import experiments
-from toolkit.tracking import resolve_uri
+from toolkit.runs.aggregate import load_runs
+from toolkit.runs.config import build_strategy, compose_config
+from toolkit.runs.grid import experiments
+from toolkit.runs.tracking import resolve_uri
 
 TINY = ["model=tiny-random", "video.latent_frames=4", "seed=0"]
 

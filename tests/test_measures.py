@@ -9,7 +9,6 @@ import pandas as pd
 import pytest
 import torch
 
-from toolkit.config import ConfigError
 from toolkit.core.spec import ModelSpec
 from toolkit.core.trace import BlockRecord, Trace
 from toolkit.findings import (
@@ -22,6 +21,7 @@ from toolkit.findings import (
 )
 from toolkit.metrics import METRICS, MetricInput, Unavailable, compute
 from toolkit.metrics.boundary import events, rope_periods
+from toolkit.runs.config import ConfigError
 from toolkit.worlds.sprites import BACKGROUNDS, prompt_for_seed, simulate, split_seed
 
 # the world model's sizes: head_dim 32 -> 12 time dims -> RoPE periods 6.3, 29.2, 135.4 ... frames
@@ -162,8 +162,8 @@ def test_cache_events_are_read_from_the_trace():
 
 def test_cache_events_of_a_real_packforcing_rollout():
     """shift and absolute evict at the same blocks; only shift moves the sink."""
-    from toolkit.config import build, compose_config
     from toolkit.core.rollout import rollout
+    from toolkit.runs.config import build, compose_config
 
     got = {}
     for pos in ("shift", "absolute"):
@@ -296,7 +296,7 @@ def test_memory_world_motion_can_fall():
 def test_measure_runs_reads_every_series_a_measure_needs(tmp_path, monkeypatch):
     import textwrap
 
-    import toolkit.aggregate
+    import toolkit.runs.aggregate
     from toolkit.findings import measure_runs
 
     path = tmp_path / "f.yaml"
@@ -321,7 +321,7 @@ def test_measure_runs_reads_every_series_a_measure_needs(tmp_path, monkeypatch):
     def curves(ids, name, uri):
         asked.append(name)
         return {i: logged[i][name] for i in ids}
-    monkeypatch.setattr(toolkit.aggregate, "curves", curves)
+    monkeypatch.setattr(toolkit.runs.aggregate, "curves", curves)
     runs = pd.DataFrame({"run_id": ["ra", "rb"], "arm": ["a", "b"], "seed": [0, 0]})
     table = measure_runs(spec, runs, "unused").set_index("arm")
     assert sorted(asked) == ["boundary_jump", "boundary_jump/within", "recall/mid"]

@@ -96,8 +96,8 @@ def test_meta_accounting_equals_a_real_rollout(tiny, make):
 def test_value_dependent_strategy_fails_clearly(wan):
     from dataclasses import dataclass
 
-    from toolkit.config import ConfigError
     from toolkit.core.cache import KeepBlocksStrategy
+    from toolkit.runs.config import ConfigError
 
     @dataclass
     class KeepLoud(KeepBlocksStrategy):

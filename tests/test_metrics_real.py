@@ -19,7 +19,7 @@ from toolkit.metrics import METRIC_SETS, METRICS, MetricInput, Unavailable, comp
 from toolkit.metrics.backends import RaftFlow, flow_top_magnitude, load_hf, load_raft
 from toolkit.metrics.features import make_backend
 from toolkit.metrics.real import consistency, dynamic_rule, interpolate_middle, prompt_text
-from toolkit.tracking import resolve_uri
+from toolkit.runs.tracking import resolve_uri
 from toolkit.worlds.sprites import prompt_for_seed, simulate, split_seed
 
 REAL = ["subject_consistency", "subject_consistency_score", "background_consistency",

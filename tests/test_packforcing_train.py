@@ -183,8 +183,8 @@ def test_train_checkpoints_resumes_and_exports(tmp_path):
 def test_command_yaml_and_validation():
     from omegaconf import OmegaConf
 
-    from toolkit.config import compose_config
     from toolkit.recipes import RECIPES
+    from toolkit.runs.config import compose_config
 
     recipe = RECIPES.get("packforcing")
     composed = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(recipe.config),

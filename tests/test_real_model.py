@@ -13,7 +13,6 @@ import torch
 from diffusers import AutoencoderKLWan, WanTransformer3DModel
 
 from strategies import Full
-from toolkit.config import ConfigError
 from toolkit.core.model import WanCausalModel
 from toolkit.core.rollout import rollout
 from toolkit.core.sampling import BlockSampler
@@ -29,6 +28,7 @@ from toolkit.real import (
     spec_for,
     wan_t2v,
 )
+from toolkit.runs.config import ConfigError
 from toolkit.zoo import wan_t2v_1_3b_spec
 
 TINY = {"patch_size": (1, 2, 2), "num_attention_heads": 2, "attention_head_dim": 24,
@@ -247,8 +247,8 @@ def test_streaming_decode_equals_one_shot_decode():
 
 
 def test_every_strategy_runs_and_decodes(tiny_dir):
-    from toolkit.config import build_strategy
     from toolkit.registry import STRATEGIES
+    from toolkit.runs.config import build_strategy
 
     model = wan_t2v(str(tiny_dir), dtype="float32", block_frames=4, **SIZE)
     for name in STRATEGIES.names():

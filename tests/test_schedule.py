@@ -117,8 +117,8 @@ def test_segmented_cross_attention_equals_per_block_passes(tiny):
 
 def test_schedule_from_the_command_line(tmp_path):
     """`rollbench run prompt='[[0,"..."],[F,"..."]]'`: the Hydra syntax of a schedule."""
-    from toolkit.config import compose_config
-    from toolkit.jobs import run_job
+    from toolkit.runs.config import compose_config
+    from toolkit.runs.jobs import run_job
 
     cfg = compose_config([f"run_root={tmp_path}", "model=tiny-random", "video.latent_frames=8",
                           'prompt=[[0,"a red fox"],[4,"a blue whale, at night"]]',
@@ -135,9 +135,9 @@ def test_schedule_from_the_command_line(tmp_path):
 
 def test_switches_are_tagged_and_the_report_marks_the_shared_ones(tmp_path):
     from reports import compare, data
-    from toolkit.config import compose_config
-    from toolkit.jobs import run_job
-    from toolkit.tracking import target
+    from toolkit.runs.config import compose_config
+    from toolkit.runs.jobs import run_job
+    from toolkit.runs.tracking import target
 
     for seed in (0, 1):
         cfg = compose_config([f"run_root={tmp_path}", "model=tiny-random", f"seed={seed}",

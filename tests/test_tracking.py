@@ -13,12 +13,12 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from toolkit.cli import main
-from toolkit.config import compose_config
 from toolkit.core.rollout import Rollout
 from toolkit.core.spec import ModelSpec
 from toolkit.core.trace import BlockRecord, Trace
-from toolkit.jobs import save_rollout
-from toolkit.tracking import (
+from toolkit.runs.config import compose_config
+from toolkit.runs.jobs import save_rollout
+from toolkit.runs.tracking import (
     MARKER,
     TrackingWarning,
     find_finished,
@@ -169,7 +169,7 @@ def test_same_seed_gives_identical_metrics(tmp_path, store):
 
 
 def _first_writer(uri: str) -> str:
-    from toolkit.tracking import experiment_id, open_client
+    from toolkit.runs.tracking import experiment_id, open_client
 
     return experiment_id(open_client(uri), "race", uri)
 
@@ -197,7 +197,7 @@ def silent_server():
 
 
 def test_a_silent_server_is_given_up_within_the_timeout(silent_server):
-    from toolkit.stores import unreachable
+    from toolkit.runs.stores import unreachable
 
     start = time.perf_counter()
     why = unreachable(silent_server)  # the default timeout (5 s)
@@ -225,7 +225,7 @@ def test_a_run_against_a_hung_server_goes_on_and_prints_the_relog_command(
 
 
 def test_a_grid_job_runs_when_the_store_cannot_say_what_finished(tmp_path, monkeypatch):
-    from toolkit.jobs import run_job
+    from toolkit.runs.jobs import run_job
 
     cfg = compose_config(["model=tiny-random", "video.latent_frames=4", "progress=false",
                           f"run_root={tmp_path}", f"tracking.uri=http://127.0.0.1:{closed_port()}"])

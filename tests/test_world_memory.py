@@ -43,7 +43,7 @@ def test_the_model_needs_its_mid_blocks(gates):
 
 def test_only_a_model_that_passes_its_gates_is_the_memory_world():
     """A model failing a gate ships as model=world-memory-candidate, never as model=world-memory."""
-    from toolkit.config import ABLATIONS
+    from toolkit.runs.config import ABLATIONS
 
     passed = _card("world-memory.safetensors")["gates"]["passed"]
     assert (ABLATIONS / "model" / "world-memory.yaml").exists() == passed
@@ -66,8 +66,8 @@ def test_each_trained_compressor_uses_its_compressed_mid(variant):
 
 def test_run_world_memory_at_1x_and_24x(tmp_path):
     """`rollbench run model=world-memory-candidate ...` logs recall; a bounded strategy runs 24x."""
-    from toolkit.config import compose_config
-    from toolkit.jobs import run_job
+    from toolkit.runs.config import compose_config
+    from toolkit.runs.jobs import run_job
 
     for frames, strategy in ((20, "full"), (480, "packforcing-memory")):
         cfg = compose_config([f"run_root={tmp_path}", "model=world-memory-candidate",
@@ -78,14 +78,14 @@ def test_run_world_memory_at_1x_and_24x(tmp_path):
         assert res.rollout.trace.meta["switches"]  # one shot per block
         assert "recall_moments" in res.scalars
     assert res.scalars["recall_moments/mid"] >= 20
-    from toolkit.jobs import recall_line  # what `rollbench run` prints after the table
+    from toolkit.runs.jobs import recall_line  # what `rollbench run` prints after the table
 
     line = recall_line(res.scalars)
     assert f"mid-only {res.scalars['recall/mid']:.2f}, chance" in line
     assert f"{res.scalars['recall_moments/mid']:.0f} mid-only" in line
     # the report shows the recall table, with the chance level stated
     from reports.compare import build_report, write_report
-    from toolkit.tracking import target
+    from toolkit.runs.tracking import target
 
     _, md = write_report(build_report(target(cfg)[0], "mem", tmp_path / "rep"), tmp_path / "rep")
     text = md.read_text()

@@ -82,7 +82,7 @@ def test_a_few_training_steps_run_and_resume(tmp_path):
 
 
 def test_shipped_packforcing_weights_drive_their_strategy():
-    from toolkit.config import build_strategy, compose_config
+    from toolkit.runs.config import build_strategy, compose_config
 
     cfg = compose_config(["model=world-pf", "strategy=packforcing-world"])
     model = load_world(cfg.model.path)

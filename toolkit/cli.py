@@ -30,8 +30,8 @@ from toolkit.terminal import console, print_table, set_wide
 
 def cmd_run(overrides: list[str]) -> int:
     """One tracked rollout; config errors fail before any work (exit 2)."""
-    from toolkit.config import build, compose_config
-    from toolkit.jobs import run_job
+    from toolkit.runs.config import build, compose_config
+    from toolkit.runs.jobs import run_job
 
     cfg = compose_config(overrides)
     result = run_job(cfg, verbose=True, skip_finished=False, built=build(cfg))
@@ -44,14 +44,14 @@ def cmd_run(overrides: list[str]) -> int:
 
 def cmd_grid(overrides: list[str]) -> int:
     """``rollbench grid experiment=NAME [overrides]``: an experiment's grid, resumable."""
-    from toolkit.grid import launch
+    from toolkit.runs.grid import launch
 
     return launch(overrides)
 
 
 def cmd_sweep(overrides: list[str]) -> int:
     """``rollbench sweep sweep=NAME [overrides]``: an Optuna study over a search space."""
-    from toolkit.sweep import cmd_sweep as sweep
+    from toolkit.runs.sweep import cmd_sweep as sweep
 
     return sweep(overrides)
 
@@ -74,8 +74,8 @@ def cmd_findings(args: list[str]) -> int:
     from reports.findings import analyse, provenance, write
     from toolkit.findings import claim_verdict, keys_of
     from toolkit.findings.run import execute, prepare, registration, seeds_line, wall_line
-    from toolkit.stores import mask
-    from toolkit.tracking import git_state
+    from toolkit.runs.stores import mask
+    from toolkit.runs.tracking import git_state
 
     start = time.perf_counter()
     inv = prepare(args)
@@ -119,7 +119,7 @@ def cmd_throughput(overrides: list[str]) -> int:
 
 def cmd_relog(args: list[str]) -> int:
     """``rollbench relog DIR``: log run directories whose tracking failed."""
-    from toolkit.tracking import cmd_relog as relog
+    from toolkit.runs.tracking import cmd_relog as relog
 
     return relog(args)
 
@@ -135,11 +135,11 @@ def cmd_ls(args: list[str]) -> int:
     """Strategies, compressors, metrics, experiments, sweeps and recipes, with where each lives
     (``experiments_dir=DIR`` adds a user's own experiments and sweeps)."""
     from strategies.compressors import COMPRESSORS
-    from toolkit.config import ABLATIONS, build_strategy, group_files
-    from toolkit.grid import experiments
     from toolkit.metrics import METRICS
     from toolkit.registry import STRATEGIES, where
-    from toolkit.sweep import sweeps
+    from toolkit.runs.config import ABLATIONS, build_strategy, group_files
+    from toolkit.runs.grid import experiments
+    from toolkit.runs.sweep import sweeps
 
     print_table("strategies", ("name", "defined in", "hyperparameters"), [
         (name, where(cls), ", ".join(f"{k}={v!r}" for k, v in
@@ -164,9 +164,9 @@ def cmd_ls(args: list[str]) -> int:
 
 def cmd_bench(overrides: list[str]) -> int:
     """Per strategy: ms per block at the start and end of a long rollout, and peak KV bytes."""
-    from toolkit.config import build, compose_config
     from toolkit.core.rollout import rollout
-    from toolkit.jobs import default_prompts, print_summaries, summarise
+    from toolkit.runs.config import build, compose_config
+    from toolkit.runs.jobs import default_prompts, print_summaries, summarise
 
     names = [o.split("=", 1)[1] for o in overrides if o.startswith("strategies=")]
     overrides = [o for o in overrides if not o.startswith("strategies=")]
@@ -188,8 +188,8 @@ def cmd_bench(overrides: list[str]) -> int:
 
 def cmd_train(args: list[str]) -> int:
     """``rollbench train NAME [overrides]``: run a training recipe from ablations/train/."""
-    from toolkit.config import ConfigError, compose_config
     from toolkit.recipes import RECIPES
+    from toolkit.runs.config import ConfigError, compose_config
 
     if not args:
         raise ConfigError(f"rollbench train needs a recipe: {', '.join(RECIPES.names())}")
@@ -208,7 +208,7 @@ def run_recipe(recipe: Any, base: Any, overrides: list[str]) -> int:
 
     from omegaconf import OmegaConf
 
-    from toolkit.config import ConfigError
+    from toolkit.runs.config import ConfigError
 
     fields = {f.name for f in dataclasses.fields(recipe.config)}
     for o in overrides:
@@ -254,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         from rich.markup import escape
 
-        from toolkit.stores import mask
+        from toolkit.runs.stores import mask
 
         console.print(f"[red]error:[/red] {escape(mask(line))}", soft_wrap=True)
         return 2

@@ -38,6 +38,8 @@ MOVED: dict[str, str] = {
     **{f"toolkit.{m}": f"toolkit.core.{m}"
        for m in ("spec", "rope", "attention", "model", "sampling", "schedule", "trace", "timing",
                  "cache", "contract", "rollout", "testing")},
+    **{f"toolkit.{m}": f"toolkit.runs.{m}"
+       for m in ("config", "jobs", "grid", "sweep", "tracking", "stores", "aggregate", "media")},
 }
 
 #: Old paths that were packages (their modules are listed one by one above).

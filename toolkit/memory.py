@@ -29,12 +29,12 @@ from rich.console import Console
 from rich.table import Table
 
 from toolkit.allocations import LiveBytes
-from toolkit.config import ConfigError, build_strategy, compose_config, video_frames
 from toolkit.core.cache import CacheStrategy
 from toolkit.core.rollout import BlockDriver
 from toolkit.core.spec import ModelSpec
 from toolkit.core.trace import BlockRecord
 from toolkit.registry import strategy_name
+from toolkit.runs.config import ConfigError, build_strategy, compose_config, video_frames
 from toolkit.specmodel import SpecModel
 
 GB = 1e9  # reports use decimal gigabytes, as the paper does

@@ -31,19 +31,19 @@ from hydra.utils import instantiate
 from rich.console import Console
 from rich.table import Table
 
-from toolkit.config import (
-    ConfigError,
-    build_strategy,
-    check_device,
-    compose_config,
-    video_frames,
-)
 from toolkit.core.cache import CacheStrategy
 from toolkit.core.model import VideoModel
 from toolkit.core.rollout import RolloutError, rollout
 from toolkit.core.trace import BlockRecord
 from toolkit.memory import MemoryReport, account, transient_table
 from toolkit.registry import STRATEGIES
+from toolkit.runs.config import (
+    ConfigError,
+    build_strategy,
+    check_device,
+    compose_config,
+    video_frames,
+)
 from toolkit.specmodel import SpecModel
 
 console = Console()

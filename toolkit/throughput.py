@@ -110,8 +110,8 @@ def cmd_throughput(overrides: Sequence[str]) -> int:
 
     Prints ms per block of the rollout and of the plain linear loop, and their ratio.
     """
-    from toolkit.config import ConfigError, build, compose_config
-    from toolkit.jobs import console, default_prompts
+    from toolkit.runs.config import ConfigError, build, compose_config
+    from toolkit.runs.jobs import console, default_prompts
 
     overrides = list(overrides)
     blocks = [o for o in overrides if o.startswith("blocks=")]

@@ -17,8 +17,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from toolkit.config import ConfigError
 from toolkit.findings.spec import SPEC, Spec, load_spec
+from toolkit.runs.config import ConfigError
 
 EXPERIMENT = "findings"
 
@@ -34,8 +34,8 @@ class Job:
 
 def plan(spec: Spec, seeds: int, overrides: list[str] = ()) -> list[Job]:
     """One composed run config per (arm, seed); arms no test uses are left out."""
-    from toolkit.config import compose_config
-    from toolkit.tracking import run_key
+    from toolkit.runs.config import compose_config
+    from toolkit.runs.tracking import run_key
 
     jobs = []
     # seed-major: a partial run still has complete pairs
@@ -50,7 +50,7 @@ def plan(spec: Spec, seeds: int, overrides: list[str] = ()) -> list[Job]:
 
 
 def _run_one(cfg_yaml: str) -> dict[str, Any]:
-    from toolkit.jobs import describe, run_job
+    from toolkit.runs.jobs import describe, run_job
 
     try:
         return describe(run_job(OmegaConf.create(cfg_yaml)))
@@ -60,7 +60,7 @@ def _run_one(cfg_yaml: str) -> dict[str, Any]:
 
 def open_store(cfg: DictConfig) -> None:
     """Create the tracking store and experiment once, before parallel workers write to it."""
-    from toolkit.tracking import experiment_id, open_client, target
+    from toolkit.runs.tracking import experiment_id, open_client, target
 
     uri, experiment = target(cfg)
     experiment_id(open_client(uri), experiment, uri)
@@ -151,8 +151,8 @@ def _whole(key: str, value: str) -> int:
 def prepare(args: list[str]) -> Invocation:
     """Parse ``rollbench findings [seeds=N|quick=true] [workers=N] [out=PATH] [spec=PATH]
     [render_only=true] [Hydra overrides for every run]`` and plan its jobs."""
-    from toolkit.config import compose_config
-    from toolkit.tracking import resolve_uri
+    from toolkit.runs.config import compose_config
+    from toolkit.runs.tracking import resolve_uri
 
     opts: dict[str, str] = {}
     overrides = []

@@ -15,13 +15,13 @@ from typing import Any
 import torch
 from diffusers import AutoencoderKLWan, WanTransformer3DModel
 
-from toolkit.config import ConfigError
 from toolkit.core.model import WanCausalModel
 from toolkit.core.sampling import SamplerConfig
 from toolkit.core.spec import _DTYPES, ModelSpec
 from toolkit.real.checkpoint import assign, load_checkpoint, read_folder
 from toolkit.real.text import RandomPromptEncoder, UMT5PromptEncoder
 from toolkit.real.vae import StreamingWanVAE
+from toolkit.runs.config import ConfigError
 
 SUBFOLDERS = ("transformer", "vae", "text_encoder", "tokenizer")
 WEIGHTS = ("pretrained", "random")

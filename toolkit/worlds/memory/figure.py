@@ -18,8 +18,8 @@ from typing import Any
 
 import torch
 
-from toolkit.config import build_strategy, compose_config
 from toolkit.core.rollout import rollout
+from toolkit.runs.config import build_strategy, compose_config
 from toolkit.worlds.memory.evaluate import as_prompt, gate_clips
 from toolkit.worlds.memory.scenes import ReturnMoment, render, return_moments, schedule_for_seed
 from toolkit.worlds.sprites.model import load_world

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from toolkit.config import (
+from toolkit.runs.config import (
     ConfigError,
     group_files,
     register_strategy_configs,
@@ -58,7 +58,7 @@ def check_experiment(overrides: list[str]) -> str:
 
 def variant(cfg: DictConfig, task_overrides: list[str], swept: list[str]) -> str:
     """A grid job's label: the strategy's, plus its values of the swept keys but the seed."""
-    from toolkit.config import strategy_label
+    from toolkit.runs.config import strategy_label
 
     keys = set(swept) - {"seed", "strategy"}
     values = [o.lstrip("+~") for o in task_overrides if o.split("=", 1)[0].lstrip("+~") in keys]
@@ -68,7 +68,7 @@ def variant(cfg: DictConfig, task_overrides: list[str], swept: list[str]) -> str
 def _job(cfg: DictConfig) -> str:
     from hydra.core.hydra_config import HydraConfig
 
-    from toolkit.jobs import describe, run_job
+    from toolkit.runs.jobs import describe, run_job
     from toolkit.terminal import console
 
     hc = HydraConfig.get()
@@ -83,7 +83,7 @@ def launch(overrides: list[str]) -> int:
     """Run an experiment's grid (Hydra multirun) with the given overrides; print a summary."""
     import hydra
 
-    from toolkit.config import compose_config
+    from toolkit.runs.config import compose_config
 
     check_experiment(overrides)
     compose_config(fixed(overrides))  # a typo'd key or value fails here, in one line
@@ -112,10 +112,10 @@ def fixed(overrides: list[str]) -> list[str]:
 
 def print_summary(overrides: list[str]) -> None:
     """Status counts and a mean table of the experiment's runs, from the tracking store."""
-    from toolkit.aggregate import load_runs
-    from toolkit.config import compose_config
+    from toolkit.runs.aggregate import load_runs
+    from toolkit.runs.config import compose_config
+    from toolkit.runs.tracking import target
     from toolkit.terminal import console, print_table
-    from toolkit.tracking import target
 
     cfg = compose_config(fixed(overrides))
     uri, experiment = target(cfg)

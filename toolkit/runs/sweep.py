@@ -21,13 +21,13 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import OmegaConf
 
-from toolkit.config import ConfigError, compose_config, group_files
-from toolkit.stores import database_url, mask
+from toolkit.runs.config import ConfigError, compose_config, group_files
+from toolkit.runs.stores import database_url, mask
 
 if TYPE_CHECKING:
     import optuna
 
-SWEEPS = Path(__file__).resolve().parent.parent / "ablations" / "sweep"
+SWEEPS = Path(__file__).resolve().parents[2] / "ablations" / "sweep"
 KINDS = ("int", "float", "categorical")
 
 
@@ -141,14 +141,14 @@ class Objective:
     def __call__(self, trial: optuna.Trial) -> float | list[float]:
         import optuna
 
-        from toolkit.jobs import run_job
+        from toolkit.runs.jobs import run_job
 
         overrides = [*self.spec.base, *self.spec.overrides, *suggest(trial, self.spec),
                      f"experiment_name=sweep-{self.spec.name}", "progress=false",
                      f"variant=trial {trial.number}"]
         try:
             cfg = compose_config(overrides)
-            from toolkit.config import build
+            from toolkit.runs.config import build
 
             built = build(cfg)
         except (ConfigError, ValueError) as err:  # impossible partitions: not a crash
@@ -212,7 +212,7 @@ def parse(args: list[str]) -> tuple[str, dict[str, str], list[str]]:
 
 def study_run(spec: SweepSpec, url: str, cfg: Any) -> str | None:
     """The MLflow run all trials nest under (found again when a study resumes)."""
-    from toolkit.tracking import experiment_id, open_client, target
+    from toolkit.runs.tracking import experiment_id, open_client, target
 
     shown = mask(url)  # the tag never holds a password (the report needs storage= then)
     try:

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from toolkit.core.cache import CacheStrategy
 
 #: Built-in config folders (the package ``ablations``).
-ABLATIONS = Path(__file__).resolve().parent.parent / "ablations"
+ABLATIONS = Path(__file__).resolve().parents[2] / "ablations"
 
 
 class ConfigError(ValueError):
@@ -254,7 +254,7 @@ def check_run_config(cfg: DictConfig) -> None:
     check_device(cfg.get("device", "cpu"), present=False)  # whether it exists: when building
     uri = (cfg.get("tracking") or {}).get("uri")
     if uri:
-        from toolkit.stores import require_driver
+        from toolkit.runs.stores import require_driver
 
         require_driver(str(uri))  # a missing driver fails now, not after the rollout
 

@@ -13,7 +13,7 @@ them all. The tracking URI defaults to ``sqlite:///<run_root>/mlflow.db``
 with artifacts under ``<run_root>/mlartifacts``; any MLflow URI works.
 
 A store behind a server (``http(s)://``, ``postgresql://``) is probed first
-(``toolkit.stores``): one that does not answer within ``ROLLBENCH_TRACKING_TIMEOUT`` seconds
+(``toolkit.runs.stores``): one that does not answer within ``ROLLBENCH_TRACKING_TIMEOUT`` seconds
 (default 5) fails at once instead of after MLflow's minutes of retries, so the run goes on and
 its results wait on disk for ``rollbench relog``. Messages never show a URL's password.
 
@@ -43,8 +43,8 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from toolkit.compat import old_path
-from toolkit.config import strategy_label
-from toolkit.stores import check_store, database_url, mask, timeout
+from toolkit.runs.config import strategy_label
+from toolkit.runs.stores import check_store, database_url, mask, timeout
 
 if TYPE_CHECKING:
     from toolkit.metrics import MetricInput, MetricResults
@@ -198,8 +198,8 @@ def record_run(out: Any, cfg: DictConfig, run_dir: str | Path, model: Any = None
     Returns:
         The run id, or None when the store could not be reached (see ``TRACKING_FAILED``).
     """
-    from toolkit.media import filmstrip
     from toolkit.metrics import MetricInput, compute
+    from toolkit.runs.media import filmstrip
 
     run_dir = Path(run_dir)
     track = cfg.get("tracking") or {}

@@ -112,7 +112,7 @@ def load_runs(tracking_uri: str, experiment: str = "rollbench",
 
     Scalar metrics appear under their own names; curves are left out (see :func:`curves`).
     """
-    from toolkit.tracking import open_client
+    from toolkit.runs.tracking import open_client
 
     client = open_client(tracking_uri)
     exp = client.get_experiment_by_name(experiment)
@@ -155,7 +155,7 @@ def _int(value: str | None) -> int | None:
 def curves(run_ids: Iterable[str], metric: str,
            tracking_uri: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """``run_id -> (steps, values)`` of a logged curve, sorted by step (latent frame)."""
-    from toolkit.tracking import open_client
+    from toolkit.runs.tracking import open_client
 
     client = open_client(tracking_uri)
     out = {}

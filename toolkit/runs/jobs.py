@@ -52,7 +52,7 @@ def save_rollout(out: Rollout, cfg, run_dir: Path) -> None:
     """Write config, trace, latents and (when decoded) mp4 + filmstrip under run_dir."""
     import torch
 
-    from toolkit.media import filmstrip, write_mp4
+    from toolkit.runs.media import filmstrip, write_mp4
 
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
@@ -123,8 +123,8 @@ def scalars_of(run_dir: Path) -> dict[str, float]:
 
 def record_failure(cfg: DictConfig, key: str, error: str, parent: str | None = None) -> str:
     """A FAILED MLflow run holding the error, so a grid's record shows the failure."""
-    from toolkit.config import strategy_label
-    from toolkit.tracking import experiment_id, open_client, target
+    from toolkit.runs.config import strategy_label
+    from toolkit.runs.tracking import experiment_id, open_client, target
 
     uri, experiment = target(cfg)
     client = open_client(uri)
@@ -151,10 +151,10 @@ def run_job(cfg: DictConfig, verbose: bool = False, skip_finished: bool = True,
         built: the (model, strategy) of cfg when the caller already built them.
         callbacks: called with each block's record during the rollout (e.g. pruning).
     """
-    from toolkit.config import build
     from toolkit.core.rollout import RolloutError, rollout
-    from toolkit.stores import TrackingUnreachable, mask
-    from toolkit.tracking import find_finished, record_run, run_key, target
+    from toolkit.runs.config import build
+    from toolkit.runs.stores import TrackingUnreachable, mask
+    from toolkit.runs.tracking import find_finished, record_run, run_key, target
 
     key = run_key(cfg)
     uri, experiment = target(cfg)

@@ -18,7 +18,7 @@ from importlib.util import find_spec
 from typing import Any
 from urllib.parse import urlparse
 
-from toolkit.config import ConfigError
+from toolkit.runs.config import ConfigError
 
 TIMEOUT_ENV = "ROLLBENCH_TRACKING_TIMEOUT"
 #: Database URL schemes -> (default port, driver module per SQLAlchemy dialect suffix). A plain
