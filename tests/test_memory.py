@@ -4,10 +4,10 @@ import pytest
 
 from strategies import Full, Sink, Window
 from strategies.packforcing import PackForcing
+from toolkit.bench.kv import account
 from toolkit.cli import main
 from toolkit.core.rollout import rollout
 from toolkit.core.testing import held_tensors
-from toolkit.memory import account
 from toolkit.specmodel import SpecModel, wan_spec_model
 
 PAPER_FRAMES = 480  # 120 s at 16 fps, 4x temporal VAE
@@ -131,7 +131,7 @@ def test_working_memory_of_the_kv_path_stays_within_10_percent(make, block, fram
 def test_live_bytes_counts_what_is_alive():
     import torch
 
-    from toolkit.allocations import LiveBytes
+    from toolkit.bench.allocations import LiveBytes
 
     outside = torch.zeros(1000)  # 4,000 bytes made before: never counted
     with LiveBytes() as live:

@@ -304,7 +304,7 @@ class OutOfMemoryAt(Full):
 
 
 def test_realbench_records_blocks_and_survives_oom():
-    from toolkit.realbench import run_strategy
+    from toolkit.bench.realsize import run_strategy
     from toolkit.zoo import tiny_random
 
     model = tiny_random(seed=0)
@@ -320,8 +320,8 @@ def test_realbench_records_blocks_and_survives_oom():
 
 
 def test_bench_routes_real_models_and_refuses_them_on_cpu(tmp_path, capsys):
+    from toolkit.bench.realsize import wants_realbench
     from toolkit.cli import main
-    from toolkit.realbench import wants_realbench
 
     assert not wants_realbench(["model=tiny-random"])
     assert wants_realbench(["model=tiny-random", "device=cuda"])
@@ -349,7 +349,7 @@ def test_check_table_sets_runs_against_the_memory_accounting():
 
     from strategies import Window
     from strategies.packforcing import PackForcing
-    from toolkit.realbench import check, check_table
+    from toolkit.bench.realsize import check, check_table
     from toolkit.zoo import tiny_random
 
     model = tiny_random(seed=0)

@@ -104,7 +104,7 @@ def cmd_findings(args: list[str]) -> int:
 
 def cmd_memory(overrides: list[str]) -> int:
     """``rollbench memory model=wan-t2v-1.3b strategy=... video.seconds=N`` (meta tensors)."""
-    from toolkit.memory import cmd_memory as memory
+    from toolkit.bench.kv import cmd_memory as memory
 
     return memory(overrides)
 
@@ -112,7 +112,7 @@ def cmd_memory(overrides: list[str]) -> int:
 def cmd_throughput(overrides: list[str]) -> int:
     """``rollbench throughput``: ms per block of a rollout beside a plain loop of its linear
     layers (same shapes), measured side by side in one process."""
-    from toolkit.throughput import cmd_throughput as throughput
+    from toolkit.bench.throughput import cmd_throughput as throughput
 
     return throughput(overrides)
 
@@ -126,7 +126,7 @@ def cmd_relog(args: list[str]) -> int:
 
 def cmd_realbench(overrides: list[str]) -> int:
     """Real-size (GPU) bench of any model: latency, KV bytes, CUDA peak, OOM-safe."""
-    from toolkit.realbench import cmd_realbench as realbench
+    from toolkit.bench.realsize import cmd_realbench as realbench
 
     return realbench(overrides)
 
@@ -180,7 +180,7 @@ def cmd_bench(overrides: list[str]) -> int:
                       seed=cfg.seed, decode=False)
         rows.append((name, summarise(out, time.perf_counter() - start)))
     print_summaries("rollbench bench", rows)
-    from toolkit.memory import working_memory_table
+    from toolkit.bench.kv import working_memory_table
 
     console.print(working_memory_table(overrides, names))
     return 0
@@ -226,7 +226,7 @@ def run_recipe(recipe: Any, base: Any, overrides: list[str]) -> int:
 
 def cmd_bench_any(overrides: list[str]) -> int:
     """``bench``: the CPU bench, or the real-size one for CUDA runs and real models."""
-    from toolkit.realbench import wants_realbench
+    from toolkit.bench.realsize import wants_realbench
 
     return cmd_realbench(overrides) if wants_realbench(overrides) else cmd_bench(overrides)
 

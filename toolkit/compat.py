@@ -40,6 +40,10 @@ MOVED: dict[str, str] = {
                  "cache", "contract", "rollout", "testing")},
     **{f"toolkit.{m}": f"toolkit.runs.{m}"
        for m in ("config", "jobs", "grid", "sweep", "tracking", "stores", "aggregate", "media")},
+    "toolkit.memory": "toolkit.bench.kv",
+    "toolkit.realbench": "toolkit.bench.realsize",
+    "toolkit.throughput": "toolkit.bench.throughput",
+    "toolkit.allocations": "toolkit.bench.allocations",
 }
 
 #: Old paths that were packages (their modules are listed one by one above).

@@ -1,6 +1,6 @@
 """Spec-only models: a real model's sizes and RoPE, no weights (memory accounting).
 
-A ``SpecModel`` has what ``toolkit.memory`` drives a strategy with: ``spec``, ``rope``,
+A ``SpecModel`` has what ``toolkit.bench.kv`` drives a strategy with: ``spec``, ``rope``,
 ``sampler``, ``vae = None`` and ``device = meta``. Strategies bound to it see meta tensors of
 the true sizes: nothing is allocated, nothing is computed.
 """

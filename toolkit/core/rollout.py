@@ -1,7 +1,7 @@
 """The rollout harness: one strategy-agnostic loop over blocks and denoising steps.
 
 ``BlockDriver`` is the per-block protocol of the cache contract, written once: the rollout
-drives real blocks through it, ``toolkit.memory`` drives meta-tensor blocks through it.
+drives real blocks through it, ``toolkit.bench.kv`` drives meta-tensor blocks through it.
 """
 
 from __future__ import annotations

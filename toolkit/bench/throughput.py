@@ -8,7 +8,7 @@ the same shapes and dtype with the model's own weights, are the floor any harnes
 model can reach without fusing or compiling them away. Both are timed in the same process,
 one after the other, so the ratio is measured side by side::
 
-    from toolkit.throughput import cmd_throughput
+    from toolkit.bench.throughput import cmd_throughput
     cmd_throughput(["model=world", "threads=1"])
 """
 

@@ -5,7 +5,7 @@ counted until that storage is freed (a weak-reference finaliser), so ``peak`` is
 alive at once among the tensors made while the mode was on. Views, in-place results and
 ``out=`` writes share a storage already known and add nothing; tensors made before the mode,
 or outside it, are never counted. On meta tensors it measures what a run would allocate
-without allocating it (``toolkit.memory`` drives a strategy at the real model's sizes so).
+without allocating it (``toolkit.bench.kv`` drives a strategy at the real model's sizes so).
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ K/V recorded; ``commit``; the block's ``BlockRecord``), with meta tensors of the
 no weights, no allocation, no arithmetic. Tokens and bytes
 come from the strategy's ``footprint``; context sizes from what it hands the plan. With
 ``track=True`` every tensor the plan and the strategy make is counted while it lives
-(``toolkit.allocations.LiveBytes``): the peak working memory of the KV path per block, against
+(``toolkit.bench.allocations.LiveBytes``): the peak working memory of the KV path per block, against
 the KV a block needs (held when it starts + its own K/V). The transformer's other
 activations and a compressor's own computation are not counted (compressors do not run on
 meta tensors; their outputs have the declared size).
@@ -28,7 +28,7 @@ from hydra.utils import instantiate
 from rich.console import Console
 from rich.table import Table
 
-from toolkit.allocations import LiveBytes
+from toolkit.bench.allocations import LiveBytes
 from toolkit.core.cache import CacheStrategy
 from toolkit.core.rollout import BlockDriver
 from toolkit.core.spec import ModelSpec

@@ -7,7 +7,7 @@
 weights-backed twin: ``wan-t2v-1.3b`` is the spec-only model of ``rollbench memory``.)
 
 Every strategy is also accounted as ``rollbench memory`` does (meta tensors, the KV path's
-working memory tracked: ``toolkit.memory.account``), and a last table sets each one's CUDA
+working memory tracked: ``toolkit.bench.kv.account``), and a last table sets each one's CUDA
 peak above the weights against that figure: the GPU check of the memory accounting
 (``check_table``; ``pytest -m gpu tests/test_real_gpu.py`` runs it at 832x480 in bf16).
 
@@ -31,11 +31,11 @@ from hydra.utils import instantiate
 from rich.console import Console
 from rich.table import Table
 
+from toolkit.bench.kv import MemoryReport, account, transient_table
 from toolkit.core.cache import CacheStrategy
 from toolkit.core.model import VideoModel
 from toolkit.core.rollout import RolloutError, rollout
 from toolkit.core.trace import BlockRecord
-from toolkit.memory import MemoryReport, account, transient_table
 from toolkit.registry import STRATEGIES
 from toolkit.runs.config import (
     ConfigError,
@@ -50,7 +50,7 @@ console = Console()
 FIRST = ("full", "window", "sink")  # listed first; then every other registered strategy
 REAL_TARGETS = ("toolkit.real.wan_t2v",)  # models `bench` always measures with this module
 GIB, MIB = 2**30, 2**20
-MODEL_CONFIGS = Path(__file__).resolve().parent.parent / "ablations" / "model"
+MODEL_CONFIGS = Path(__file__).resolve().parents[2] / "ablations" / "model"
 
 
 @dataclass
