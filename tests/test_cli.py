@@ -297,7 +297,7 @@ def test_a_grids_typo_fails_in_one_line_before_any_job(capsys, tmp_path):
 def test_training_settings_are_plain_fields_even_when_a_group_shares_the_name(monkeypatch):
     """`rollbench train packforcing compressor=hr`: `compressor` is also a config group;
     a typo'd setting gets did-you-mean."""
-    from toolkit.recipes import RECIPES, Recipe
+    from toolkit.models.recipes import RECIPES, Recipe
     from toolkit.worlds.sprites.pf_train import PFTrainConfig
 
     got = []

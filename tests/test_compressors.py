@@ -8,8 +8,8 @@ import torch
 from strategies.compressors import COMPRESSORS, HR, build_compressor
 from strategies.packforcing import PackForcing
 from toolkit.core.rollout import rollout
+from toolkit.models.specmodel import wan_spec_model
 from toolkit.runs.config import build_strategy, compose_config
-from toolkit.specmodel import wan_spec_model
 from toolkit.worlds.sprites.model import WorldConfig, build_world
 
 CONFIGS = Path(__file__).resolve().parent.parent / "ablations" / "compressor"
@@ -158,7 +158,7 @@ def test_mid_partition_holds_the_declared_tokens(world):
 # -- Wan's causal VAE (a tiny random AutoencoderKLWan), blocks of 3 and 4 ----------------------
 @pytest.fixture(scope="module", params=[3, 4])
 def wan_vae_model(request):
-    from toolkit.zoo import tiny_wan
+    from toolkit.models.zoo import tiny_wan
 
     return tiny_wan(request.param)
 

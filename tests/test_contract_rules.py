@@ -216,7 +216,12 @@ def test_over_reporting_is_named_too(tiny):
 
 # -- weights -------------------------------------------------------------------------------------
 def test_weights_are_found_on_the_search_path(tmp_path, monkeypatch):
-    from toolkit.weights import WEIGHT_DIRS, find_weights, missing_weights, register_weights_dir
+    from toolkit.models.weights import (
+        WEIGHT_DIRS,
+        find_weights,
+        missing_weights,
+        register_weights_dir,
+    )
 
     found = find_weights("compressor-hr.safetensors")  # the world registers its own folder
     assert found.is_file() and found.parent.name == "weights"

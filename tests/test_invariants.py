@@ -116,7 +116,7 @@ def test_bf16_keys_moved_85_times_are_rounded_once():
     """A 120 s video moves PackForcing's sink about 85 times. Shifting bf16 keys in place
     rounds them each time: far more than a few ulps. Cached blocks rotate on read instead."""
     from toolkit.core.cache import BlockKV
-    from toolkit.zoo import wan_t2v_1_3b_spec
+    from toolkit.models.zoo import wan_t2v_1_3b_spec
 
     spec = wan_t2v_1_3b_spec()  # real scale: 12 heads x 128, one frame of 1,560 tokens
     drift = shift_drift(spec, 85, 4.0)

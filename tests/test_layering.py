@@ -35,7 +35,8 @@ def test_findings_and_reports_do_not_import_each_other():
 def test_strategies_do_not_import_the_world():
     """Strategies are written against the contract and the generic model, never one concrete
     model: nothing under strategies/ imports toolkit.worlds (weights are found through
-    toolkit.weights; the world's PackForcing recipe lives in toolkit/worlds/sprites/pf_train.py)."""
+    toolkit.models.weights; the world's PackForcing recipe lives in
+    toolkit/worlds/sprites/pf_train.py)."""
     root = Path(__file__).resolve().parents[1]
     files = sorted((root / "strategies").rglob("*.py"))
     assert len(files) >= 10  # the check reads the package, compressors included

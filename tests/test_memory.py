@@ -8,7 +8,7 @@ from toolkit.bench.kv import account
 from toolkit.cli import main
 from toolkit.core.rollout import rollout
 from toolkit.core.testing import held_tensors
-from toolkit.specmodel import SpecModel, wan_spec_model
+from toolkit.models.specmodel import SpecModel, wan_spec_model
 
 PAPER_FRAMES = 480  # 120 s at 16 fps, 4x temporal VAE
 

@@ -14,7 +14,7 @@ from toolkit.core.rollout import rollout
 from toolkit.core.rope import Rope, apply_rope, grid_positions
 from toolkit.core.sampling import SamplerConfig
 from toolkit.core.testing import StrategyContract
-from toolkit.zoo import tiny_random
+from toolkit.models.zoo import tiny_random
 
 FRAMES = 16
 
@@ -331,8 +331,8 @@ def test_world_24x_rollout_is_flat_and_selection_is_cheap(positions):
 @pytest.mark.parametrize("compressor", ["lr", "dual", "hr", "pool", "pool_kv"])
 def test_selfforcing_geometry_preset_runs_every_compressor_on_3_frame_blocks(compressor):
     """packforcing-selfforcing on a tiny random Wan with Wan's causal VAE, blocks of 3."""
+    from toolkit.models.zoo import tiny_wan
     from toolkit.runs.config import build_strategy, compose_config
-    from toolkit.zoo import tiny_wan
 
     model = tiny_wan(block_frames=3)
     extra = ["strategy.allow_random=true"] if compressor in ("hr", "dual") else []

@@ -183,7 +183,7 @@ def test_train_checkpoints_resumes_and_exports(tmp_path):
 def test_command_yaml_and_validation():
     from omegaconf import OmegaConf
 
-    from toolkit.recipes import RECIPES
+    from toolkit.models.recipes import RECIPES
     from toolkit.runs.config import compose_config
 
     recipe = RECIPES.get("packforcing")

@@ -15,7 +15,7 @@ from strategies import Full, Sink, Window
 from strategies.packforcing import PackForcing
 from toolkit.bench.realsize import check, check_table, run_strategy
 from toolkit.core.rollout import rollout
-from toolkit.real import wan_t2v
+from toolkit.models.real import wan_t2v
 
 pytestmark = pytest.mark.gpu
 

@@ -2,7 +2,7 @@
 
 A diffusers-format directory (transformer/, vae/, text_encoder/, tokenizer/) is written from
 tiny random diffusers / transformers models and a word-level tokenizer built in memory, then
-loaded through ``toolkit.real.wan_t2v`` exactly as a downloaded Wan2.1-T2V-1.3B would be.
+loaded through ``toolkit.models.real.wan_t2v`` exactly as a downloaded Wan2.1-T2V-1.3B would be.
 """
 
 import re
@@ -17,7 +17,7 @@ from toolkit.core.model import WanCausalModel
 from toolkit.core.rollout import rollout
 from toolkit.core.sampling import BlockSampler
 from toolkit.core.testing import block_causal_reference
-from toolkit.real import (
+from toolkit.models.real import (
     SUBFOLDERS,
     WAN_T2V_1_3B,
     CheckpointError,
@@ -28,8 +28,8 @@ from toolkit.real import (
     spec_for,
     wan_t2v,
 )
+from toolkit.models.zoo import wan_t2v_1_3b_spec
 from toolkit.runs.config import ConfigError
-from toolkit.zoo import wan_t2v_1_3b_spec
 
 TINY = {"patch_size": (1, 2, 2), "num_attention_heads": 2, "attention_head_dim": 24,
         "in_channels": 4, "out_channels": 4, "text_dim": 16, "freq_dim": 32, "ffn_dim": 64,
@@ -305,7 +305,7 @@ class OutOfMemoryAt(Full):
 
 def test_realbench_records_blocks_and_survives_oom():
     from toolkit.bench.realsize import run_strategy
-    from toolkit.zoo import tiny_random
+    from toolkit.models.zoo import tiny_random
 
     model = tiny_random(seed=0)
     spec = model.spec
@@ -350,7 +350,7 @@ def test_check_table_sets_runs_against_the_memory_accounting():
     from strategies import Window
     from strategies.packforcing import PackForcing
     from toolkit.bench.realsize import check, check_table
-    from toolkit.zoo import tiny_random
+    from toolkit.models.zoo import tiny_random
 
     model = tiny_random(seed=0)
     strategies = {"full": Full(), "window": Window(window_frames=4), "packforcing":

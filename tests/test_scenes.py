@@ -137,7 +137,7 @@ def test_memory_recipe_yaml_mirrors_its_defaults_and_resumes(tmp_path):
     checkpoint, resume and export a loadable memory model with its card."""
     from omegaconf import OmegaConf
 
-    from toolkit.recipes import RECIPES
+    from toolkit.models.recipes import RECIPES
     from toolkit.runs.config import compose_config
     from toolkit.worlds.memory.train import MemoryTrainConfig, train_memory
     from toolkit.worlds.sprites.model import MemoryWorldModel, load_world

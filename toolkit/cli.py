@@ -188,7 +188,7 @@ def cmd_bench(overrides: list[str]) -> int:
 
 def cmd_train(args: list[str]) -> int:
     """``rollbench train NAME [overrides]``: run a training recipe from ablations/train/."""
-    from toolkit.recipes import RECIPES
+    from toolkit.models.recipes import RECIPES
     from toolkit.runs.config import ConfigError, compose_config
 
     if not args:

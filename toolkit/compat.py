@@ -44,10 +44,13 @@ MOVED: dict[str, str] = {
     "toolkit.realbench": "toolkit.bench.realsize",
     "toolkit.throughput": "toolkit.bench.throughput",
     "toolkit.allocations": "toolkit.bench.allocations",
+    **{f"toolkit.{m}": f"toolkit.models.{m}"
+       for m in ("zoo", "specmodel", "weights", "recipes", "real", "real.builder",
+                 "real.checkpoint", "real.text", "real.vae")},
 }
 
 #: Old paths that were packages (their modules are listed one by one above).
-PACKAGES: frozenset[str] = frozenset({"toolkit.world"})
+PACKAGES: frozenset[str] = frozenset({"toolkit.world", "toolkit.real"})
 
 _OLD = {new: old for old, new in MOVED.items()}
 

@@ -210,7 +210,7 @@ class Compressor(torch.nn.Module):
         """Read parameters written by ``save`` (shapes must match this configuration)."""
         from safetensors.torch import load_file
 
-        from toolkit.weights import find_weights, missing_weights
+        from toolkit.models.weights import find_weights, missing_weights
 
         path = find_weights(path)
         if not path.exists():

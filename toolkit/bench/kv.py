@@ -1,6 +1,6 @@
 """KV memory of any strategy at a real model's scale, from its own bookkeeping on meta tensors.
 
-``account`` binds the strategy to a spec-only model (``toolkit.specmodel``) and drives it
+``account`` binds the strategy to a spec-only model (``toolkit.models.specmodel``) and drives it
 exactly as a rollout does, through the rollout's own block driver
 (``toolkit.core.rollout.BlockDriver``: ``begin_block``; the strategy's context for every layer at
 every denoising step and in the cache-fill pass, copied into the plan's buffer; the block's
@@ -33,9 +33,9 @@ from toolkit.core.cache import CacheStrategy
 from toolkit.core.rollout import BlockDriver
 from toolkit.core.spec import ModelSpec
 from toolkit.core.trace import BlockRecord
+from toolkit.models.specmodel import SpecModel
 from toolkit.registry import strategy_name
 from toolkit.runs.config import ConfigError, build_strategy, compose_config, video_frames
-from toolkit.specmodel import SpecModel
 
 GB = 1e9  # reports use decimal gigabytes, as the paper does
 

@@ -36,6 +36,7 @@ from toolkit.core.cache import CacheStrategy
 from toolkit.core.model import VideoModel
 from toolkit.core.rollout import RolloutError, rollout
 from toolkit.core.trace import BlockRecord
+from toolkit.models.specmodel import SpecModel
 from toolkit.registry import STRATEGIES
 from toolkit.runs.config import (
     ConfigError,
@@ -44,11 +45,10 @@ from toolkit.runs.config import (
     compose_config,
     video_frames,
 )
-from toolkit.specmodel import SpecModel
 
 console = Console()
 FIRST = ("full", "window", "sink")  # listed first; then every other registered strategy
-REAL_TARGETS = ("toolkit.real.wan_t2v",)  # models `bench` always measures with this module
+REAL_TARGETS = ("toolkit.models.real.wan_t2v",)  # models `bench` always measures with this module
 GIB, MIB = 2**30, 2**20
 MODEL_CONFIGS = Path(__file__).resolve().parents[2] / "ablations" / "model"
 

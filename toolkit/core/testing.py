@@ -104,7 +104,7 @@ def _exact_subset(sizes: dict[str, int], total: int, most: int = 3) -> list[str]
 
 def tiny_model() -> Any:
     """The seeded random tiny Wan the suite runs on."""
-    from toolkit.zoo import tiny_random
+    from toolkit.models.zoo import tiny_random
 
     return tiny_random(seed=0)
 

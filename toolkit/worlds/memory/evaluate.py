@@ -135,7 +135,7 @@ def record_gates(path: str | Path, clips: int = 64) -> dict[str, Any]:
 
     Measured on one thread, as the tests re-measure them (same seed, same numbers).
     """
-    from toolkit.weights import find_weights
+    from toolkit.models.weights import find_weights
     from toolkit.worlds.sprites.model import load_world
 
     path = find_weights(path)

@@ -3,12 +3,12 @@
 See :mod:`toolkit.worlds.sprites.sim` for the world's rules and seeds, and
 :mod:`toolkit.worlds.sprites.analyse` for how frames are read back. Importing it registers the
 world's weight folder (``toolkit/worlds/sprites/weights``) on the weights search path
-(``toolkit.weights``).
+(``toolkit.models.weights``).
 """
 
 from pathlib import Path
 
-from toolkit.weights import register_weights_dir
+from toolkit.models.weights import register_weights_dir
 from toolkit.worlds.sprites.analyse import (
     FrameObs,
     SpriteObs,

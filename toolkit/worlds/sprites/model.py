@@ -22,7 +22,8 @@ from toolkit.core.model import WanCausalModel
 from toolkit.core.sampling import SamplerConfig
 from toolkit.core.schedule import PromptSchedule
 from toolkit.core.spec import ModelSpec
-from toolkit.weights import find_weights, missing_weights
+from toolkit.models.weights import find_weights, missing_weights
+from toolkit.models.zoo import TokenPromptEncoder
 from toolkit.worlds.memory.scenes import SCENE_VOCAB_SIZE, Shot, schedule_for_seed
 from toolkit.worlds.sprites import WEIGHTS_DIR
 from toolkit.worlds.sprites.sim import (
@@ -32,7 +33,6 @@ from toolkit.worlds.sprites.sim import (
     Prompt,
     prompt_for_seed,
 )
-from toolkit.zoo import TokenPromptEncoder
 
 WORLDS = ("sprites", "scenes")
 

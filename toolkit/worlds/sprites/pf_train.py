@@ -67,7 +67,7 @@ from tqdm.auto import tqdm
 from strategies.compressors import SPATIAL, Compressor, build_compressor, compressor_class
 from strategies.packforcing import KV_MODES
 from strategies.packforcing_layout import Layout, block_errors, contexts, pack_layout, predict
-from toolkit.weights import find_weights
+from toolkit.models.weights import find_weights
 from toolkit.worlds.memory.scenes import ClipMix, sample_clips
 from toolkit.worlds.memory.train import colour_recall, encode_shots, return_weights
 from toolkit.worlds.sprites.model import (

@@ -16,7 +16,7 @@ import torch
 from toolkit.core.rope import Rope
 from toolkit.core.sampling import SamplerConfig
 from toolkit.core.spec import ModelSpec
-from toolkit.zoo import wan_t2v_1_3b_spec
+from toolkit.models.zoo import wan_t2v_1_3b_spec
 
 WAN_VAE_TIME = 4  # Wan's VAE: 4 video frames per latent frame
 

@@ -17,7 +17,8 @@ class Recipe:
     run: Callable[[Any], Any]
 
 
-RECIPES: Registry[Recipe] = Registry("training recipe", "rollbench.recipes", "toolkit.recipes")
+RECIPES: Registry[Recipe] = Registry("training recipe", "rollbench.recipes",
+                                     "toolkit.models.recipes")
 
 
 def _builtin() -> None:

@@ -84,7 +84,7 @@ def tiny_wan(block_frames: int = 3, seed: int = 0, steps: int = 2) -> WanCausalM
     per frame. For tests of what needs Wan's own VAE (``lr`` / ``dual`` compressors)."""
     from diffusers import AutoencoderKLWan
 
-    from toolkit.real import StreamingWanVAE, spec_for
+    from toolkit.models.real import StreamingWanVAE, spec_for
 
     torch.manual_seed(seed)
     transformer = WanTransformer3DModel(

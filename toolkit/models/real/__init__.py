@@ -1,6 +1,6 @@
 """Real Wan2.1 / Self-Forcing models: loading, checkpoint conversion, UMT5 prompts, streaming VAE.
 
-    from toolkit.real import wan_t2v
+    from toolkit.models.real import wan_t2v
     model = wan_t2v("~/models/Wan2.1-T2V-1.3B-Diffusers", checkpoint="self_forcing_dmd.pt",
                     device="cuda")
 
@@ -8,7 +8,7 @@ Hydra: ``model=wan-t2v-1.3b model.path=DIR [model.checkpoint=FILE]``; ``weights=
 the real-size architecture with random weights (no download) for memory / latency accounting.
 """
 
-from toolkit.real.builder import (
+from toolkit.models.real.builder import (
     SELF_FORCING_TIMESTEPS,
     SUBFOLDERS,
     WAN_T2V_1_3B,
@@ -18,7 +18,7 @@ from toolkit.real.builder import (
     spec_for,
     wan_t2v,
 )
-from toolkit.real.checkpoint import (
+from toolkit.models.real.checkpoint import (
     CheckpointError,
     assign,
     load_checkpoint,
@@ -26,8 +26,8 @@ from toolkit.real.checkpoint import (
     read_state,
     to_diffusers,
 )
-from toolkit.real.text import RandomPromptEncoder, UMT5PromptEncoder
-from toolkit.real.vae import StreamingWanVAE
+from toolkit.models.real.text import RandomPromptEncoder, UMT5PromptEncoder
+from toolkit.models.real.vae import StreamingWanVAE
 
 __all__ = [
     "SELF_FORCING_TIMESTEPS",
