@@ -111,7 +111,7 @@ def analyse(spec: Spec, planned: Mapping[tuple[str, int], str], uri: str) -> Fin
     """Measures and verdicts of the stored runs of ``planned`` (``(arm, seed) -> run key``)."""
     runs, missing = collect(planned, uri)
     if runs.empty:
-        from toolkit.runs.config import ConfigError
+        from toolkit.errors import ConfigError
         from toolkit.runs.stores import mask
 
         raise ConfigError(f"no finished findings runs in {mask(uri)}: run `rollbench findings` "

@@ -6,8 +6,9 @@ import textwrap
 import pytest
 
 from toolkit.cli import main
+from toolkit.errors import ConfigError
 from toolkit.registry import STRATEGIES, UnknownName
-from toolkit.runs.config import ConfigError, build, build_strategy, compose_config
+from toolkit.runs.config import build, build_strategy, compose_config
 
 
 def test_run_writes_outputs(tmp_path, capsys):

@@ -11,8 +11,9 @@ from strategies import DeepSink, Full, RollingAnchor, Sink, Window
 from toolkit.core.cache import CacheStrategy, KeepBlocksStrategy, usage
 from toolkit.core.rollout import rollout
 from toolkit.core.testing import StrategyContract, bytes_problem
+from toolkit.errors import ConfigError
 from toolkit.registry import where
-from toolkit.runs.config import ConfigError, build_strategy, compose_config
+from toolkit.runs.config import build_strategy, compose_config
 
 FRAMES = 12  # six blocks of the tiny model (2 frames each)
 

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from toolkit.errors import ConfigError
 from toolkit.findings import (
     Check,
     claim_verdict,
@@ -19,7 +20,6 @@ from toolkit.findings import (
     verdict,
     whole_measure,
 )
-from toolkit.runs.config import ConfigError
 
 
 def test_the_shipped_findings_file_is_complete_and_composes():

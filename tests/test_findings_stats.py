@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
+from toolkit.errors import ConfigError
 from toolkit.findings import (
     NOT_TESTABLE,
     Check,
@@ -30,7 +31,6 @@ from toolkit.findings import (
 )
 from toolkit.findings.inference import coverage, sign_flip_method
 from toolkit.runs.aggregate import mean_ci
-from toolkit.runs.config import ConfigError
 
 V2 = Statistics(test="permutation", interval="t", correction="holm", not_testable=0.9,
                 exact=True, band_test=True)

@@ -11,6 +11,7 @@ import torch
 
 from toolkit.core.spec import ModelSpec
 from toolkit.core.trace import BlockRecord, Trace
+from toolkit.errors import ConfigError
 from toolkit.findings import (
     Check,
     bin_means,
@@ -21,7 +22,6 @@ from toolkit.findings import (
 )
 from toolkit.metrics import METRICS, MetricInput, Unavailable, compute
 from toolkit.metrics.boundary import events, rope_periods
-from toolkit.runs.config import ConfigError
 from toolkit.worlds.sprites import BACKGROUNDS, prompt_for_seed, simulate, split_seed
 
 # the world model's sizes: head_dim 32 -> 12 time dims -> RoPE periods 6.3, 29.2, 135.4 ... frames

@@ -97,7 +97,7 @@ def test_value_dependent_strategy_fails_clearly(wan):
     from dataclasses import dataclass
 
     from toolkit.core.cache import KeepBlocksStrategy
-    from toolkit.runs.config import ConfigError
+    from toolkit.errors import ConfigError
 
     @dataclass
     class KeepLoud(KeepBlocksStrategy):

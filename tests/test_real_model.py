@@ -17,6 +17,7 @@ from toolkit.core.model import WanCausalModel
 from toolkit.core.rollout import rollout
 from toolkit.core.sampling import BlockSampler
 from toolkit.core.testing import block_causal_reference
+from toolkit.errors import ConfigError
 from toolkit.models.real import (
     SUBFOLDERS,
     WAN_T2V_1_3B,
@@ -29,7 +30,6 @@ from toolkit.models.real import (
     wan_t2v,
 )
 from toolkit.models.zoo import wan_t2v_1_3b_spec
-from toolkit.runs.config import ConfigError
 
 TINY = {"patch_size": (1, 2, 2), "num_attention_heads": 2, "attention_head_dim": 24,
         "in_channels": 4, "out_channels": 4, "text_dim": 16, "freq_dim": 32, "ffn_dim": 64,

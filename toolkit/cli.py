@@ -188,8 +188,9 @@ def cmd_bench(overrides: list[str]) -> int:
 
 def cmd_train(args: list[str]) -> int:
     """``rollbench train NAME [overrides]``: run a training recipe from ablations/train/."""
+    from toolkit.errors import ConfigError
     from toolkit.models.recipes import RECIPES
-    from toolkit.runs.config import ConfigError, compose_config
+    from toolkit.runs.config import compose_config
 
     if not args:
         raise ConfigError(f"rollbench train needs a recipe: {', '.join(RECIPES.names())}")
@@ -208,7 +209,7 @@ def run_recipe(recipe: Any, base: Any, overrides: list[str]) -> int:
 
     from omegaconf import OmegaConf
 
-    from toolkit.runs.config import ConfigError
+    from toolkit.errors import ConfigError
 
     fields = {f.name for f in dataclasses.fields(recipe.config)}
     for o in overrides:

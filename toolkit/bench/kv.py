@@ -33,9 +33,10 @@ from toolkit.core.cache import CacheStrategy
 from toolkit.core.rollout import BlockDriver
 from toolkit.core.spec import ModelSpec
 from toolkit.core.trace import BlockRecord
+from toolkit.errors import ConfigError
 from toolkit.models.specmodel import SpecModel
 from toolkit.registry import strategy_name
-from toolkit.runs.config import ConfigError, build_strategy, compose_config, video_frames
+from toolkit.runs.config import build_strategy, compose_config, video_frames
 
 GB = 1e9  # reports use decimal gigabytes, as the paper does
 

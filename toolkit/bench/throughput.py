@@ -110,7 +110,8 @@ def cmd_throughput(overrides: Sequence[str]) -> int:
 
     Prints ms per block of the rollout and of the plain linear loop, and their ratio.
     """
-    from toolkit.runs.config import ConfigError, build, compose_config
+    from toolkit.errors import ConfigError
+    from toolkit.runs.config import build, compose_config
     from toolkit.runs.jobs import console, default_prompts
 
     overrides = list(overrides)

@@ -14,8 +14,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from toolkit.errors import ConfigError
 from toolkit.findings.spec import DERIVED, WHOLE, Measure, Spec, parse_measure
-from toolkit.runs.config import ConfigError
 
 Series = tuple[np.ndarray, np.ndarray]  # (steps, values)
 

@@ -17,8 +17,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from toolkit.errors import ConfigError
 from toolkit.findings.spec import SPEC, Spec, load_spec
-from toolkit.runs.config import ConfigError
 
 EXPERIMENT = "findings"
 

@@ -28,7 +28,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from toolkit.runs.config import ConfigError
+from toolkit.errors import ConfigError
 
 SPEC = Path(__file__).resolve().parents[2] / "ablations" / "findings.yaml"
 EXPECT = ("greater", "less", "within")

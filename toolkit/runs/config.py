@@ -27,6 +27,7 @@ from hydra.core.config_store import ConfigStore
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, OmegaConf
 
+from toolkit.errors import ConfigError
 from toolkit.registry import STRATEGIES, where
 
 if TYPE_CHECKING:
@@ -34,10 +35,6 @@ if TYPE_CHECKING:
 
 #: Built-in config folders (the package ``ablations``).
 ABLATIONS = Path(__file__).resolve().parents[2] / "ablations"
-
-
-class ConfigError(ValueError):
-    """A config value that cannot work, named with what is allowed."""
 
 
 def register_strategy_configs() -> None:

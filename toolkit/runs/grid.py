@@ -17,8 +17,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from toolkit.errors import ConfigError
 from toolkit.runs.config import (
-    ConfigError,
     group_files,
     register_strategy_configs,
     rewrite_custom,

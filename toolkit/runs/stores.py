@@ -18,7 +18,7 @@ from importlib.util import find_spec
 from typing import Any
 from urllib.parse import urlparse
 
-from toolkit.runs.config import ConfigError
+from toolkit.errors import ConfigError
 
 TIMEOUT_ENV = "ROLLBENCH_TRACKING_TIMEOUT"
 #: Database URL schemes -> (default port, driver module per SQLAlchemy dialect suffix). A plain

@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import OmegaConf
 
-from toolkit.runs.config import ConfigError, compose_config, group_files
+from toolkit.errors import ConfigError
+from toolkit.runs.config import compose_config, group_files
 from toolkit.runs.stores import database_url, mask
 
 if TYPE_CHECKING:

@@ -18,10 +18,10 @@ from diffusers import AutoencoderKLWan, WanTransformer3DModel
 from toolkit.core.model import WanCausalModel
 from toolkit.core.sampling import SamplerConfig
 from toolkit.core.spec import _DTYPES, ModelSpec
+from toolkit.errors import ConfigError
 from toolkit.models.real.checkpoint import assign, load_checkpoint, read_folder
 from toolkit.models.real.text import RandomPromptEncoder, UMT5PromptEncoder
 from toolkit.models.real.vae import StreamingWanVAE
-from toolkit.runs.config import ConfigError
 
 SUBFOLDERS = ("transformer", "vae", "text_encoder", "tokenizer")
 WEIGHTS = ("pretrained", "random")

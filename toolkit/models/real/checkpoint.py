@@ -18,7 +18,7 @@ import torch
 from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffusers
 from torch import Tensor
 
-from toolkit.runs.config import ConfigError
+from toolkit.errors import ConfigError
 
 WRAPPERS = ("generator_ema", "generator", "state_dict")  # tried in this order when not named
 PREFIXES = ("model.diffusion_model.", "_orig_mod.", "module.", "model.")  # stripped when shared
