@@ -37,7 +37,7 @@ SCALARS = ("vde", "start_end_distance", "start_end_fidelity_drop", "dynamic_degr
            "discontinuity", "repetition", "norepeat", "peak_kv_bytes", "seconds_per_block",
            "latency_growth", "subject_consistency_score", "background_consistency_score",
            "clip_drift_end", "flow_smoothness_score", "vbench_dynamic_degree")
-#: The memory world's recall measures (``toolkit.metrics.recall``), their own table.
+#: The memory world's recall measures (its ``metrics`` module), their own table.
 RECALL = ("recall", "recall/mid", "recall/colour", "recall/shape", "recall_gap/2",
           "recall_gap/3-4", "recall_gap/5-8", "recall_gap/9_up", "recall_chance",
           "recall_chance/colour", "recall_within", "continuity", "recall_moments/mid")

@@ -47,6 +47,8 @@ MOVED: dict[str, str] = {
     **{f"toolkit.{m}": f"toolkit.models.{m}"
        for m in ("zoo", "specmodel", "weights", "recipes", "real", "real.builder",
                  "real.checkpoint", "real.text", "real.vae")},
+    # the memory world's measures live with the memory world
+    "toolkit.metrics.recall": "toolkit.worlds.memory.metrics",
 }
 
 #: Old paths that were packages (their modules are listed one by one above).

@@ -7,7 +7,7 @@ feature backends ``world``, ``dino``, ``clip`` and ``raft``).
     results = compute(MetricInput(frames=video, trace=trace, prompt=prompt, spec=spec), "world")
 """
 
-from toolkit.metrics import boundary, real, recall, reference, system, video
+from toolkit.metrics import boundary, real, reference, system, video
 from toolkit.metrics.base import (
     DIRECTIONS,
     KINDS,
@@ -32,6 +32,9 @@ from toolkit.metrics.features import (
     make_backend,
 )
 
+# the memory world's recall measures (moved to the memory world; registered from there)
+from toolkit.worlds.memory import metrics as _memory_metrics  # noqa: F401
+
 __all__ = [
     "DIRECTIONS",
     "FEATURES",
@@ -54,7 +57,6 @@ __all__ = [
     "metric_names",
     "pool",
     "real",
-    "recall",
     "reference",
     "system",
     "video",

@@ -6,7 +6,7 @@ blocks from every clip of a batch: blocks 1-2 hold the returning sprite (not blo
 block 4 cuts back to it. Under ``full`` the last block sees everything; under ``Sink(sink=1 block,
 window=1 block)`` it sees blocks 0 and 3 only: the needed blocks masked out, nothing else
 changed for it. The analysers read the generated videos; recall compares the returning block's
-sprite with the one the model itself drew before (``toolkit.metrics.recall``).
+sprite with the one the model itself drew before (``toolkit.worlds.memory.metrics``).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from toolkit.core.cache import CacheStrategy
 from toolkit.core.rollout import rollout
 from toolkit.core.schedule import PromptSchedule
 from toolkit.metrics import MetricInput, Unavailable
-from toolkit.metrics.recall import chance, continuity, moment_rows
+from toolkit.worlds.memory.metrics import chance, continuity, moment_rows
 from toolkit.worlds.memory.scenes import ClipMix, Schedule, mid_return_clip, return_moments
 from toolkit.worlds.sprites.sim import SPLIT_SEEDS, split_seed
 
