@@ -13,7 +13,7 @@ import html
 from urllib.parse import quote
 
 from reports.sections import Image, Report
-from reports.tables import RECALL_NOTE, Table
+from reports.tables import Table
 
 CURVES_NOTE = ("Mean over seeds per variant; bands: the 95% t interval of the mean at each "
                "latent frame where at least 3 runs have a value, kept inside the measure's "
@@ -69,9 +69,8 @@ def to_markdown(report: Report) -> str:
         out += ["## Headline: the length marks", "", report.legend, ""]
         for t in report.headline:
             out += [f"### {t.title}", "", f"_{t.note}_", "", md_table(t), ""]
-    if report.recall:
-        out += ["## Recall (memory world)", "", RECALL_NOTE, "", md_table(report.recall),
-                ""]
+    for table, note in report.worlds:
+        out += [f"## {table.title}", "", note, "", md_table(table), ""]
     if report.scalars:
         out += ["## Whole-run scalars", "", "Each run's scalar metrics over its whole length, "
                 "grouped by variant and length (same legend).", "", md_table(report.scalars),
@@ -163,9 +162,8 @@ def to_html(report: Report) -> str:
             b.append(f'<div><h3>{_e(t.title)}</h3><p class="note">{_e(t.note)}</p>'
                      f"{html_table(t)}</div>")
         b.append("</div>")
-    if report.recall:
-        b += ["<h2>Recall (memory world)</h2>", f"<p>{html.escape(RECALL_NOTE)}</p>",
-              html_table(report.recall)]
+    for table, note in report.worlds:
+        b += [f"<h2>{_e(table.title)}</h2>", f"<p>{html.escape(note)}</p>", html_table(table)]
     if report.scalars:
         b += ["<h2>Whole-run scalars</h2>", html_table(report.scalars)]
     if report.curves:

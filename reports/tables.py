@@ -37,16 +37,6 @@ SCALARS = ("vde", "start_end_distance", "start_end_fidelity_drop", "dynamic_degr
            "discontinuity", "repetition", "norepeat", "peak_kv_bytes", "seconds_per_block",
            "latency_growth", "subject_consistency_score", "background_consistency_score",
            "clip_drift_end", "flow_smoothness_score", "vbench_dynamic_degree")
-#: The memory world's recall measures (its ``metrics`` module), their own table.
-RECALL = ("recall", "recall/mid", "recall/colour", "recall/shape", "recall_gap/2",
-          "recall_gap/3-4", "recall_gap/5-8", "recall_gap/9_up", "recall_chance",
-          "recall_chance/colour", "recall_within", "continuity", "recall_moments/mid")
-RECALL_NOTE = ("Recall: share of cuts back to a scene whose sprite matches the one the model drew "
-               "before (colour and shape); `/mid`: returns answerable only from mid history; "
-               "`recall_gap/N`: by blocks since last seen. Chance: 1/12 for colour and shape, "
-               "1/4 for colour alone (sprites are drawn uniformly); `recall_chance` is each "
-               "run's own, from returns compared with other sprites. `continuity`: the model "
-               "keeps its sprite across boundaries without a cut (the ceiling of recall).")
 
 
 @dataclass(frozen=True)

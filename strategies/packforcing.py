@@ -48,7 +48,13 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from strategies.compressors import SPATIAL, Compressor, build_compressor, compressor_class
+from strategies.compressors import (
+    KV_MODES,
+    SPATIAL,
+    Compressor,
+    build_compressor,
+    compressor_class,
+)
 from strategies.compressors.base import model_sha256
 from strategies.compressors.lr import DECODES
 from strategies.packforcing_select import QUERIES, affinity, query_sum, scored_heads
@@ -69,7 +75,6 @@ from toolkit.registry import STRATEGIES
 SELECTIONS = ("topk", "recency", "all")
 POSITIONS = ("shift", "repack", "absolute")
 SCOPES = ("per_layer", "shared")
-KV_MODES = ("transformer", "project")
 
 
 def _rotate(x: Tensor, rope: Any, pos: Tensor, inverse: bool = False) -> Tensor:

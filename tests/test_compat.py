@@ -33,6 +33,18 @@ def test_every_old_path_imports_with_a_warning(old):
         assert module.__spec__.name == new  # the real module keeps its own spec
 
 
+@pytest.mark.parametrize("old", sorted(compat.RENAMED))
+def test_every_name_that_left_a_module_is_handed_out_with_a_warning(old):
+    module, _, name = old.rpartition(".")
+    home, _, attr = compat.RENAMED[old].rpartition(".")
+    owner = importlib.import_module(module)
+    owner.__dict__.pop(name, None)  # handed out before: ask again
+    with pytest.warns(FutureWarning, match=rf"{old} moved to {compat.RENAMED[old]}"):
+        assert getattr(owner, name) is getattr(importlib.import_module(home), attr)
+    with pytest.raises(AttributeError, match="no attribute 'nosuch'"):
+        owner.nosuch  # noqa: B018
+
+
 def test_an_old_package_hands_out_its_names_from_their_new_homes():
     fresh("toolkit.world")
     with pytest.warns(FutureWarning):

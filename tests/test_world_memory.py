@@ -78,7 +78,7 @@ def test_run_world_memory_at_1x_and_24x(tmp_path):
         assert res.rollout.trace.meta["switches"]  # one shot per block
         assert "recall_moments" in res.scalars
     assert res.scalars["recall_moments/mid"] >= 20
-    from toolkit.runs.jobs import recall_line  # what `rollbench run` prints after the table
+    from toolkit.worlds.memory.world import recall_line  # what `rollbench run` prints
 
     line = recall_line(res.scalars)
     assert f"mid-only {res.scalars['recall/mid']:.2f}, chance" in line

@@ -132,11 +132,11 @@ def cmd_realbench(overrides: list[str]) -> int:
 
 
 def cmd_ls(args: list[str]) -> int:
-    """Strategies, compressors, metrics, experiments, sweeps and recipes, with where each lives
-    (``experiments_dir=DIR`` adds a user's own experiments and sweeps)."""
-    from strategies.compressors import COMPRESSORS
+    """Strategies, compressors, worlds, metrics, experiments, sweeps and recipes, with where each
+    lives (``experiments_dir=DIR`` adds a user's own experiments and sweeps)."""
     from toolkit.metrics import METRICS
-    from toolkit.registry import STRATEGIES, where
+    from toolkit.plugins import WORLDS
+    from toolkit.registry import REGISTRIES, STRATEGIES, where
     from toolkit.runs.config import ABLATIONS, build_strategy, group_files
     from toolkit.runs.grid import experiments
     from toolkit.runs.sweep import sweeps
@@ -145,8 +145,11 @@ def cmd_ls(args: list[str]) -> int:
         (name, where(cls), ", ".join(f"{k}={v!r}" for k, v in
                                      build_strategy({"_target_": name}).hparams().items()))
         for name, cls in STRATEGIES.items().items()])
-    print_table("compressors (strategy.compressor)", ("name", "defined in"),
-                [(n, where(c)) for n, c in COMPRESSORS.items().items()])
+    if "compressor" in REGISTRIES:  # PackForcing's, registered with the strategies
+        print_table("compressors (strategy.compressor)", ("name", "defined in"),
+                    [(n, where(c)) for n, c in REGISTRIES["compressor"].items().items()])
+    print_table("worlds", ("name", "model presets", "what"), [
+        (n, ", ".join(w.presets), w.description) for n, w in WORLDS.items().items()])
     print_table("metrics", ("name", "better", "unit", "kind"), [
         (n, m.direction, m.unit, m.kind) for n, m in METRICS.items().items()])
     print_table("experiments (rollbench grid experiment=NAME)", ("name", "question"),

@@ -6,7 +6,8 @@ toolkit.core.cache``) and one FutureWarning naming the new path and the release 
 old one. So a user's strategy (``from toolkit.cache import KeepBlocksStrategy``), a config's
 ``_target_: toolkit.world.model.load_world`` and a pickle naming an old class all keep working.
 An old package whose modules went to several places (``toolkit.world``) becomes a thin module
-that hands out its old names from their new homes.
+that hands out its old names from their new homes. Names that left a module which stayed are
+listed in :data:`RENAMED` and handed out by that module's ``__getattr__`` (:func:`moved_names`).
 
 ``toolkit/__init__.py`` installs the finder, so nothing else has to import this module.
 """
@@ -55,6 +56,31 @@ MOVED: dict[str, str] = {
 PACKAGES: frozenset[str] = frozenset({"toolkit.world", "toolkit.real"})
 
 _OLD = {new: old for old, new in MOVED.items()}
+
+#: Old ``module.name`` -> new ``module.name``, for names that left a module which stayed.
+RENAMED: dict[str, str] = {
+    "toolkit.runs.jobs.recall_line": "toolkit.worlds.memory.world.recall_line",
+    "toolkit.metrics.WorldFeatures": "toolkit.worlds.sprites.features.WorldFeatures",
+    "toolkit.metrics.features.WorldFeatures": "toolkit.worlds.sprites.features.WorldFeatures",
+}
+
+
+def moved_names(module: str) -> Any:
+    """The ``__getattr__`` of a module some names of :data:`RENAMED` left: each is handed out
+    from its new home with one FutureWarning (then kept on the module); any other name is an
+    AttributeError."""
+
+    def __getattr__(name: str) -> Any:
+        new = RENAMED.get(f"{module}.{name}")
+        if new is None:
+            raise AttributeError(f"module {module!r} has no attribute {name!r}")
+        _warn(f"{module}.{name}", new)
+        home, _, attr = new.rpartition(".")
+        value = getattr(importlib.import_module(home), attr)
+        setattr(sys.modules[module], name, value)
+        return value
+
+    return __getattr__
 
 
 def new_path(name: str) -> str | None:

@@ -35,6 +35,9 @@ from toolkit.registry import Registry, UnknownName
 COMPRESSORS: Registry[type] = Registry("compressor", "rollbench.compressors",
                                        "strategies.compressors")
 SPATIAL = ("centres", "grid")
+#: How compressed tokens become K/V (PackForcing's ``kv``, its trainer's too): run through the
+#: whole transformer (``transformer``), or each layer's norm and K/V projection (``project``).
+KV_MODES = ("transformer", "project")
 PAPER_SPACE = 8  # the paper's spatial reduction of the latent grid (3 stride-2 stages)
 
 

@@ -1,12 +1,14 @@
 """Metrics of one rollout: a registry of declared metrics (direction, unit, kind, needs).
 
 Importing the package registers the built-ins (video, real-video and system metrics; the
-feature backends ``world``, ``dino``, ``clip`` and ``raft``).
+feature backends ``dino``, ``clip`` and ``raft``); the registries load the worlds, which add
+their own (the sprite world's feature ``world``, the memory world's recall measures).
 
     from toolkit.metrics import MetricInput, compute
     results = compute(MetricInput(frames=video, trace=trace, prompt=prompt, spec=spec), "world")
 """
 
+from toolkit.compat import moved_names
 from toolkit.metrics import boundary, real, reference, system, video
 from toolkit.metrics.base import (
     DIRECTIONS,
@@ -26,14 +28,10 @@ from toolkit.metrics.base import (
 )
 from toolkit.metrics.features import (
     FEATURES,
-    WorldFeatures,
     frame_features,
     lpips_status,
     make_backend,
 )
-
-# the memory world's recall measures (moved to the memory world; registered from there)
-from toolkit.worlds.memory import metrics as _memory_metrics  # noqa: F401
 
 __all__ = [
     "DIRECTIONS",
@@ -46,7 +44,6 @@ __all__ = [
     "MetricInput",
     "MetricResults",
     "Unavailable",
-    "WorldFeatures",
     "boundary",
     "compute",
     "frame_features",
@@ -61,3 +58,5 @@ __all__ = [
     "system",
     "video",
 ]
+
+__getattr__ = moved_names(__name__)  # names that moved to a world (toolkit.compat)

@@ -1,20 +1,22 @@
 """Where trained weights are found: a search path of weight folders, filled by their owners.
 
 A weights file named by a relative path (``compressor-hr.safetensors``) is looked up as given,
-then in every registered folder in turn. Models register their own folders (each built-in world
-registers ``toolkit/worlds/<world>/weights`` when ``toolkit.worlds`` is imported, which is done
-on first use); an installed package adds its own through the entry-point group ``rollbench.weights``
-(an entry point naming a ``Path``). Nothing that looks weights up names a concrete model.
+then in every registered folder in turn. Owners register their folders (each world its
+``World.weights``, when the worlds load on first use); an installed package adds its own through
+the entry-point group ``rollbench.weights`` (an entry point naming a ``Path``). Nothing that
+looks weights up names a concrete model.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from toolkit.plugins import WORLDS
 from toolkit.registry import Registry
 
 #: Registered weight folders (name -> folder), searched in name order.
-WEIGHT_DIRS: Registry[Path] = Registry("weights folder", "rollbench.weights", "toolkit.worlds")
+WEIGHT_DIRS: Registry[Path] = Registry("weights folder", "rollbench.weights",
+                                       "toolkit.models.weights", extended_by=(WORLDS,))
 
 
 def register_weights_dir(name: str, folder: str | Path) -> Path:

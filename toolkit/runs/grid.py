@@ -112,6 +112,7 @@ def fixed(overrides: list[str]) -> list[str]:
 
 def print_summary(overrides: list[str]) -> None:
     """Status counts and a mean table of the experiment's runs, from the tracking store."""
+    from toolkit.plugins import WORLDS
     from toolkit.runs.aggregate import load_runs
     from toolkit.runs.config import compose_config
     from toolkit.runs.tracking import target
@@ -128,18 +129,19 @@ def print_summary(overrides: list[str]) -> None:
     done = runs[runs["status"] == "FINISHED"]
     if done.empty:
         return
-    cols = [(m, title, k) for m, title, k in SUMMARY if m in done]
+    extra = [(m, title, 1.0) for world in WORLDS.items().values() for m, title in world.columns]
+    cols = [(m, title, k) for m, title, k in (*SUMMARY[:2], *extra, *SUMMARY[2:]) if m in done]
     rows = [(str(variant), str(frames), str(len(g)),
              *[f"{g[m].mean() * k:.4g}" for m, _, k in cols])
             for (variant, frames), g in done.groupby(["tags.variant", "latent_frames"])]
     print_table(f"experiment {experiment}: mean over seeds",
                 ("variant", "frames", "n", *[t for _, t, _ in cols]), rows,
                 optional=("ms/block", "discontinuity", "dynamic degree", "frames",
-                          "recall chance"))
+                          *[t for _, t, _ in extra[1:]]))
 
 
-#: The grid summary's columns: metric, header, scale.
+#: The grid summary's columns: metric, header, scale (the worlds' columns, ``World.columns``,
+#: go after the first two).
 SUMMARY = (("vde", "vde", 1.0), ("start_end_fidelity_drop", "fidelity drop", 1.0),
-           ("recall/mid", "recall (mid)", 1.0), ("recall_chance", "recall chance", 1.0),
            ("dynamic_degree", "dynamic degree", 1.0), ("discontinuity", "discontinuity", 1.0),
            ("peak_kv_bytes", "peak KV MiB", 2.0**-20), ("seconds_per_block", "ms/block", 1e3))

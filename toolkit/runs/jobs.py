@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from toolkit.compat import moved_names
 from toolkit.terminal import console, print_table
 
 if TYPE_CHECKING:
@@ -104,15 +105,12 @@ def print_summaries(title: str, rows: list[tuple[str, Summary]]) -> None:
     print_table(title, cols, body, optional=("partitions at end (MiB)", "frames", "wall s"))
 
 
-def recall_line(scalars: dict[str, float]) -> str:
-    """One line of a memory-world run's recall, beside its own chance levels."""
-    def get(key: str) -> str:
-        return f"{scalars[key]:.2f}" if key in scalars else "-"
+def world_line(model: Any, prompt: Any, scalars: dict[str, float]) -> str | None:
+    """What the run's world says about a finished run's scalars (``World.summary``), if any."""
+    from toolkit.plugins import world_of
 
-    return (f"recall of returning sprites: {get('recall')} (mid-only {get('recall/mid')}, "
-            f"chance {get('recall_chance')}); colour alone {get('recall/colour')} "
-            f"(chance {get('recall_chance/colour')}); over {scalars.get('recall_moments', 0):.0f} "
-            f"returns, {scalars.get('recall_moments/mid', 0):.0f} mid-only")
+    world = world_of(model, prompt)
+    return world.summary(scalars) if world is not None and world.summary else None
 
 
 def scalars_of(run_dir: Path) -> dict[str, float]:
@@ -180,8 +178,9 @@ def run_job(cfg: DictConfig, verbose: bool = False, skip_finished: bool = True,
                 (out.trace.strategy, summarise(out, time.perf_counter() - start))])
         run_id = record_run(out, cfg, run_dir, model=model, prompt=prompts[0], parent=parent)
         scalars = scalars_of(run_dir)
-        if verbose and "recall" in scalars:
-            console.print(recall_line(scalars))
+        line = world_line(model, prompts[0], scalars) if verbose else None
+        if line:
+            console.print(line)
         return JobResult("finished", key, run_id, run_dir, scalars=scalars, rollout=out)
     except Exception as err:  # recorded, never lost: the grid or sweep goes on
         if isinstance(err, RolloutError):
@@ -202,3 +201,6 @@ def run_job(cfg: DictConfig, verbose: bool = False, skip_finished: bool = True,
 def describe(result: JobResult) -> dict[str, Any]:
     return {"status": result.status, "run_key": result.run_key[:12], "run_id": result.run_id,
             "error": result.error}
+
+
+__getattr__ = moved_names(__name__)  # names that moved to a world (toolkit.compat)

@@ -199,6 +199,7 @@ def record_run(out: Any, cfg: DictConfig, run_dir: str | Path, model: Any = None
         The run id, or None when the store could not be reached (see ``TRACKING_FAILED``).
     """
     from toolkit.metrics import MetricInput, compute
+    from toolkit.plugins import world_of
     from toolkit.runs.media import filmstrip
 
     run_dir = Path(run_dir)
@@ -209,7 +210,7 @@ def record_run(out: Any, cfg: DictConfig, run_dir: str | Path, model: Any = None
                       spec=spec, segment_frames=track.get("segment_frames"),
                       feature=track.get("feature", "world"),
                       options=dict(track.get("options") or {}),
-                      backends=dict(track.get("backends") or {}))
+                      backends=dict(track.get("backends") or {}), world=world_of(model))
     results = compute(inp, track.get("metrics", "world"))
     if results.unavailable:
         log.warning("%s: %d measures unavailable (reasons in metrics.json and the run's "

@@ -101,8 +101,9 @@ def memory_gates(model: Any, clips: int = 64, seed: int = 0) -> dict[str, Any]:
     returning block sees only block 0, which never shows its sprite, and no block that saw
     the sprite relays it), on held-out gate clips. Returns measures and pass / fail per gate.
     """
-    from strategies.full import Full
-    from strategies.sink import Sink
+    from toolkit.registry import STRATEGIES
+
+    Full, Sink = STRATEGIES.get("full"), STRATEGIES.get("sink")  # its reference strategies
     from toolkit.worlds.memory.train import MemoryTrainConfig, context_use
     from toolkit.worlds.sprites.train import teacher_forcing_layout
 

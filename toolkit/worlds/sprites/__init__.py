@@ -1,14 +1,13 @@
 """The built-in sprite world: prompts, simulator and ground-truth analysers.
 
 See :mod:`toolkit.worlds.sprites.sim` for the world's rules and seeds, and
-:mod:`toolkit.worlds.sprites.analyse` for how frames are read back. Importing it registers the
-world's weight folder (``toolkit/worlds/sprites/weights``) on the weights search path
+:mod:`toolkit.worlds.sprites.analyse` for how frames are read back. Its plug-in (``world``)
+registers its weight folder (``toolkit/worlds/sprites/weights``) on the weights search path
 (``toolkit.models.weights``).
 """
 
 from pathlib import Path
 
-from toolkit.models.weights import register_weights_dir
 from toolkit.worlds.sprites.analyse import (
     FrameObs,
     SpriteObs,
@@ -44,7 +43,7 @@ from toolkit.worlds.sprites.sim import (
 )
 
 #: The world's shipped weights and their cards.
-WEIGHTS_DIR = register_weights_dir("sprites", Path(__file__).resolve().parent / "weights")
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 
 __all__ = [
     "BACKGROUNDS",

@@ -36,6 +36,7 @@ MAX_SHAPE_COST = 0.2
 UNMIX_RESIDUAL = 0.15
 MAX_EXTENT = 9  # pixels: no sprite's box is taller or wider (a triangle's base: 9)
 UNKNOWN = "unknown"
+FROZEN_SPEED = 0.1  # pixels per frame below which a frame counts as frozen
 
 _NAMES = tuple(PALETTE) + tuple(BACKGROUNDS)
 _CENTRES = np.array([PALETTE[c] for c in PALETTE] + [BACKGROUNDS[b] for b in BACKGROUNDS])

@@ -9,10 +9,10 @@ import torch
 
 from toolkit.core.cache import CacheStrategy
 from toolkit.core.rollout import rollout
-from toolkit.worlds.sprites.analyse import video_report
+from toolkit.worlds.sprites.analyse import FROZEN_SPEED, video_report
 from toolkit.worlds.sprites.sim import Prompt, prompt_for_seed, simulate, split_seed
 
-FROZEN_SPEED = 0.1  # pixels per frame below which a frame counts as frozen
+__all__ = ["FROZEN_SPEED", "evaluate", "summarise"]
 
 
 def summarise(videos: torch.Tensor, prompts: list[Prompt], block_frames: int) -> dict[str, float]:

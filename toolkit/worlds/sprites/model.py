@@ -114,6 +114,8 @@ class WorldModel(WanCausalModel):
     """The sprite world's causal Wan: prompts are ``toolkit.worlds.sprites.Prompt`` records (or
     their text)."""
 
+    world = "sprites"  # its plug-in (``toolkit.plugins.WORLDS``): analysers, measures, report
+
     def encode_prompt(self, prompts: list[Any]) -> torch.Tensor:
         """Prompt records, or their text (parsed with ``Prompt.from_text``)."""
         return super().encode_prompt([Prompt.from_text(p) if isinstance(p, str) else p
@@ -130,6 +132,7 @@ class MemoryWorldModel(WanCausalModel):
 
     #: blocks of a default schedule (longer than any rollout the toolkit runs: 1,024 frames)
     SCHEDULE_BLOCKS = 256
+    world = "memory"
 
     def encode_prompt(self, prompts: list[Any]) -> torch.Tensor:
         return super().encode_prompt([Shot.from_text(p) if isinstance(p, str) else p

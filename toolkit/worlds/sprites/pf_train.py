@@ -64,8 +64,13 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from strategies.compressors import SPATIAL, Compressor, build_compressor, compressor_class
-from strategies.packforcing import KV_MODES
+from strategies.compressors import (
+    KV_MODES,
+    SPATIAL,
+    Compressor,
+    build_compressor,
+    compressor_class,
+)
 from strategies.packforcing_layout import Layout, block_errors, contexts, pack_layout, predict
 from toolkit.models.weights import find_weights
 from toolkit.worlds.memory.scenes import ClipMix, sample_clips
