@@ -307,3 +307,24 @@ def test_training_settings_are_plain_fields_even_when_a_group_shares_the_name(mo
     assert main(["train", "packforcing", "compressor=hr", "steps=7", "lr=1e-4"]) == 0
     assert (got[0].compressor, got[0].steps, got[0].lr) == ("hr", 7, 1e-4)
     assert main(["train", "packforcing", "compresor=hr"]) != 0
+
+
+def test_unknown_measures_fail_in_one_line_before_any_rollout(capsys, tmp_path):
+    """`tracking.metrics=nosuch` (or a typo'd name in a list) fails before anything runs."""
+    run = ["run", "model=tiny-random", "video.latent_frames=4", "progress=false",
+           f"run_root={tmp_path}"]
+    assert main([*run, "tracking.metrics=nosuch"]) == 2
+    assert "unknown metric set 'nosuch'; sets: [" in one_line_error(capsys)
+    assert main([*run, "tracking.metrics=[drfit,kv_bytes]"]) == 2
+    assert "Did you mean 'drift'?" in one_line_error(capsys)
+    assert not (tmp_path / "rollouts").exists()
+
+
+def test_a_sweep_objective_the_metric_set_lacks_fails_before_any_trial(capsys, tmp_path):
+    sweep = tmp_path / "mine.yaml"
+    sweep.write_text("base: [model=tiny-random, video.latent_frames=4, tracking.metrics=system]\n"
+                     "objectives: [drift]\nparams:\n  seed: {type: int, low: 0, high: 3}\n")
+    assert main(["sweep", f"sweep={sweep}", f"run_root={tmp_path}"]) == 2
+    assert "objectives ['drift'] are not measured by tracking.metrics=system" in \
+        one_line_error(capsys)
+    assert not (tmp_path / "rollouts").exists() and not (tmp_path / "optuna").exists()

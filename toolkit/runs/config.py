@@ -233,7 +233,7 @@ def explain(err: Exception, overrides: Sequence[str], config_name: str = "config
 
 def check_run_config(cfg: DictConfig) -> None:
     """Whole numbers where sizes go, a number of seconds, a device that exists, the driver of a
-    database tracking URI (ConfigError)."""
+    database tracking URI, the measures of ``tracking.metrics`` (ConfigError)."""
     video = cfg.get("video") or {}
     for key, value, example in (("video.latent_frames", video.get("latent_frames"), 40),
                                 ("seed", cfg.get("seed"), 0), ("threads", cfg.get("threads"), 1)):
@@ -254,6 +254,34 @@ def check_run_config(cfg: DictConfig) -> None:
         from toolkit.runs.stores import require_driver
 
         require_driver(str(uri))  # a missing driver fails now, not after the rollout
+    which = (cfg.get("tracking") or {}).get("metrics")
+    if which is not None:
+        check_metrics(which, (cfg.get("model") or {}).get("_target_"))
+
+
+def check_metrics(which: Any, model_target: Any = None) -> list[str]:
+    """The metric names ``tracking.metrics`` stands for (a set's name or a list), checked before
+    any work: ConfigError naming the value with the sets, or the closest metric names.
+
+    A set or metric not registered yet may come with the run's world: the module of the model's
+    ``_target_`` (where a world outside the toolkit registers itself) is imported, and the names
+    are looked up again.
+    """
+    import importlib
+
+    from toolkit.metrics import metric_names
+    from toolkit.registry import UnknownName
+
+    value = OmegaConf.to_container(which) if OmegaConf.is_config(which) else which
+    try:
+        return metric_names(value)
+    except (ValueError, UnknownName) as err:
+        module = str(model_target or "").rpartition(".")[0]
+        try:
+            importlib.import_module(module) if module else None
+            return metric_names(value)
+        except (ImportError, ValueError, UnknownName):
+            raise ConfigError(f"tracking.metrics={value}: {err}") from None
 
 
 def check_device(device: Any, present: bool = True) -> None:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from omegaconf import OmegaConf
 
 from toolkit.errors import ConfigError
-from toolkit.runs.config import compose_config, group_files
+from toolkit.runs.config import check_metrics, compose_config, group_files
 from toolkit.runs.stores import database_url, mask
 
 if TYPE_CHECKING:
@@ -248,6 +248,14 @@ def cmd_sweep(args: list[str]) -> int:
     spec = load_sweep(source, overrides)
     spec.overrides, name = overrides, spec.name
     cfg = compose_config([*spec.base, *overrides])  # typos in the overrides fail here
+    which = cfg.tracking.metrics
+    missing = [o for o in spec.objectives
+               if o not in check_metrics(which, cfg.model.get("_target_"))]
+    if missing:  # before any trial, not after the first rollout
+        shown = OmegaConf.to_container(which) if OmegaConf.is_config(which) else which
+        raise ConfigError(f"sweep {name!r}: objectives {missing} are not measured by "
+                          f"tracking.metrics={shown}; pick a set that has them or list them "
+                          "(tracking.metrics=[...])")
     url = storage_url(opts.get("storage"), cfg.run_root, name)
     total, workers = _whole("n_trials", opts.get("n_trials", spec.n_trials)), \
         _whole("workers", opts.get("workers", 1))
