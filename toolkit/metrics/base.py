@@ -84,7 +84,7 @@ class Metric:
 METRICS: Registry[Metric] = Registry("metric", "rollbench.metrics", "toolkit.metrics",
                                      extended_by=(WORLDS,))
 
-#: Named metric sets of any world; worlds add their own (``World.metric_sets``,
+#: The toolkit's named metric sets; worlds add their own (``World.metric_sets``, see
 #: :func:`metric_sets`); a set may also be given as an explicit list of names.
 METRIC_SETS: dict[str, list[str]] = {
     "world": ["drift", "frechet", "start_end_distance", "fidelity", "identity_drift", "vde",
