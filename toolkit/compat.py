@@ -99,7 +99,7 @@ def old_path(name: str) -> str:
     """The dotted path ``name`` had before every move listed here (itself when it never moved):
     ``toolkit.worlds.sprites.model.load_world`` -> ``toolkit.world.model.load_world``.
 
-    Run keys hash config targets under this spelling (``toolkit.tracking.canonical_config``), so
+    Run keys hash config targets under this spelling (``toolkit.runs.identity.run_key``), so
     a module that moves keeps every stored run's key, and a config naming a target by its old
     path is the same run as one naming it by the new path. Kept after the old paths go.
     """

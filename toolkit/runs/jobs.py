@@ -1,8 +1,11 @@
 """One job = one tracked rollout: the unit ``run``, ``grid`` and ``sweep`` all execute.
 
 A job's identity is its run key (a hash of the resolved config). A job whose key already has a
-FINISHED run in the tracking store is skipped; a job that fails is recorded as a FAILED run
-(with the error) and reported, never raised to the caller, so a grid goes on.
+FINISHED run in the tracking store is skipped when that run was measured as the config says
+(its measure key, ``toolkit.runs.identity``), else re-measured: its saved latents are decoded
+and its trace read back, the measures computed and logged as a new run in place of the old one,
+without rolling out again. A job that fails is recorded as a FAILED run (with the error) and
+reported, never raised to the caller, so a grid goes on.
 """
 
 from __future__ import annotations
@@ -26,7 +29,8 @@ if TYPE_CHECKING:
 
 @dataclass
 class JobResult:
-    """What became of a job: ``finished``, ``skipped`` (already done) or ``failed``."""
+    """What became of a job: ``finished``, ``skipped`` (already done), ``remeasured`` (done,
+    measured again from its saved rollout) or ``failed``."""
 
     status: str
     run_key: str
@@ -151,20 +155,23 @@ def run_job(cfg: DictConfig, verbose: bool = False, skip_finished: bool = True,
     """
     from toolkit.core.rollout import RolloutError, rollout
     from toolkit.runs.config import build
+    from toolkit.runs.identity import measure_key, run_key
     from toolkit.runs.stores import TrackingUnreachable, mask
-    from toolkit.runs.tracking import find_finished, record_run, run_key, target
+    from toolkit.runs.tracking import finished_run, open_client, record_run, target
 
-    key = run_key(cfg)
+    key, done = run_key(cfg), None
     uri, experiment = target(cfg)
     if skip_finished:
         try:
-            done = find_finished(key, uri, experiment)
+            done = finished_run(key, uri, experiment)
         except TrackingUnreachable as err:  # cannot tell: run it, keep the results on disk
             warnings.warn(f"{err}; running the job without checking for a finished twin",
                           stacklevel=2)
             done = None
-        if done:
-            return JobResult("skipped", key, run_id=done)
+        if done is not None and done.data.tags.get("measure_key") == measure_key(cfg):
+            return JobResult("skipped", key, run_id=done.info.run_id)
+        if done is not None and _saved(done):
+            return remeasure(done, cfg, built, verbose)
     run_dir = Path(cfg.run_root) / "rollouts" / f"{key[:12]}-{time.strftime('%Y%m%d-%H%M%S')}"
     try:
         model, strategy = built or build(cfg)
@@ -177,6 +184,8 @@ def run_job(cfg: DictConfig, verbose: bool = False, skip_finished: bool = True,
             print_summaries(f"rollout: {out.trace.strategy}", [
                 (out.trace.strategy, summarise(out, time.perf_counter() - start))])
         run_id = record_run(out, cfg, run_dir, model=model, prompt=prompts[0], parent=parent)
+        if done is not None and run_id is not None:  # measured otherwise, its rollout not here
+            open_client(uri).delete_run(done.info.run_id)
         scalars = scalars_of(run_dir)
         line = world_line(model, prompts[0], scalars) if verbose else None
         if line:
@@ -196,6 +205,52 @@ def run_job(cfg: DictConfig, verbose: bool = False, skip_finished: bool = True,
         if type(err).__name__ == "TrialPruned":  # a sweep's pruner stopped it: re-raise
             raise
         return JobResult("failed", key, run_id, run_dir, error=message)
+
+
+def _saved(run: Any) -> Path | None:
+    """The run directory of a stored run when its latents and trace are on this machine."""
+    folder = Path(run.data.tags.get("run_dir") or "/nonexistent")
+    return folder if (folder / "latents.pt").is_file() and (folder / "trace.json").is_file() \
+        else None
+
+
+def remeasure(done: Any, cfg: DictConfig, built: tuple[Any, Any] | None = None,
+              verbose: bool = False) -> JobResult:
+    """Measure a finished run again as ``cfg`` says, from its saved rollout: the latents are
+    decoded by the model's VAE (as the rollout decoded them), the trace is read back, the
+    metrics are computed and the directory is logged as a new run; the old MLflow run is then
+    deleted, so the store keeps one finished run per key. The rollout is not run again."""
+    import torch
+
+    from toolkit.core.rollout import Rollout
+    from toolkit.core.trace import Trace
+    from toolkit.runs.config import build
+    from toolkit.runs.identity import run_key
+    from toolkit.runs.stores import mask
+    from toolkit.runs.tracking import open_client, record_run, target
+
+    key, run_dir = run_key(cfg), _saved(done)
+    try:
+        model, _ = built or build(cfg)
+        latents = torch.load(run_dir / "latents.pt")
+        frames = model.vae.decode(latents.to(model.device)) if model.vae is not None else None
+        out = Rollout(latents, frames, Trace.load(run_dir / "trace.json"))
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+        prompt = default_prompts(model, cfg)[0]
+        run_id = record_run(out, cfg, run_dir, model=model, prompt=prompt,
+                            parent=done.data.tags.get("mlflow.parentRunId"))
+        if run_id is not None:
+            open_client(target(cfg)[0]).delete_run(done.info.run_id)
+    except Exception as err:  # recorded like a failed job: the grid goes on
+        message = mask(f"{type(err).__name__}: {err}")
+        if verbose:
+            console.print(f"[red]re-measuring {run_dir} failed:[/red] {message}")
+        return JobResult("failed", key, done.info.run_id, run_dir, error=message)
+    scalars = scalars_of(run_dir)
+    line = world_line(model, prompt, scalars) if verbose else None
+    if line:
+        console.print(line)
+    return JobResult("remeasured", key, run_id, run_dir, scalars=scalars, rollout=out)
 
 
 def describe(result: JobResult) -> dict[str, Any]:

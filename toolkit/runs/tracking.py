@@ -26,24 +26,28 @@ Public helpers for the other modules (commands, grids, sweeps, the report):
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
 import shutil
-import subprocess
 import time
 import warnings
 from collections.abc import Mapping, Sequence
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from toolkit.compat import old_path
 from toolkit.runs.config import strategy_label
+from toolkit.runs.identity import (
+    canonical_config,
+    flatten,
+    git_state,
+    measure_key,
+    run_key,
+    versions,
+)
 from toolkit.runs.stores import check_store, database_url, mask, timeout
 
 if TYPE_CHECKING:
@@ -52,7 +56,6 @@ if TYPE_CHECKING:
 # MLflow 3 sends usage telemetry unless told not to; a benchmark run should not phone home.
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
-EXCLUDED_KEYS = ("run_root", "progress", "tracking", "variant")
 MARKER = "TRACKING_FAILED"
 LOGGED = "mlflow_run.json"
 ARTIFACTS = ("video.mp4", "filmstrip.png", "marks.png", "trace.json", "metrics.json",
@@ -87,69 +90,6 @@ def artifact_root(uri: str) -> str | None:
     if uri.startswith("sqlite:///"):
         return (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").resolve().as_uri()
     return None
-
-
-def canonical_config(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
-    """The resolved config without the keys that do not change a rollout."""
-    data = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) \
-        else json.loads(json.dumps(cfg, default=str))
-    return {k: v for k, v in data.items() if k not in EXCLUDED_KEYS}
-
-
-def run_key(cfg: DictConfig | Mapping[str, Any]) -> str:
-    """sha256 of the canonical JSON of :func:`canonical_config` (same config, same key).
-
-    ``_target_`` paths are hashed as they were first spelled (``toolkit.compat.old_path``): a
-    module that moves, or a config naming its old path, keeps the key of the stored runs.
-    """
-    text = json.dumps(_first_targets(canonical_config(cfg)), sort_keys=True,
-                      separators=(",", ":"), default=str)
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-def _first_targets(node: Any) -> Any:
-    if isinstance(node, dict):
-        return {k: old_path(v) if k == "_target_" and isinstance(v, str) else _first_targets(v)
-                for k, v in node.items()}
-    return [_first_targets(v) for v in node] if isinstance(node, list) else node
-
-
-def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
-    """``{"a": {"b": 1}}`` -> ``{"a.b": "1"}`` (lists as JSON)."""
-    out: dict[str, str] = {}
-    for key, value in data.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            out.update(flatten(value, name + "."))
-        else:
-            out[name] = json.dumps(value) if isinstance(value, list) else str(value)
-    return out
-
-
-def git_state(path: str | Path | None = None) -> dict[str, str]:
-    """Revision and dirty flag of the repository holding ``path`` ("unknown" without git)."""
-    cwd = Path(path or Path(__file__).resolve().parent)
-    try:
-        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True,
-                             text=True, timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=cwd, capture_output=True, text=True, timeout=10,
-                               check=True).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return {"git_revision": "unknown", "git_dirty": "unknown"}
-    return {"git_revision": rev, "git_dirty": str(bool(dirty)).lower()}
-
-
-def _version(pkg: str) -> str:
-    try:
-        return version(pkg)
-    except PackageNotFoundError:
-        return "not installed"
-
-
-def versions() -> dict[str, str]:
-    """Versions of the packages a result depends on, as ``version.<package>`` tags."""
-    return {f"version.{p}": _version(p) for p in ("torch", "diffusers", "rollbench", "mlflow")}
 
 
 def mark_frames(pixel_frames: int, latent_frames: int, train_frames: int) -> list[int]:
@@ -225,6 +165,7 @@ def record_run(out: Any, cfg: DictConfig, run_dir: str | Path, model: Any = None
             "variant": str(cfg.get("variant") or strategy_label(cfg.strategy)),
             "model": str(cfg.model.get("_target_", "")).rsplit(".", 1)[-1],
             "prompt": _prompt_text(prompt), "run_key": run_key(cfg),
+            "measure_key": measure_key(cfg),
             "run_dir": str(run_dir.resolve()), **git_state(), **versions(), **spec_tags(spec),
             **switch_tags(out.trace),
             **{f"unavailable.{k}": v[:TAG_CHARS] for k, v in results.unavailable.items()},
@@ -236,7 +177,8 @@ def record_run(out: Any, cfg: DictConfig, run_dir: str | Path, model: Any = None
     if isinstance(card, Mapping):
         (run_dir / CARD).write_text(json.dumps(card, indent=1, sort_keys=True, default=str))
     uri, experiment = target(cfg)
-    meta = {"run_name": run_dir.name, "run_key": tags["run_key"], "tags": tags,
+    meta = {"run_name": run_dir.name, "run_key": tags["run_key"],
+            "measure_key": tags["measure_key"], "tags": tags,
             "params": flatten(config), "created": time.time(),
             "tracking": {"uri": uri, "experiment": experiment}}
     (run_dir / "meta.json").write_text(json.dumps(meta, indent=1))
@@ -407,8 +349,9 @@ def relog(run_dir: str | Path, uri: str | None = None, experiment: str | None = 
     return run_id
 
 
-def find_finished(key: str, uri: str, experiment: str = DEFAULT_EXPERIMENT) -> str | None:
-    """Id of a FINISHED run with this run key (grids skip it), else None."""
+def finished_run(key: str, uri: str, experiment: str = DEFAULT_EXPERIMENT) -> Any | None:
+    """The FINISHED MLflow run with this run key (its tags say how it was measured), else
+    None."""
     client = open_client(uri)
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
@@ -416,7 +359,13 @@ def find_finished(key: str, uri: str, experiment: str = DEFAULT_EXPERIMENT) -> s
     runs = client.search_runs([exp.experiment_id], max_results=1,
                               filter_string=f"tags.run_key = '{key}' and "
                                             "attributes.status = 'FINISHED'")
-    return runs[0].info.run_id if runs else None
+    return runs[0] if runs else None
+
+
+def find_finished(key: str, uri: str, experiment: str = DEFAULT_EXPERIMENT) -> str | None:
+    """Id of a FINISHED run with this run key (grids skip it), else None."""
+    run = finished_run(key, uri, experiment)
+    return run.info.run_id if run else None
 
 
 def cmd_relog(args: Sequence[str]) -> int:
