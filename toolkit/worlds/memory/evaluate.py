@@ -102,10 +102,10 @@ def memory_gates(model: Any, clips: int = 64, seed: int = 0) -> dict[str, Any]:
     the sprite relays it), on held-out gate clips. Returns measures and pass / fail per gate.
     """
     from toolkit.registry import STRATEGIES
-
-    Full, Sink = STRATEGIES.get("full"), STRATEGIES.get("sink")  # its reference strategies
     from toolkit.worlds.memory.train import MemoryTrainConfig, context_use
     from toolkit.worlds.sprites.train import teacher_forcing_layout
+
+    Full, Sink = STRATEGIES.get("full"), STRATEGIES.get("sink")  # its reference strategies
 
     bf = model.spec.block_frames
     cfg = MemoryTrainConfig()
