@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from toolkit.docs import FIGURES, MARKED, documents, figure_names, regenerate, stale
+from toolkit.tools.docs import FIGURES, MARKED, documents, figure_names, regenerate, stale
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +38,7 @@ def test_unknown_figures_are_named():
 
 
 def test_docs_command_checks_without_writing(capsys, monkeypatch, generated):
-    from toolkit.docs import cmd_docs
+    from toolkit.tools.docs import cmd_docs
 
     for name, value in generated.items():  # made once (the fixture), not again
         monkeypatch.setitem(FIGURES, name, lambda value=value: value)
@@ -51,7 +51,8 @@ def test_docs_command_checks_without_writing(capsys, monkeypatch, generated):
 
 def test_the_sprite_worlds_packforcing_card_states_its_context_use_as_measured():
     """The sprite world's fine-tune: its card's context use is what its shipped weights give."""
-    from toolkit.docs import card, remeasured_context_use
+    from toolkit.tools.docs import card
+    from toolkit.worlds.sprites.docfigures import remeasured_context_use
 
     measured = remeasured_context_use("world-model-pf")
     for key, value in card("world-model-pf")["context_use"].items():
@@ -59,7 +60,8 @@ def test_the_sprite_worlds_packforcing_card_states_its_context_use_as_measured()
 
 
 def test_the_sprite_world_models_card_states_its_1x_scores_as_measured():
-    from toolkit.docs import card, remeasured_eval_1x
+    from toolkit.tools.docs import card
+    from toolkit.worlds.sprites.docfigures import remeasured_eval_1x
 
     measured = remeasured_eval_1x()
     for key, value in card("world-model")["eval_1x"].items():
