@@ -49,8 +49,11 @@ FRAMES = 480
 
 
 def arms(bf: int) -> dict[str, Any]:
-    """The gates' strategies (sink and recent of one block each, as the references)."""
-    from strategies.sink import Sink
+    """The gates' strategies (sink and recent of one block each, as the references); ``sink``
+    is named through the registry, like every reference strategy a world uses."""
+    from toolkit.registry import STRATEGIES
+
+    Sink = STRATEGIES.get("sink")
 
     return {"oracle": Oracle(sink_frames=bf, recent_frames=bf, pick="needed"),
             "oracle-wrong": Oracle(sink_frames=bf, recent_frames=bf, pick="wrong"),
