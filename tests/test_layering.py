@@ -146,5 +146,5 @@ def test_no_import_cycles():
     mods = modules()
     graph = {n: {m for m in imports_of(p) if m in mods and m != n and not m.startswith(n + ".")}
              for n, p in mods.items()}
-    assert cycles(graph) == KNOWN_CYCLES
+    assert [c for c in cycles(graph) if c not in KNOWN_CYCLES] == []
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [{"a", "b", "c"}]
