@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from toolkit.worlds.sprites import memory_gates as g
+from toolkit.worlds.memory import gates as g
 from toolkit.worlds.sprites.model import WEIGHTS_DIR, load_world
 
 SHIPPED = "world-memory.safetensors"
