@@ -66,3 +66,20 @@ def test_the_sprite_world_models_card_states_its_1x_scores_as_measured():
     measured = remeasured_eval_1x()
     for key, value in card("world-model")["eval_1x"].items():
         assert measured[key] == pytest.approx(value, abs=1e-9), key
+
+
+def test_the_figures_come_from_the_worlds_and_a_name_given_twice_fails(monkeypatch):
+    """The docs tool names no world: its generators are the worlds' ``World.figures``."""
+    from dataclasses import replace
+
+    from toolkit.plugins import WORLDS
+    from toolkit.tools.docs import world_figures
+
+    worlds = WORLDS.items()
+    assert set(FIGURES) == {n for w in worlds.values() for n in w.figures}
+    assert set(worlds["memory"].figures) >= {"memory-gates-table", "compressor-use"}
+    twin = replace(worlds["sprites"], name="twin")
+    monkeypatch.setattr(WORLDS, "items", lambda: {**worlds, "twin": twin})
+    with pytest.raises(ValueError, match="figure 'world-1x' is given by worlds 'sprites' and "
+                                         "'twin'"):
+        world_figures()

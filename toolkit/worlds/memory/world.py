@@ -54,17 +54,19 @@ def claims(prompt: Any) -> bool:
 
 
 def recall_line(scalars: Mapping[str, float]) -> str | None:
-    """One line of a run's recall, beside its own chance levels (None without recall)."""
+    """One line of a run's recall: chance-corrected (kappa) and beyond the recent blocks,
+    beside the raw colour recall and its own chance level (None without recall)."""
     if "recall" not in scalars:
         return None
 
     def get(key: str) -> str:
         return f"{scalars[key]:.2f}" if key in scalars else "-"
 
-    return (f"recall of returning sprites: {get('recall')} (mid-only {get('recall/mid')}, "
-            f"chance {get('recall_chance')}); colour alone {get('recall/colour')} "
-            f"(chance {get('recall_chance/colour')}); over {scalars.get('recall_moments', 0):.0f} "
-            f"returns, {scalars.get('recall_moments/mid', 0):.0f} mid-only")
+    return (f"recall (colour) kappa {get('recall_kappa/colour')}, beyond (4+ blocks back) "
+            f"{get('recall_kappa/beyond_colour')}; raw colour {get('recall/colour')} at chance "
+            f"{get('recall_chance/colour')}, beyond {get('recall_beyond/colour')}; over "
+            f"{scalars.get('recall_moments', 0):.0f} returns, "
+            f"{scalars.get('recall_beyond/count', 0):.0f} readable beyond")
 
 
 #: The figures the docs quote (``rollbench docs``), made by :mod:`.docfigures`.
