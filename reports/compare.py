@@ -1,10 +1,11 @@
 """``rollbench report experiment=NAME``: the compare-strategies report of stored runs.
 
 A pure function of the tracking store (it never re-runs a model): the headline tables at the
-length marks (``reports.tables``), curves over the rollout and Optuna plots
-(``reports.figures``), filmstrips and links to the videos (the runs' artifacts), and a
-provenance footer. Written as one self-contained HTML page (images embedded) and a Markdown
-twin with its images beside it (``reports.render``).
+length marks (``reports.tables``), the sections the worlds add (``World.sections``: a table of
+their measures, their curves), curves over the rollout and Optuna plots (``reports.figures``),
+filmstrips and links to the videos (the runs' artifacts), and a provenance footer. Written as
+one self-contained HTML page (images embedded) and a Markdown twin with its images beside it
+(``reports.render``).
 
     rollbench report experiment=strategies_24x [out=DIR] [baseline=full] [test=wilcoxon]
                      [run_root=runs] [tracking.uri=URI] [storage=OPTUNA_URL]
@@ -27,23 +28,35 @@ import pandas as pd
 from reports import answer, data, figures, sections, tables
 from reports.sections import Image, Report, Strip, Sweep
 from reports.tables import Table
-from toolkit.aggregate import MIN_CI, value_range
-from toolkit.tracking import resolve_uri
+from toolkit.plugins import Section
+from toolkit.runs.aggregate import MIN_CI, value_range
+from toolkit.runs.tracking import resolve_uri
 
 OPTIONS = ("experiment", "out", "baseline", "test", "run_root", "tracking.uri", "storage",
            "experiments_dir")
-#: Curves drawn over the rollout: metric, title, log y axis.
+#: Curves drawn over the rollout: metric, title, log y axis (the worlds' curves go between
+#: these and the system curves).
 CURVE_FIGURES = (("drift", "drift", False), ("fidelity", "prompt fidelity", False),
                  ("self_similarity", "repetition (long-lag self-similarity)", False),
                  ("motion", "motion", False),
                  ("subject_consistency", "subject consistency (DINO)", False),
                  ("background_consistency", "background consistency (CLIP)", False),
                  ("clip_score", "CLIP score against the prompt", False),
-                 ("recall_curve", "recall of returning sprites (binned)", False),
-                 ("scene_fidelity", "scene fidelity (memory world)", False),
-                 ("flow_dynamic", "dynamic pairs (RAFT)", False),
-                 ("kv_bytes", "KV cache held", True),
-                 ("block_seconds", "latency per block", False))
+                 ("flow_dynamic", "dynamic pairs (RAFT)", False))
+SYSTEM_FIGURES = (("kv_bytes", "KV cache held", True),
+                  ("block_seconds", "latency per block", False))
+
+
+def world_sections() -> list[Section]:
+    """The report sections of every registered world (``World.sections``)."""
+    from toolkit.plugins import WORLDS
+
+    return [s for world in WORLDS.items().values() for s in world.sections]
+
+
+def figure_list(worlds: list[Section]) -> list[tuple[str, str, bool]]:
+    """Every curve the report draws, in order: the toolkit's, the worlds', the system's."""
+    return [*CURVE_FIGURES, *(c for s in worlds for c in s.curves), *SYSTEM_FIGURES]
 
 
 def slug(text: str) -> str:
@@ -52,7 +65,7 @@ def slug(text: str) -> str:
 
 
 def _question(name: str, experiments_dir: str | None = None) -> str:
-    from toolkit.grid import experiments
+    from toolkit.runs.grid import experiments
 
     return experiments([f"experiments_dir={experiments_dir}"] if experiments_dir
                        else []).get(name, "")
@@ -78,18 +91,22 @@ def _legend(baseline: str | None, requested: str | None, test: str, summary: pd.
 
 
 def curve_figures(exp: data.Experiment, variants: list[str], marks: list[tables.Mark],
-                  train: int | None) -> list[tuple[str, str, Any]]:
-    """(metric, title, matplotlib Figure) of every curve the runs logged, in CURVE_FIGURES order:
-    the longest run per (variant, seed, prompt), bands kept in the metric's range, 0/1
-    per-frame curves smoothed over one block."""
+                  train: int | None, worlds: list[Section] | None = None
+                  ) -> list[tuple[str, str, Any]]:
+    """(metric, title, matplotlib Figure) of every curve the runs logged, in ``figure_list``
+    order: the longest run per (variant, seed, prompt), bands kept in the metric's range, 0/1
+    per-frame curves smoothed over one block; a world's sparse curves (values only at some
+    frames, different per run) binned."""
     longest = exp.runs.sort_values(["latent_frames", "run_name"], ascending=[False, False])
     longest = longest.drop_duplicates(["variant", "seed", "prompt"])
     lines = [(m.label, m.frames) for m in marks if m.frames and m.frames != train]
     switches = common_switches(longest, variants)
+    worlds = world_sections() if worlds is None else worlds
+    sparse = {m for s in worlds for m in s.sparse}
     out = []
-    for metric, title, log in CURVE_FIGURES:
+    for metric, title, log in figure_list(worlds):
         got = exp.curves.get(metric, {})
-        if metric in SPARSE:  # values only at some frames, different per run: bin them
+        if metric in sparse:  # values only at some frames, different per run: bin them
             got = {k: binned(*c, 2 * (train or 20)) for k, c in got.items()}
         per = {v: [got[i] for i in longest.loc[longest["variant"] == v, "run_id"] if i in got]
                for v in variants}
@@ -102,10 +119,6 @@ def curve_figures(exp: data.Experiment, variants: list[str], marks: list[tables.
                                  lines, log, value_range(metric), block_of(exp), switches)
         out.append((metric, title, fig))
     return out
-
-
-#: Curves logged only at some frames (e.g. one value per return moment), binned for figures.
-SPARSE = ("recall_curve",)
 
 
 def binned(steps: np.ndarray, values: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
@@ -128,9 +141,9 @@ def common_switches(runs: pd.DataFrame, variants: list[str]) -> list[int]:
 
 
 def _curve_images(exp: data.Experiment, variants: list[str], marks: list[tables.Mark],
-                  train: int | None) -> list[Image]:
+                  train: int | None, worlds: list[Section]) -> list[Image]:
     return [Image(f"figures/{metric}.png", figures.png(fig), tables.heading(metric, title))
-            for metric, title, fig in curve_figures(exp, variants, marks, train)]
+            for metric, title, fig in curve_figures(exp, variants, marks, train, worlds)]
 
 
 def block_of(exp: data.Experiment) -> int | None:
@@ -216,7 +229,8 @@ def build_report(uri: str, experiment: str, out: str | Path, run_root: str | Pat
         machine: the machine lines of the footer (default: this machine's).
         experiments_dir: a user's config folder (the question of their own experiment).
     """
-    wanted = dict.fromkeys([*tables.CURVES, *(m for m, _, _ in CURVE_FIGURES)])
+    worlds = world_sections()
+    wanted = dict.fromkeys([*tables.CURVES, *(m for m, _, _ in figure_list(worlds))])
     exp = data.load_experiment(uri, experiment, list(wanted))
     out = Path(out)
     base = tables.resolve_baseline(exp.runs, baseline)
@@ -248,9 +262,9 @@ def build_report(uri: str, experiment: str, out: str | Path, run_root: str | Pat
         summary=summary_line, legend=_legend(base, baseline, test, summary),
         runs=tables.runs_table(exp, base), headline=headline,
         scalars=tables.scalar_table(exp, base, test) if variants else None,
-        recall=tables.scalar_table(exp, base, test, tables.RECALL, "Recall (memory world)")
-        if variants else None,
-        curves=_curve_images(exp, variants, marks, train) if variants else [],
+        worlds=[(t, s.note) for s in worlds if variants
+                for t in [tables.scalar_table(exp, base, test, s.scalars, s.title)] if t],
+        curves=_curve_images(exp, variants, marks, train, worlds) if variants else [],
         strips=_strips(exp, variants, out) if variants else [], sweep=sweep, answer=first,
         pareto=Image("figures/quality-vs-kv.png", front, "quality against peak KV")
         if front else None,

@@ -20,7 +20,7 @@ from urllib.parse import unquote, urlparse
 import numpy as np
 import pandas as pd
 
-from toolkit.aggregate import curves, load_runs, split_variants
+from toolkit.runs.aggregate import curves, load_runs, split_variants
 
 #: Tokens of a grid's variant label that only state the length (the marks show length).
 LENGTH_KEYS = ("video.latent_frames=", "video.seconds=")
@@ -33,7 +33,7 @@ class Experiment:
     Attributes:
         name: the MLflow experiment.
         uri: the tracking URI it was read from.
-        runs: FINISHED runs, one row each (see ``toolkit.aggregate.load_runs``) plus
+        runs: FINISHED runs, one row each (see ``toolkit.runs.aggregate.load_runs``) plus
             ``variant`` (the report label), ``train_frames`` (the model's 1x length) and
             ``block_frames`` (latent frames per block), as the runs recorded them.
         others: the runs that did not finish (failed, running, killed).
@@ -55,7 +55,7 @@ class Experiment:
 
 def client_for(uri: str) -> Any:
     """An MLflow client of an existing store (a missing sqlite file is an error, not created)."""
-    from toolkit.tracking import open_client
+    from toolkit.runs.tracking import open_client
 
     if uri.startswith("sqlite:///"):
         path = Path(uri[len("sqlite:///"):])
@@ -200,7 +200,7 @@ def artifact(exp: Experiment, run_id: str, name: str, cache: Path) -> Path | Non
 def model_cards(exp: Experiment, cache: Path) -> list[tuple[str, dict[str, Any]]]:
     """The model cards the runs recorded (their ``model_card.json`` artifact): one per
     distinct card, labelled with the model and how many runs used it."""
-    from toolkit.tracking import CARD
+    from toolkit.runs.tracking import CARD
 
     found: dict[str, list[dict[str, Any]]] = {}
     for run in exp.runs.to_dict("records"):

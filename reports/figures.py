@@ -28,7 +28,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from scipy import stats
 
-from toolkit.aggregate import MIN_CI, UNBOUNDED
+from toolkit.runs.aggregate import MIN_CI, UNBOUNDED
 
 Curve = tuple[np.ndarray, np.ndarray]
 

@@ -32,7 +32,6 @@ from matplotlib.figure import Figure
 from reports import figures
 from reports.data import block_frames_of, block_of_curve
 from reports.tables import heading, num, unit_of
-from toolkit.aggregate import UNBOUNDED, value_range
 from toolkit.findings import (
     ALPHA,
     EXPERIMENT,
@@ -53,6 +52,7 @@ from toolkit.findings import (
     values_of,
 )
 from toolkit.findings.inference import POWER, interval
+from toolkit.runs.aggregate import UNBOUNDED, value_range
 
 MARK = {"holds": "✅ holds", "fails": "❌ fails", "inconclusive": "❔ inconclusive",
         "partly holds": "◐ partly holds", NOT_TESTABLE: "⊘ not testable",
@@ -81,7 +81,7 @@ def collect(planned: Mapping[tuple[str, int], str],
             uri: str) -> tuple[pd.DataFrame, list[tuple[str, int]]]:
     """The latest finished run of every planned ``(arm, seed) -> run key`` (arm, seed, run_id,
     revision as shown, its commit and dirty flag), and the planned pairs the store lacks."""
-    from toolkit.aggregate import load_runs
+    from toolkit.runs.aggregate import load_runs
 
     stored = load_runs(uri, EXPERIMENT)
     rows, missing = [], []
@@ -139,8 +139,8 @@ def analyse(spec: Spec, planned: Mapping[tuple[str, int], str], uri: str) -> Fin
     """Measures and verdicts of the stored runs of ``planned`` (``(arm, seed) -> run key``)."""
     runs, missing = collect(planned, uri)
     if runs.empty:
-        from toolkit.config import ConfigError
-        from toolkit.stores import mask
+        from toolkit.errors import ConfigError
+        from toolkit.runs.stores import mask
 
         raise ConfigError(f"no finished findings runs in {mask(uri)}: run `rollbench findings` "
                           "without render_only first")
@@ -184,7 +184,7 @@ def block_of(f: Findings) -> int | None:
         return int(recorded.pop())
     if f.runs.empty or recorded:
         return None
-    from toolkit.aggregate import curves
+    from toolkit.runs.aggregate import curves
 
     steps = next(iter(curves(f.runs["run_id"][:1], "kv_bytes", f.uri).values()))[0]
     return block_of_curve(steps)
@@ -192,7 +192,7 @@ def block_of(f: Findings) -> int | None:
 
 def curve_png(f: Findings, measure: str, arms: list[str]) -> bytes:
     """The figure of one measure over the rollout, one line and 95% band per arm."""
-    from toolkit.aggregate import curves
+    from toolkit.runs.aggregate import curves
 
     log = measure.startswith("kv_")
     raw = {arm: [c for c in curves(f.runs.loc[f.runs["arm"] == arm, "run_id"], measure,

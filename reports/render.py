@@ -13,7 +13,7 @@ import html
 from urllib.parse import quote
 
 from reports.sections import Image, Report
-from reports.tables import RECALL_NOTE, Table, split
+from reports.tables import Table, split
 
 #: Columns of a whole-run table beyond the variant and length before it is split.
 PER_TABLE = 6
@@ -76,9 +76,9 @@ def to_markdown(report: Report) -> str:
         out += ["## Headline: the length marks", "", report.legend, ""]
         for t in report.headline:
             out += [f"### {t.title}", "", f"_{t.note}_", "", md_table(t), ""]
-    if report.recall:
-        out += ["## Recall (memory world)", "", RECALL_NOTE, ""]
-        out += [x for t in split(report.recall, 2, PER_TABLE) for x in (md_table(t), "")]
+    for table, note in report.worlds:
+        out += [f"## {table.title}", "", note, ""]
+        out += [x for t in split(table, 2, PER_TABLE) for x in (md_table(t), "")]
     if report.scalars:
         out += ["## Whole-run scalars", "", "Each run's scalar metrics over its whole length, "
                 "grouped by variant and length (same legend).", ""]
@@ -174,9 +174,9 @@ def to_html(report: Report) -> str:
             b.append(f'<div><h3>{_e(t.title)}</h3><p class="note">{_e(t.note)}</p>'
                      f"{html_table(t)}</div>")
         b.append("</div>")
-    if report.recall:
-        b += ["<h2>Recall (memory world)</h2>", f"<p>{html.escape(RECALL_NOTE)}</p>",
-              *[html_table(t) for t in split(report.recall, 2, PER_TABLE)]]
+    for table, note in report.worlds:
+        b += [f"<h2>{_e(table.title)}</h2>", f"<p>{html.escape(note)}</p>",
+              *[html_table(t) for t in split(table, 2, PER_TABLE)]]
     if report.scalars:
         b += ["<h2>Whole-run scalars</h2>",
               *[html_table(t) for t in split(report.scalars, 2, PER_TABLE)]]

@@ -85,7 +85,7 @@ class Report:
     sweep: Sweep | None
     provenance: Provenance
     notes: list[str] = field(default_factory=list)
-    recall: Table | None = None  # the memory world's recall measures, when the runs have them
+    worlds: list[tuple[Table, str]] = field(default_factory=list)  # worlds' sections: table, note
     answer: Table | None = None  # quality at the marks against peak KV (``reports.answer``)
     pareto: Image | None = None  # quality at the last mark against peak KV
 

@@ -15,7 +15,7 @@ each run's curves up to that latent frame, so one rollout of 24x gives all four 
 
 A run of exactly the mark's length is preferred for a mark (an ``extrapolation`` grid runs
 each length); otherwise the shortest run that reaches it. Means carry 95% CIs over seeds and a
-paired test against the baseline (``toolkit.aggregate.summarise``).
+paired test against the baseline (``toolkit.runs.aggregate.summarise``).
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ import numpy as np
 import pandas as pd
 
 from reports.data import Experiment
-from toolkit.aggregate import MIN_CI, direction, summarise
 from toolkit.metrics import METRICS
-from toolkit.tracking import MARKS
+from toolkit.runs.aggregate import MIN_CI, direction, summarise
+from toolkit.runs.tracking import MARKS
 
 ARROWS = {"higher": "↑", "lower": "↓"}
 DISPLAY = {"bytes": (2.0**-20, "MiB"), "s": (1e3, "ms")}  # unit -> (scale, shown unit)
@@ -37,19 +37,6 @@ SCALARS = ("vde", "start_end_distance", "start_end_fidelity_drop", "dynamic_degr
            "discontinuity", "repetition", "norepeat", "peak_kv_bytes", "seconds_per_block",
            "latency_growth", "subject_consistency_score", "background_consistency_score",
            "clip_drift_end", "flow_smoothness_score", "vbench_dynamic_degree")
-#: The memory world's recall measures (``toolkit.metrics.recall``), their own table.
-RECALL = ("recall_kappa/beyond_colour", "recall_kappa/colour", "recall_beyond/colour",
-          "recall/colour", "recall_chance/colour", "recall_gap/2_colour", "recall_gap/3_colour",
-          "recall_gap/4-8_colour", "recall_gap/9_up_colour", "recall_swap/needed",
-          "recall_beyond/count", "recall_beyond/unreadable")
-RECALL_NOTE = ("Recall: share of cuts back to a scene whose sprite shows the colour the model drew "
-               "before. Headline: kappa = (recall - chance) / (1 - chance), chance the run's own "
-               "(`recall_chance`: returns compared with what was drawn for other sprites), so a "
-               "model that draws one colour scores 0. `beyond`: sprite last shown 4+ blocks back "
-               "(outside the default windows and recent partitions); `recall_gap/N`: by blocks "
-               "since last shown (2, 3, 4-8, 9+); `recall_swap/needed`: swap returns showing the "
-               "needed block's colour. Read every strategy between `oracle` (the needed blocks "
-               "kept) and `oracle-wrong` (the same layout with wrong blocks).")
 
 
 @dataclass(frozen=True)

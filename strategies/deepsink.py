@@ -13,15 +13,15 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from toolkit.cache import (
+from toolkit.core.cache import (
     BlockKV,
     FinishedBlock,
     KeepBlocksStrategy,
     require_block_multiples,
     require_non_negative,
 )
+from toolkit.core.spec import ModelSpec
 from toolkit.registry import STRATEGIES
-from toolkit.spec import ModelSpec
 
 
 @STRATEGIES.register("deepsink")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from toolkit.cache import KeepBlocksStrategy
+from toolkit.core.cache import KeepBlocksStrategy
 from toolkit.registry import STRATEGIES
 
 

@@ -16,7 +16,7 @@ Choices the paper leaves open, all options here (defaults first):
   from the recent window (in index order) and the sink before them, every block (per layer
   under ``per_layer`` selection); ``absolute``: nothing moves. Moved keys are rotated from
   their stored (generation) rotation when read, so a sink moved 85 times in a 120 s video is
-  rounded once, not 85 times (``toolkit.rope.shift_drift``: 93 bf16 ulps otherwise).
+  rounded once, not 85 times (``toolkit.core.rope.shift_drift``: 93 bf16 ulps otherwise).
 - ``selection``: ``topk`` by the paper's affinity, scored once per block at its first context
   request (denoising step 0) and reused for the other steps and the cache-fill pass;
   ``recency`` (newest ``top_k``); ``all``; ``truth``: a selection oracle that picks the
@@ -56,11 +56,17 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from strategies.compressors import SPATIAL, Compressor, build_compressor, compressor_class
+from strategies.compressors import (
+    KV_MODES,
+    SPATIAL,
+    Compressor,
+    build_compressor,
+    compressor_class,
+)
 from strategies.compressors.base import model_sha256
 from strategies.compressors.lr import DECODES
 from strategies.packforcing_select import QUERIES, affinity, query_sum, scored_heads
-from toolkit.cache import (
+from toolkit.core.cache import (
     BlockKV,
     CacheStrategy,
     FinishedBlock,
@@ -69,16 +75,15 @@ from toolkit.cache import (
     require_non_negative,
     usage,
 )
+from toolkit.core.rope import grid_positions, rotate, shift_time
+from toolkit.core.spec import ModelSpec
+from toolkit.core.timing import Timer
 from toolkit.registry import STRATEGIES
-from toolkit.rope import grid_positions, rotate, shift_time
-from toolkit.spec import ModelSpec
-from toolkit.timing import Timer
 
 SELECTIONS = ("topk", "recency", "all", "truth")
 POSITIONS = ("shift", "repack", "absolute")
 SCORE_POSITIONS = ("common", "stored")
 SCOPES = ("per_layer", "shared")
-KV_MODES = ("transformer", "project")
 
 
 def _rotate(x: Tensor, rope: Any, pos: Tensor, inverse: bool = False) -> Tensor:

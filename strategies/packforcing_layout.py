@@ -4,7 +4,7 @@
 ``pack_layout`` turns that into positions and a mask over [clean clip | noisy clip] queries and
 [clean | noisy | compressed mid] keys; ``compressed_kv`` computes the mid blocks' K/V through
 the strategy's own code path; ``predict`` runs the pass. The world's PackForcing recipe
-(``toolkit.world.pf_train``) trains through it; its tests pin it to a cached PackForcing
+(``toolkit.worlds.sprites.pf_train``) trains through it; its tests pin it to a cached PackForcing
 rollout. Any ``WanCausalModel`` works (nothing here knows a concrete model).
 
 Conditioning ``cond`` is (B, L, C), one prompt for the clip, or (B, blocks, L, C), each block
@@ -21,8 +21,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from strategies.compressors import Compressor
-from toolkit.model import WanCausalModel
-from toolkit.rope import grid_positions
+from toolkit.core.model import WanCausalModel
+from toolkit.core.rope import grid_positions
 
 
 # -- partitions and layout ---------------------------------------------------------------------

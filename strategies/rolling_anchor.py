@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from toolkit.cache import KeepBlocksStrategy, require_block_multiples, require_non_negative
+from toolkit.core.cache import KeepBlocksStrategy, require_block_multiples, require_non_negative
+from toolkit.core.spec import ModelSpec
 from toolkit.registry import STRATEGIES
-from toolkit.spec import ModelSpec
 
 
 @STRATEGIES.register("rolling_anchor")

@@ -5,14 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from toolkit.cache import (
+from toolkit.core.cache import (
     FinishedBlock,
     KeepBlocksStrategy,
     require_block_multiples,
     require_non_negative,
 )
+from toolkit.core.spec import ModelSpec
 from toolkit.registry import STRATEGIES
-from toolkit.spec import ModelSpec
 
 
 @STRATEGIES.register("window")

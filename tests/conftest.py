@@ -9,7 +9,7 @@ torch.set_num_threads(1)  # tiny models: one thread is fastest and avoids conten
 
 @pytest.fixture
 def tiny():
-    from toolkit.zoo import tiny_random
+    from toolkit.models.zoo import tiny_random
 
     return tiny_random(seed=0)
 

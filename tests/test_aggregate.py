@@ -9,10 +9,10 @@ import pytest
 import torch
 from scipy import stats
 
-from toolkit.aggregate import curves, load_runs, mean_ci, paired_test, summarise
-from toolkit.config import compose_config
-from toolkit.trace import BlockRecord, Trace
-from toolkit.tracking import record_run
+from toolkit.core.trace import BlockRecord, Trace
+from toolkit.runs.aggregate import curves, load_runs, mean_ci, paired_test, summarise
+from toolkit.runs.config import compose_config
+from toolkit.runs.tracking import record_run
 
 
 def test_mean_ci_by_sample_size():
@@ -29,7 +29,7 @@ def test_mean_ci_by_sample_size():
 
 
 def test_intervals_stay_in_the_metrics_range():
-    from toolkit.aggregate import value_range
+    from toolkit.runs.aggregate import value_range
 
     assert value_range("fidelity") == (0.0, 1.0) and value_range("moving") == (0.0, 1.0)
     assert value_range("kv_bytes/sink") == (0.0, np.inf) and value_range("repetition") == (-1, 1)
@@ -126,7 +126,7 @@ def test_load_runs_and_curves_from_a_store(tmp_path):
 
 
 def test_duplicates_of_a_run_key_count_once_and_different_configs_are_never_pooled():
-    from toolkit.aggregate import drop_duplicates, split_variants
+    from toolkit.runs.aggregate import drop_duplicates, split_variants
 
     df = pd.DataFrame({
         "run_id": ["a", "b", "c", "d", "e"], "status": ["FINISHED"] * 4 + ["FAILED"],

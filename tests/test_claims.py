@@ -7,7 +7,7 @@ import sys
 import textwrap
 import time
 
-from toolkit.claims import claim, claim_path, holder
+from toolkit.runs.claims import claim, claim_path, holder
 
 
 def test_a_claim_is_exclusive_until_released(tmp_path):
@@ -26,7 +26,7 @@ def test_a_claim_is_exclusive_until_released(tmp_path):
 def test_a_killed_holder_leaves_no_stuck_claim(tmp_path):
     code = textwrap.dedent(f"""
         import sys, time
-        from toolkit.claims import claim
+        from toolkit.runs.claims import claim
         held = claim({str(tmp_path)!r}, "key")
         print("held" if held else "busy", flush=True)
         time.sleep(60)
@@ -47,8 +47,8 @@ def test_a_killed_holder_leaves_no_stuck_claim(tmp_path):
 
 
 def test_two_concurrent_grids_compute_each_key_once(tmp_path):
-    from toolkit.aggregate import load_runs
-    from toolkit.tracking import resolve_uri
+    from toolkit.runs.aggregate import load_runs
+    from toolkit.runs.tracking import resolve_uri
 
     cmd = [sys.executable, "-m", "toolkit.cli", "grid", "experiment=sink_size",
            "model=tiny-random", "video.latent_frames=8", "strategy.sink_frames=0,4,8",

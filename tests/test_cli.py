@@ -6,8 +6,9 @@ import textwrap
 import pytest
 
 from toolkit.cli import main
-from toolkit.config import ConfigError, build, build_strategy, compose_config
+from toolkit.errors import ConfigError
 from toolkit.registry import STRATEGIES, UnknownName
+from toolkit.runs.config import build, build_strategy, compose_config
 
 
 def test_run_writes_outputs(tmp_path, capsys):
@@ -18,7 +19,7 @@ def test_run_writes_outputs(tmp_path, capsys):
     assert {"config.yaml", "trace.json", "latents.pt"} <= {p.name for p in run_dir.iterdir()}
     out = capsys.readouterr().out
     assert "rollout: sink" in out
-    from toolkit.jobs import scalars_of
+    from toolkit.runs.jobs import scalars_of
 
     scalars = scalars_of(run_dir)
     assert {"fidelity_start", "fidelity_end", "fidelity_mean", "vde"} <= set(scalars)
@@ -88,7 +89,7 @@ def test_missing_postgres_driver_names_the_extra_and_hides_the_password(capsys, 
     drivers = ("psycopg2", "psycopg")  # as if no PostgreSQL driver were installed
     for name in drivers:
         monkeypatch.setitem(sys.modules, name, None)
-    monkeypatch.setattr("toolkit.stores.find_spec",
+    monkeypatch.setattr("toolkit.runs.stores.find_spec",
                         lambda name: None if name in drivers else object())
     url = "postgresql://bench:s3cret@db.example:5432/optuna"
     assert main(["run", f"tracking.uri={url}", f"run_root={tmp_path}"]) == 2
@@ -126,7 +127,7 @@ def closed_port() -> int:
     ("http://host:5000/path", "http://host:5000/path"),
 ])
 def test_mask_hides_passwords_only(text, masked):
-    from toolkit.stores import mask
+    from toolkit.runs.stores import mask
 
     assert masked in mask(text) and ("***" in masked) == ("***" in mask(text))
 
@@ -144,7 +145,7 @@ def test_unknown_field_lists_allowed():
 def test_user_strategy_by_target(tmp_path, monkeypatch):
     (tmp_path / "my_cache.py").write_text(textwrap.dedent('''
         from dataclasses import dataclass
-        from toolkit.cache import KeepBlocksStrategy
+        from toolkit.core.cache import KeepBlocksStrategy
 
         @dataclass
         class EveryOther(KeepBlocksStrategy):
@@ -193,7 +194,7 @@ def test_help_and_ls_import_only_what_they_need():
 def test_tables_never_cut_a_header(capsys, monkeypatch):
     """At 80 columns a header wraps at spaces, optional columns give way (the caption says
     which), and ``--wide`` shows every column whole."""
-    from toolkit.jobs import Summary, print_summaries
+    from toolkit.runs.jobs import Summary, print_summaries
     from toolkit.terminal import console, set_wide
 
     monkeypatch.setattr(console, "width", 80)
@@ -260,9 +261,9 @@ def user_dir(tmp_path):
 
 @pytest.mark.parametrize("how", ["experiments_dir", "searchpath"])
 def test_a_users_own_experiment_runs_as_a_grid(user_dir, tmp_path, how):
-    from toolkit.aggregate import load_runs
-    from toolkit.grid import experiments
-    from toolkit.tracking import resolve_uri
+    from toolkit.runs.aggregate import load_runs
+    from toolkit.runs.grid import experiments
+    from toolkit.runs.tracking import resolve_uri
 
     where = f"experiments_dir={user_dir}" if how == "experiments_dir" else \
         f"hydra.searchpath=[file://{user_dir}]"
@@ -277,7 +278,7 @@ def test_a_users_own_experiment_runs_as_a_grid(user_dir, tmp_path, how):
 
 
 def test_a_users_own_sweep_runs(user_dir, tmp_path):
-    from toolkit.sweep import load_sweep
+    from toolkit.runs.sweep import load_sweep
 
     assert load_sweep("my_sweep", [f"experiments_dir={user_dir}"]).objectives == ["peak_kv_bytes"]
     assert main(["sweep", "sweep=my_sweep", f"experiments_dir={user_dir}",
@@ -305,8 +306,8 @@ def test_a_grids_typo_fails_in_one_line_before_any_job(capsys, tmp_path):
 def test_training_settings_are_plain_fields_even_when_a_group_shares_the_name(monkeypatch):
     """`rollbench train packforcing compressor=hr`: `compressor` is also a config group;
     a typo'd setting gets did-you-mean."""
-    from toolkit.recipes import RECIPES, Recipe
-    from toolkit.world.pf_train import PFTrainConfig
+    from toolkit.models.recipes import RECIPES, Recipe
+    from toolkit.worlds.sprites.pf_train import PFTrainConfig
 
     got = []
     monkeypatch.setitem(RECIPES._items, "packforcing",
@@ -328,14 +329,14 @@ def test_hydras_errors_get_one_line_and_the_right_hint(capsys, tmp_path):
 
 def test_grid_workers_is_the_joblib_launcher_and_ctrl_c_is_one_line(capsys, monkeypatch):
     from toolkit import cli
-    from toolkit.grid import with_workers
+    from toolkit.runs.grid import with_workers
 
     assert with_workers(["experiment=x", "workers=3"]) == [
         "experiment=x", "hydra/launcher=joblib", "hydra.launcher.n_jobs=3"]
     assert with_workers(["experiment=x", "workers=1"]) == ["experiment=x"]
     from omegaconf import OmegaConf
 
-    from toolkit.grid import shared_by
+    from toolkit.runs.grid import shared_by
 
     joblib = "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"
     assert shared_by(OmegaConf.create({"_target_": joblib, "n_jobs": 3})) == 3
@@ -354,3 +355,24 @@ def test_report_takes_experiments_dir():
     from reports.compare import parse
 
     assert parse(["experiment=x", "experiments_dir=/tmp"])["experiments_dir"] == "/tmp"
+
+
+def test_unknown_measures_fail_in_one_line_before_any_rollout(capsys, tmp_path):
+    """`tracking.metrics=nosuch` (or a typo'd name in a list) fails before anything runs."""
+    run = ["run", "model=tiny-random", "video.latent_frames=4", "progress=false",
+           f"run_root={tmp_path}"]
+    assert main([*run, "tracking.metrics=nosuch"]) == 2
+    assert "unknown metric set 'nosuch'; sets: [" in one_line_error(capsys)
+    assert main([*run, "tracking.metrics=[drfit,kv_bytes]"]) == 2
+    assert "Did you mean 'drift'?" in one_line_error(capsys)
+    assert not (tmp_path / "rollouts").exists()
+
+
+def test_a_sweep_objective_the_metric_set_lacks_fails_before_any_trial(capsys, tmp_path):
+    sweep = tmp_path / "mine.yaml"
+    sweep.write_text("base: [model=tiny-random, video.latent_frames=4, tracking.metrics=system]\n"
+                     "objectives: [drift]\nparams:\n  seed: {type: int, low: 0, high: 3}\n")
+    assert main(["sweep", f"sweep={sweep}", f"run_root={tmp_path}"]) == 2
+    assert "objectives ['drift'] are not measured by tracking.metrics=system" in \
+        one_line_error(capsys)
+    assert not (tmp_path / "rollouts").exists() and not (tmp_path / "optuna").exists()

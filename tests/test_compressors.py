@@ -7,10 +7,10 @@ import torch
 
 from strategies.compressors import COMPRESSORS, HR, build_compressor
 from strategies.packforcing import PackForcing
-from toolkit.config import build_strategy, compose_config
-from toolkit.rollout import rollout
-from toolkit.specmodel import wan_spec_model
-from toolkit.world.model import WorldConfig, build_world
+from toolkit.core.rollout import rollout
+from toolkit.models.specmodel import wan_spec_model
+from toolkit.runs.config import build_strategy, compose_config
+from toolkit.worlds.sprites.model import WorldConfig, build_world
 
 CONFIGS = Path(__file__).resolve().parent.parent / "ablations" / "compressor"
 
@@ -105,7 +105,7 @@ def test_positions_centres_and_grid(world):
     pos = wan.positions("centres")
     assert pos[0].tolist() == [0.5, 1.5, 1.5] and pos[-1].tolist() == [2.5, 25.5, 49.5]
     ident = build_compressor("identity", world.spec)
-    from toolkit.rope import grid_positions
+    from toolkit.core.rope import grid_positions
     assert torch.equal(ident.positions("centres"), grid_positions(world.spec, 0.0, 4))
 
 
@@ -158,7 +158,7 @@ def test_mid_partition_holds_the_declared_tokens(world):
 # -- Wan's causal VAE (a tiny random AutoencoderKLWan), blocks of 3 and 4 ----------------------
 @pytest.fixture(scope="module", params=[3, 4])
 def wan_vae_model(request):
-    from toolkit.zoo import tiny_wan
+    from toolkit.models.zoo import tiny_wan
 
     return tiny_wan(request.param)
 

@@ -2,8 +2,8 @@
 
 import pytest
 
+from toolkit.core.testing import StrategyContract
 from toolkit.registry import STRATEGIES
-from toolkit.testing import StrategyContract
 
 
 @pytest.fixture(params=STRATEGIES.names())

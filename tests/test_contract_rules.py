@@ -8,11 +8,12 @@ import pytest
 import torch
 
 from strategies import DeepSink, Full, RollingAnchor, Sink, Window
-from toolkit.cache import CacheStrategy, KeepBlocksStrategy, usage
-from toolkit.config import ConfigError, build_strategy, compose_config
+from toolkit.core.cache import CacheStrategy, KeepBlocksStrategy, usage
+from toolkit.core.rollout import rollout
+from toolkit.core.testing import StrategyContract, bytes_problem, held_storages
+from toolkit.errors import ConfigError
 from toolkit.registry import where
-from toolkit.rollout import rollout
-from toolkit.testing import StrategyContract, bytes_problem, held_storages
+from toolkit.runs.config import build_strategy, compose_config
 
 FRAMES = 12  # six blocks of the tiny model (2 frames each)
 
@@ -283,7 +284,12 @@ def test_a_storage_reached_twice_counts_once(tiny):
 
 # -- weights -------------------------------------------------------------------------------------
 def test_weights_are_found_on_the_search_path(tmp_path, monkeypatch):
-    from toolkit.weights import WEIGHT_DIRS, find_weights, missing_weights, register_weights_dir
+    from toolkit.models.weights import (
+        WEIGHT_DIRS,
+        find_weights,
+        missing_weights,
+        register_weights_dir,
+    )
 
     found = find_weights("compressor-hr.safetensors")  # the world registers its own folder
     assert found.is_file() and found.parent.name == "weights"

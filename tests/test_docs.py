@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from toolkit.docs import FIGURES, MARKED, documents, figure_names, regenerate, stale
+from toolkit.tools.docs import FIGURES, MARKED, documents, figure_names, regenerate, stale
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +38,7 @@ def test_unknown_figures_are_named():
 
 
 def test_docs_command_checks_without_writing(capsys, monkeypatch, generated):
-    from toolkit.docs import cmd_docs
+    from toolkit.tools.docs import cmd_docs
 
     for name, value in generated.items():  # made once (the fixture), not again
         monkeypatch.setitem(FIGURES, name, lambda value=value: value)
@@ -51,7 +51,8 @@ def test_docs_command_checks_without_writing(capsys, monkeypatch, generated):
 
 def test_the_sprite_worlds_packforcing_card_states_its_context_use_as_measured():
     """The sprite world's fine-tune: its card's context use is what its shipped weights give."""
-    from toolkit.docs import card, remeasured_context_use
+    from toolkit.tools.docs import card
+    from toolkit.worlds.sprites.docfigures import remeasured_context_use
 
     measured = remeasured_context_use("world-model-pf")
     for key, value in card("world-model-pf")["context_use"].items():
@@ -59,8 +60,26 @@ def test_the_sprite_worlds_packforcing_card_states_its_context_use_as_measured()
 
 
 def test_the_sprite_world_models_card_states_its_1x_scores_as_measured():
-    from toolkit.docs import card, remeasured_eval_1x
+    from toolkit.tools.docs import card
+    from toolkit.worlds.sprites.docfigures import remeasured_eval_1x
 
     measured = remeasured_eval_1x()
     for key, value in card("world-model")["eval_1x"].items():
         assert measured[key] == pytest.approx(value, abs=1e-9), key
+
+
+def test_the_figures_come_from_the_worlds_and_a_name_given_twice_fails(monkeypatch):
+    """The docs tool names no world: its generators are the worlds' ``World.figures``."""
+    from dataclasses import replace
+
+    from toolkit.plugins import WORLDS
+    from toolkit.tools.docs import world_figures
+
+    worlds = WORLDS.items()
+    assert set(FIGURES) == {n for w in worlds.values() for n in w.figures}
+    assert set(worlds["memory"].figures) >= {"memory-gates-table", "compressor-use"}
+    twin = replace(worlds["sprites"], name="twin")
+    monkeypatch.setattr(WORLDS, "items", lambda: {**worlds, "twin": twin})
+    with pytest.raises(ValueError, match="figure 'world-1x' is given by worlds 'sprites' and "
+                                         "'twin'"):
+        world_figures()

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from toolkit.config import ConfigError
+from toolkit.errors import ConfigError
 from toolkit.findings import (
     Check,
     claim_verdict,
@@ -372,7 +372,7 @@ def test_a_page_without_statistics_keeps_the_first_pages_numbers(tmp_path):
 
     from reports.findings import measure_range
     from reports.tables import num
-    from toolkit.aggregate import mean_ci
+    from toolkit.runs.aggregate import mean_ci
 
     text, rows, results, table = _page(tmp_path)
     for name, measure in (("noisy", "fidelity@last"), ("clear", "fidelity@first")):

@@ -85,7 +85,7 @@ def _repo(tmp_path):
 def test_the_page_renders_the_committed_file_and_refuses_a_dirty_one(tmp_path):
     import pytest
 
-    from toolkit.config import ConfigError
+    from toolkit.errors import ConfigError
     from toolkit.findings.run import committed_spec
 
     _, spec, git = _repo(tmp_path)
@@ -148,7 +148,7 @@ def test_quick_runs_use_their_own_prompts(tmp_path):
     import pytest
 
     from tests.test_findings import TINY
-    from toolkit.config import ConfigError
+    from toolkit.errors import ConfigError
     from toolkit.findings import load_spec, plan
 
     for spec in (load_spec(), load_spec(load_spec().path.with_name("findings-followup.yaml"))):

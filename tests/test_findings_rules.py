@@ -9,7 +9,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from toolkit.config import ConfigError
 from toolkit.findings import (
     HOLDS_UNCLEAR,
     NOT_TESTABLE,
@@ -32,6 +31,7 @@ from toolkit.findings import (
     wilson_cluster,
 )
 from toolkit.findings.inference import COVERAGE, GENERATORS, coverage, score_p, t_interval
+from toolkit.runs.config import ConfigError
 
 MARGIN = Statistics(test="permutation", interval="t", correction="holm", exact=True,
                     rules="margin")

@@ -11,8 +11,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from toolkit.aggregate import mean_ci
-from toolkit.config import ConfigError
+from toolkit.errors import ConfigError
 from toolkit.findings import (
     NOT_TESTABLE,
     Check,
@@ -31,6 +30,7 @@ from toolkit.findings import (
     wilcoxon_method,
 )
 from toolkit.findings.inference import coverage, sign_flip_method
+from toolkit.runs.aggregate import mean_ci
 
 V2 = Statistics(test="permutation", interval="t", correction="holm", not_testable=0.9,
                 exact=True, band_test=True)

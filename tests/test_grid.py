@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from toolkit.aggregate import load_runs
 from toolkit.cli import main
-from toolkit.config import build_strategy, compose_config
-from toolkit.grid import experiments
-from toolkit.tracking import resolve_uri
+from toolkit.runs.aggregate import load_runs
+from toolkit.runs.config import build_strategy, compose_config
+from toolkit.runs.grid import experiments
+from toolkit.runs.tracking import resolve_uri
 
 TINY = ["model=tiny-random", "video.latent_frames=4", "seed=0"]
 
@@ -155,7 +155,7 @@ def test_swept_keys_are_variants_from_the_command_line_and_with_plus_plus(tmp_pa
 
 def test_the_summary_refuses_to_pool_different_configs_and_counts_a_key_once(tmp_path,
                                                                               capsys):
-    from toolkit.tracking import relog
+    from toolkit.runs.tracking import relog
 
     root = tmp_path / "runs"
     for extra in ([], ["strategy.positions=absolute"]):  # same label, another config
@@ -168,7 +168,7 @@ def test_the_summary_refuses_to_pool_different_configs_and_counts_a_key_once(tmp
     out = capsys.readouterr().out
     assert "1 duplicate run(s)" in out
     assert "differ in strategy.positions" in out
-    from toolkit.aggregate import split_variants
+    from toolkit.runs.aggregate import split_variants
 
     split, _ = split_variants(runs(root), "tags.variant")
     assert sorted(set(split["tags.variant"])) == [

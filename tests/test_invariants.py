@@ -5,10 +5,10 @@ import torch
 from diffusers.models.transformers.transformer_wan import WanRotaryPosEmbed
 
 from strategies import Full, Sink, Window
-from toolkit.config import build_strategy, compose_config
-from toolkit.rollout import rollout
-from toolkit.rope import Rope, apply_rope, grid_positions, rotate, shift_drift, shift_time
-from toolkit.testing import block_causal_reference
+from toolkit.core.rollout import rollout
+from toolkit.core.rope import Rope, apply_rope, grid_positions, rotate, shift_drift, shift_time
+from toolkit.core.testing import block_causal_reference
+from toolkit.runs.config import build_strategy, compose_config
 
 FRAMES = 16
 
@@ -115,8 +115,8 @@ def test_self_forcing_window_must_hold_the_block(tiny):
 def test_bf16_keys_moved_85_times_are_rounded_once():
     """A 120 s video moves PackForcing's sink about 85 times. Shifting bf16 keys in place
     rounds them each time: far more than a few ulps. Cached blocks rotate on read instead."""
-    from toolkit.cache import BlockKV
-    from toolkit.zoo import wan_t2v_1_3b_spec
+    from toolkit.core.cache import BlockKV
+    from toolkit.models.zoo import wan_t2v_1_3b_spec
 
     spec = wan_t2v_1_3b_spec()  # real scale: 12 heads x 128, one frame of 1,560 tokens
     drift = shift_drift(spec, 85, 4.0)
@@ -143,8 +143,8 @@ def test_bf16_keys_moved_85_times_are_rounded_once():
 
 def test_a_causal_rollouts_prefix_is_its_short_video():
     """The findings read 1x effects from the first frames of the 24x runs."""
-    from toolkit.config import build, compose_config
-    from toolkit.rollout import rollout
+    from toolkit.core.rollout import rollout
+    from toolkit.runs.config import build, compose_config
 
     cfg = compose_config(["strategy=packforcing-world", "model=world-pf"])
     model, _ = build(cfg)

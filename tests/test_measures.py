@@ -9,7 +9,9 @@ import pandas as pd
 import pytest
 import torch
 
-from toolkit.config import ConfigError
+from toolkit.core.spec import ModelSpec
+from toolkit.core.trace import BlockRecord, Trace
+from toolkit.errors import ConfigError
 from toolkit.findings import (
     Check,
     bin_means,
@@ -20,9 +22,7 @@ from toolkit.findings import (
 )
 from toolkit.metrics import METRICS, MetricInput, Unavailable, compute
 from toolkit.metrics.boundary import events, rope_periods
-from toolkit.spec import ModelSpec
-from toolkit.trace import BlockRecord, Trace
-from toolkit.world import BACKGROUNDS, prompt_for_seed, simulate, split_seed
+from toolkit.worlds.sprites import BACKGROUNDS, prompt_for_seed, simulate, split_seed
 
 # the world model's sizes: head_dim 32 -> 12 time dims -> RoPE periods 6.3, 29.2, 135.4 ... frames
 SPEC = ModelSpec(num_layers=1, num_heads=1, head_dim=32, latent_channels=12, latent_height=8,
@@ -162,8 +162,8 @@ def test_cache_events_are_read_from_the_trace():
 
 def test_cache_events_of_a_real_packforcing_rollout():
     """shift and absolute evict at the same blocks; only shift moves the sink."""
-    from toolkit.config import build, compose_config
-    from toolkit.rollout import rollout
+    from toolkit.core.rollout import rollout
+    from toolkit.runs.config import build, compose_config
 
     got = {}
     for pos in ("shift", "absolute"):
@@ -255,8 +255,8 @@ def test_declared_series_are_what_the_metrics_return():
 
 # --- the memory world's recall, and the whole path from logged series ------------------
 def test_recall_measures_of_the_memory_world_are_findings_measures():
-    from toolkit.schedule import PromptSchedule
-    from toolkit.world.scenes import render, schedule_for_seed
+    from toolkit.core.schedule import PromptSchedule
+    from toolkit.worlds.memory.scenes import render, schedule_for_seed
 
     sched = schedule_for_seed(0, 30)
     prompt = PromptSchedule(tuple((b * 4, s) for b, s in enumerate(sched.shots)))
@@ -275,8 +275,8 @@ def test_recall_measures_of_the_memory_world_are_findings_measures():
 
 
 def test_memory_world_motion_can_fall():
-    from toolkit.schedule import PromptSchedule
-    from toolkit.world.scenes import render, schedule_for_seed
+    from toolkit.core.schedule import PromptSchedule
+    from toolkit.worlds.memory.scenes import render, schedule_for_seed
 
     sched = schedule_for_seed(1, 30)
     prompt = PromptSchedule(tuple((b * 4, s) for b, s in enumerate(sched.shots)))
@@ -296,7 +296,7 @@ def test_memory_world_motion_can_fall():
 def test_measure_runs_reads_every_series_a_measure_needs(tmp_path, monkeypatch):
     import textwrap
 
-    import toolkit.aggregate
+    import toolkit.runs.aggregate
     from toolkit.findings import measure_runs
 
     path = tmp_path / "f.yaml"
@@ -321,7 +321,7 @@ def test_measure_runs_reads_every_series_a_measure_needs(tmp_path, monkeypatch):
     def curves(ids, name, uri):
         asked.append(name)
         return {i: logged[i][name] for i in ids}
-    monkeypatch.setattr(toolkit.aggregate, "curves", curves)
+    monkeypatch.setattr(toolkit.runs.aggregate, "curves", curves)
     runs = pd.DataFrame({"run_id": ["ra", "rb"], "arm": ["a", "b"], "seed": [0, 0]})
     table = measure_runs(spec, runs, "unused").set_index("arm")
     assert sorted(asked) == ["boundary_jump", "boundary_jump/within", "recall/mid"]

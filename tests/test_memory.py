@@ -4,11 +4,11 @@ import pytest
 
 from strategies import Full, Sink, Window
 from strategies.packforcing import PackForcing
+from toolkit.bench.kv import account
 from toolkit.cli import main
-from toolkit.memory import account
-from toolkit.rollout import rollout
-from toolkit.specmodel import SpecModel, wan_spec_model
-from toolkit.testing import held_tensors
+from toolkit.core.rollout import rollout
+from toolkit.core.testing import held_tensors
+from toolkit.models.specmodel import SpecModel, wan_spec_model
 
 PAPER_FRAMES = 480  # 120 s at 16 fps, 4x temporal VAE
 
@@ -96,8 +96,8 @@ def test_meta_accounting_equals_a_real_rollout(tiny, make):
 def test_value_dependent_strategy_fails_clearly(wan):
     from dataclasses import dataclass
 
-    from toolkit.cache import KeepBlocksStrategy
-    from toolkit.config import ConfigError
+    from toolkit.core.cache import KeepBlocksStrategy
+    from toolkit.errors import ConfigError
 
     @dataclass
     class KeepLoud(KeepBlocksStrategy):
@@ -131,7 +131,7 @@ def test_working_memory_of_the_kv_path_stays_within_10_percent(make, block, fram
 def test_live_bytes_counts_what_is_alive():
     import torch
 
-    from toolkit.allocations import LiveBytes
+    from toolkit.bench.allocations import LiveBytes
 
     outside = torch.zeros(1000)  # 4,000 bytes made before: never counted
     with LiveBytes() as live:

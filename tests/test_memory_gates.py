@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from toolkit.world import memory_gates as g
-from toolkit.world.model import WEIGHTS_DIR, load_world
+from toolkit.worlds.memory import gates as g
+from toolkit.worlds.sprites.model import WEIGHTS_DIR, load_world
 
 SHIPPED = "world-memory.safetensors"
 

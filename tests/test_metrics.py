@@ -7,6 +7,8 @@ import pytest
 import torch
 from scipy import linalg
 
+from toolkit.core.spec import ModelSpec
+from toolkit.core.trace import BlockRecord, Trace
 from toolkit.metrics import (
     DIRECTIONS,
     FEATURES,
@@ -21,9 +23,7 @@ from toolkit.metrics import (
 from toolkit.metrics.features import frechet, psd_sqrt
 from toolkit.metrics.video import vde
 from toolkit.registry import UnknownName
-from toolkit.spec import ModelSpec
-from toolkit.trace import BlockRecord, Trace
-from toolkit.world import BACKGROUNDS, PALETTE, prompt_for_seed, simulate, split_seed
+from toolkit.worlds.sprites import BACKGROUNDS, PALETTE, prompt_for_seed, simulate, split_seed
 
 FRAMES, K = 480, 202  # corruption starts at frame 202: inside segment 50 (frames 200..203)
 SPEC = ModelSpec(num_layers=1, num_heads=1, head_dim=24, latent_channels=12, latent_height=8,

@@ -14,13 +14,13 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from toolkit.cli import main
+from toolkit.core.spec import ModelSpec
 from toolkit.metrics import METRIC_SETS, METRICS, MetricInput, Unavailable, compute
 from toolkit.metrics.backends import RaftFlow, flow_top_magnitude, load_hf, load_raft
 from toolkit.metrics.features import make_backend
 from toolkit.metrics.real import consistency, dynamic_rule, interpolate_middle, prompt_text
-from toolkit.spec import ModelSpec
-from toolkit.tracking import resolve_uri
-from toolkit.world import prompt_for_seed, simulate, split_seed
+from toolkit.runs.tracking import resolve_uri
+from toolkit.worlds.sprites import prompt_for_seed, simulate, split_seed
 
 REAL = ["subject_consistency", "subject_consistency_score", "background_consistency",
         "background_consistency_score", "clip_score", "clip_drift", "clip_drift_end",

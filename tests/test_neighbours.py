@@ -3,8 +3,8 @@
 import torch
 
 from strategies import DeepSink, Full, RollingAnchor
-from toolkit.cache import BlockKV
-from toolkit.rollout import rollout
+from toolkit.core.cache import BlockKV
+from toolkit.core.rollout import rollout
 
 
 def test_deepsink_with_room_for_everything_equals_full(tiny):

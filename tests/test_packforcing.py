@@ -9,12 +9,12 @@ import torch
 
 from strategies import Full, Sink
 from strategies.packforcing import PackForcing
-from toolkit.cache import BlockKV, FinishedBlock
-from toolkit.rollout import rollout
-from toolkit.rope import Rope, apply_rope, grid_positions, shift_time
-from toolkit.sampling import SamplerConfig
-from toolkit.testing import StrategyContract
-from toolkit.zoo import tiny_random
+from toolkit.core.cache import BlockKV, FinishedBlock
+from toolkit.core.rollout import rollout
+from toolkit.core.rope import Rope, apply_rope, grid_positions, shift_time
+from toolkit.core.sampling import SamplerConfig
+from toolkit.core.testing import StrategyContract
+from toolkit.models.zoo import tiny_random
 
 FRAMES = 16
 
@@ -314,7 +314,7 @@ def test_compressor_module_survives_rebind():
 @pytest.mark.parametrize("positions", ["shift", "repack"])
 def test_world_24x_rollout_is_flat_and_selection_is_cheap(positions):
     """480 latent frames on the world architecture (random init: same sizes and speed)."""
-    from toolkit.world.model import WorldConfig, build_world
+    from toolkit.worlds.sprites.model import WorldConfig, build_world
 
     model = build_world(WorldConfig()).eval()
     pf = PackForcing(positions=positions)
@@ -338,8 +338,8 @@ def test_world_24x_rollout_is_flat_and_selection_is_cheap(positions):
 @pytest.mark.parametrize("compressor", ["lr", "dual", "hr", "pool", "pool_kv"])
 def test_selfforcing_geometry_preset_runs_every_compressor_on_3_frame_blocks(compressor):
     """packforcing-selfforcing on a tiny random Wan with Wan's causal VAE, blocks of 3."""
-    from toolkit.config import build_strategy, compose_config
-    from toolkit.zoo import tiny_wan
+    from toolkit.models.zoo import tiny_wan
+    from toolkit.runs.config import build_strategy, compose_config
 
     model = tiny_wan(block_frames=3)
     extra = ["strategy.allow_random=true"] if compressor in ("hr", "dual") else []

@@ -10,10 +10,10 @@ import torch
 from strategies.compressors import build_compressor
 from strategies.packforcing import PackForcing
 from strategies.packforcing_layout import block_errors, contexts, pack_layout, predict
-from toolkit.rollout import BlockDriver, rollout
-from toolkit.rope import grid_positions
-from toolkit.world.model import load_world
-from toolkit.world.pf_train import (
+from toolkit.core.rollout import BlockDriver, rollout
+from toolkit.core.rope import grid_positions
+from toolkit.worlds.sprites.model import load_world
+from toolkit.worlds.sprites.pf_train import (
     COMPRESSOR_FILE,
     PFTrainConfig,
     build_modules,
@@ -183,8 +183,8 @@ def test_train_checkpoints_resumes_and_exports(tmp_path):
 def test_command_yaml_and_validation():
     from omegaconf import OmegaConf
 
-    from toolkit.config import compose_config
-    from toolkit.recipes import RECIPES
+    from toolkit.models.recipes import RECIPES
+    from toolkit.runs.config import compose_config
 
     recipe = RECIPES.get("packforcing")
     composed = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(recipe.config),

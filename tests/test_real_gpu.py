@@ -13,9 +13,9 @@ import torch
 
 from strategies import Full, Sink, Window
 from strategies.packforcing import PackForcing
-from toolkit.real import wan_t2v
-from toolkit.realbench import check, check_table, run_strategy
-from toolkit.rollout import rollout
+from toolkit.bench.realsize import check, check_table, run_strategy
+from toolkit.core.rollout import rollout
+from toolkit.models.real import wan_t2v
 
 pytestmark = pytest.mark.gpu
 

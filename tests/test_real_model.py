@@ -2,7 +2,7 @@
 
 A diffusers-format directory (transformer/, vae/, text_encoder/, tokenizer/) is written from
 tiny random diffusers / transformers models and a word-level tokenizer built in memory, then
-loaded through ``toolkit.real.wan_t2v`` exactly as a downloaded Wan2.1-T2V-1.3B would be.
+loaded through ``toolkit.models.real.wan_t2v`` exactly as a downloaded Wan2.1-T2V-1.3B would be.
 """
 
 import re
@@ -13,9 +13,12 @@ import torch
 from diffusers import AutoencoderKLWan, WanTransformer3DModel
 
 from strategies import Full
-from toolkit.config import ConfigError
-from toolkit.model import WanCausalModel
-from toolkit.real import (
+from toolkit.core.model import WanCausalModel
+from toolkit.core.rollout import rollout
+from toolkit.core.sampling import BlockSampler
+from toolkit.core.testing import block_causal_reference
+from toolkit.errors import ConfigError
+from toolkit.models.real import (
     SUBFOLDERS,
     WAN_T2V_1_3B,
     CheckpointError,
@@ -26,10 +29,7 @@ from toolkit.real import (
     spec_for,
     wan_t2v,
 )
-from toolkit.rollout import rollout
-from toolkit.sampling import BlockSampler
-from toolkit.testing import block_causal_reference
-from toolkit.zoo import wan_t2v_1_3b_spec
+from toolkit.models.zoo import wan_t2v_1_3b_spec
 
 TINY = {"patch_size": (1, 2, 2), "num_attention_heads": 2, "attention_head_dim": 24,
         "in_channels": 4, "out_channels": 4, "text_dim": 16, "freq_dim": 32, "ffn_dim": 64,
@@ -247,8 +247,8 @@ def test_streaming_decode_equals_one_shot_decode():
 
 
 def test_every_strategy_runs_and_decodes(tiny_dir):
-    from toolkit.config import build_strategy
     from toolkit.registry import STRATEGIES
+    from toolkit.runs.config import build_strategy
 
     model = wan_t2v(str(tiny_dir), dtype="float32", block_frames=4, **SIZE)
     for name in STRATEGIES.names():
@@ -304,8 +304,8 @@ class OutOfMemoryAt(Full):
 
 
 def test_realbench_records_blocks_and_survives_oom():
-    from toolkit.realbench import run_strategy
-    from toolkit.zoo import tiny_random
+    from toolkit.bench.realsize import run_strategy
+    from toolkit.models.zoo import tiny_random
 
     model = tiny_random(seed=0)
     spec = model.spec
@@ -320,8 +320,8 @@ def test_realbench_records_blocks_and_survives_oom():
 
 
 def test_bench_routes_real_models_and_refuses_them_on_cpu(tmp_path, capsys):
+    from toolkit.bench.realsize import wants_realbench
     from toolkit.cli import main
-    from toolkit.realbench import wants_realbench
 
     assert not wants_realbench(["model=tiny-random"])
     assert wants_realbench(["model=tiny-random", "device=cuda"])
@@ -349,8 +349,8 @@ def test_check_table_sets_runs_against_the_memory_accounting():
 
     from strategies import Window
     from strategies.packforcing import PackForcing
-    from toolkit.realbench import check, check_table
-    from toolkit.zoo import tiny_random
+    from toolkit.bench.realsize import check, check_table
+    from toolkit.models.zoo import tiny_random
 
     model = tiny_random(seed=0)
     strategies = {"full": Full(), "window": Window(window_frames=4), "packforcing":

@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 import torch
 
+from toolkit.core.spec import ModelSpec
 from toolkit.metrics import MetricInput
-from toolkit.metrics.recall import (
+from toolkit.worlds.memory.evaluate import as_prompt
+from toolkit.worlds.memory.metrics import (
     BEYOND_GAP,
     kappa,
     moment_rows,
@@ -18,11 +20,9 @@ from toolkit.metrics.recall import (
     recall_kappa,
     recall_swap,
 )
-from toolkit.spec import ModelSpec
-from toolkit.world.memory_eval import as_prompt
-from toolkit.world.memory_reference import Oracle, swap_partner
-from toolkit.world.scenes import Instance, render, return_moments, schedule_for_seed
-from toolkit.world.sim import SpriteSpec
+from toolkit.worlds.memory.reference import Oracle, swap_partner
+from toolkit.worlds.memory.scenes import Instance, render, return_moments, schedule_for_seed
+from toolkit.worlds.sprites.sim import SpriteSpec
 
 BLOCKS = 60
 
@@ -66,7 +66,7 @@ def test_kappa_formula():
 
 def _recolour_block(video, sched, block, colour="white"):
     """The frames of ``block`` with its sprite drawn in another colour."""
-    from toolkit.world.sim import PALETTE
+    from toolkit.worlds.sprites.sim import PALETTE
 
     other = next(c for c in PALETTE if c != sched.instances[sched.instance[block]].sprite.colour)
     inst = sched.instances[sched.instance[block]]
@@ -121,7 +121,7 @@ def test_swap_partner_is_the_later_block_of_another_colour(sched):
 
 @pytest.fixture(scope="module")
 def memory_model():
-    from toolkit.world.model import load_world
+    from toolkit.worlds.sprites.model import load_world
 
     return load_world("world-memory.safetensors")
 
@@ -130,7 +130,7 @@ def memory_model():
 def test_oracle_keeps_exactly_the_chosen_blocks(memory_model, pick):
     """Every block attends the sink, the recent block and the mid blocks its pick names:
     the last two that showed its sprite (oracle), as many that did not (wrong), the swap pair."""
-    from toolkit.rollout import rollout
+    from toolkit.core.rollout import rollout
 
     bf, blocks = 4, 24
     sched = schedule_for_seed(5, blocks, bf, "val")
@@ -154,7 +154,7 @@ def test_oracle_keeps_exactly_the_chosen_blocks(memory_model, pick):
 
 
 def test_oracle_needs_the_schedule(memory_model):
-    from toolkit.rollout import rollout
+    from toolkit.core.rollout import rollout
 
     with pytest.raises(ValueError, match="same schedule"):
         rollout(memory_model, Oracle(), [as_prompt(schedule_for_seed(s, 6, 4)) for s in (1, 2)],
@@ -170,7 +170,7 @@ def test_rows_pair_moments_to_blocks(sched):
 def test_packforcing_truth_selection_picks_the_needed_blocks(memory_model):
     """``selection=truth`` attends the newest archived blocks that showed the sprite."""
     from strategies.packforcing import PackForcing
-    from toolkit.rollout import rollout
+    from toolkit.core.rollout import rollout
 
     bf, blocks = 4, 24
     sched = schedule_for_seed(5, blocks, bf, "val")
@@ -190,9 +190,9 @@ def test_selection_hit_rates_from_the_trace(memory_model):
     """The oracle holds a needed block at every return that has one in the mid history; the
     wrong oracle never holds one outside sink and recent; a strategy that does not say what
     it attended leaves the measure unavailable."""
+    from toolkit.core.rollout import rollout
     from toolkit.metrics import Unavailable
-    from toolkit.metrics.recall import selection
-    from toolkit.rollout import rollout
+    from toolkit.worlds.memory.metrics import selection
 
     bf, blocks = 4, 30
     sched = schedule_for_seed(7, blocks, bf, "val")

@@ -7,11 +7,11 @@ import dataclasses
 import numpy as np
 import pytest
 
+from toolkit.core.schedule import PromptSchedule
+from toolkit.core.spec import ModelSpec
 from toolkit.metrics import MetricInput, compute
-from toolkit.schedule import PromptSchedule
-from toolkit.spec import ModelSpec
-from toolkit.world.scenes import Instance, render, return_moments, schedule_for_seed
-from toolkit.world.sim import COLOURS, SHAPES, SpriteSpec
+from toolkit.worlds.memory.scenes import Instance, render, return_moments, schedule_for_seed
+from toolkit.worlds.sprites.sim import COLOURS, SHAPES, SpriteSpec
 
 SPEC = ModelSpec(num_layers=4, num_heads=4, head_dim=32, latent_channels=12, latent_height=8,
                  latent_width=8)

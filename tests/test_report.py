@@ -287,7 +287,7 @@ def test_the_report_reads_only_the_store():
     for path in (HERE.parent / "reports").glob("*.py"):
         text = path.read_text()
         for needle in ("toolkit.world", "weights", "compose_config", "find_spec",
-                       "toolkit.jobs", "toolkit.config import build"):
+                       "toolkit.runs.jobs", "toolkit.runs.config import build"):
             assert needle not in text, f"{path.name} uses {needle}"
 
 
@@ -388,7 +388,7 @@ def test_the_fixture_reports_fraction_figures_keep_their_bands_in_range(store):
     from reports.data import load_experiment
     from reports.tables import CURVES, resolve_baseline
     from reports.tables import order as variant_order
-    from toolkit.aggregate import value_range
+    from toolkit.runs.aggregate import value_range
 
     _, uri = store
     checked = 0

@@ -6,11 +6,10 @@ import numpy as np
 import pytest
 import torch
 
+from toolkit.core.schedule import PromptSchedule
+from toolkit.core.spec import ModelSpec
 from toolkit.metrics import MetricInput, compute
-from toolkit.schedule import PromptSchedule
-from toolkit.spec import ModelSpec
-from toolkit.world.analyse import analyse_video
-from toolkit.world.scenes import (
+from toolkit.worlds.memory.scenes import (
     SCENE_BACKGROUNDS,
     ClipMix,
     Instance,
@@ -21,7 +20,8 @@ from toolkit.world.scenes import (
     sample_clips,
     schedule_for_seed,
 )
-from toolkit.world.sim import COLOURS, SHAPES, SpriteSpec
+from toolkit.worlds.sprites.analyse import analyse_video
+from toolkit.worlds.sprites.sim import COLOURS, SHAPES, SpriteSpec
 
 SPEC = ModelSpec(num_layers=4, num_heads=4, head_dim=32, latent_channels=12, latent_height=8,
                  latent_width=8)
@@ -137,10 +137,10 @@ def test_memory_recipe_yaml_mirrors_its_defaults_and_resumes(tmp_path):
     checkpoint, resume and export a loadable memory model with its card."""
     from omegaconf import OmegaConf
 
-    from toolkit.config import compose_config
-    from toolkit.recipes import RECIPES
-    from toolkit.world.memory_train import MemoryTrainConfig, train_memory
-    from toolkit.world.model import MemoryWorldModel, load_world
+    from toolkit.models.recipes import RECIPES
+    from toolkit.runs.config import compose_config
+    from toolkit.worlds.memory.train import MemoryTrainConfig, train_memory
+    from toolkit.worlds.sprites.model import MemoryWorldModel, load_world
 
     recipe = RECIPES.get("world-memory")
     composed = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(recipe.config),
@@ -148,7 +148,7 @@ def test_memory_recipe_yaml_mirrors_its_defaults_and_resumes(tmp_path):
     assert dataclasses.asdict(composed) == dataclasses.asdict(MemoryTrainConfig())
     cfg = MemoryTrainConfig(steps=1, batch=2, log_every=1, eval_every=0, out=str(tmp_path / "a"))
     cfg_2 = dataclasses.replace(cfg, steps=2)
-    import toolkit.world.memory_eval as evaluation
+    import toolkit.worlds.memory.evaluate as evaluation
 
     calls = []
     real = evaluation.record_gates

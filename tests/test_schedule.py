@@ -6,11 +6,11 @@ import torch
 from omegaconf import OmegaConf
 
 from strategies.full import Full
-from toolkit.attention import MaskedPlan
-from toolkit.cache import KeepBlocksStrategy
-from toolkit.rollout import rollout
-from toolkit.rope import grid_positions
-from toolkit.schedule import Conditioning, PromptSchedule
+from toolkit.core.attention import MaskedPlan
+from toolkit.core.cache import KeepBlocksStrategy
+from toolkit.core.rollout import rollout
+from toolkit.core.rope import grid_positions
+from toolkit.core.schedule import Conditioning, PromptSchedule
 
 
 def test_schedule_syntax_and_lookup():
@@ -41,7 +41,7 @@ def test_switch_off_a_block_boundary_is_an_error(tiny):
 
 
 def test_unknown_prompt_fails_before_any_block():
-    from toolkit.world.model import load_world
+    from toolkit.worlds.sprites.model import load_world
 
     model = load_world()
     with pytest.raises(ValueError, match="cannot parse prompt text 'a purple moon'"):
@@ -117,8 +117,8 @@ def test_segmented_cross_attention_equals_per_block_passes(tiny):
 
 def test_schedule_from_the_command_line(tmp_path):
     """`rollbench run prompt='[[0,"..."],[F,"..."]]'`: the Hydra syntax of a schedule."""
-    from toolkit.config import compose_config
-    from toolkit.jobs import run_job
+    from toolkit.runs.config import compose_config
+    from toolkit.runs.jobs import run_job
 
     cfg = compose_config([f"run_root={tmp_path}", "model=tiny-random", "video.latent_frames=8",
                           'prompt=[[0,"a red fox"],[4,"a blue whale, at night"]]',
@@ -135,9 +135,9 @@ def test_schedule_from_the_command_line(tmp_path):
 
 def test_switches_are_tagged_and_the_report_marks_the_shared_ones(tmp_path):
     from reports import compare, data
-    from toolkit.config import compose_config
-    from toolkit.jobs import run_job
-    from toolkit.tracking import target
+    from toolkit.runs.config import compose_config
+    from toolkit.runs.jobs import run_job
+    from toolkit.runs.tracking import target
 
     for seed in (0, 1):
         cfg = compose_config([f"run_root={tmp_path}", "model=tiny-random", f"seed={seed}",
@@ -169,7 +169,8 @@ def test_interpolated_positions_keep_full_history_inside_the_trained_range(tiny)
 
 
 def test_a_malformed_schedule_fails_when_the_config_is_composed():
-    from toolkit.config import ConfigError, compose_config
+    from toolkit.errors import ConfigError
+    from toolkit.runs.config import compose_config
 
     with pytest.raises(ConfigError, match="must increase strictly"):
         compose_config(['prompt=[[0,"a red circle on navy, slow"],[0,"a blue square on '

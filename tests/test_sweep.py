@@ -6,10 +6,10 @@ import textwrap
 import optuna
 import pytest
 
-from toolkit.aggregate import load_runs
 from toolkit.cli import main
-from toolkit.sweep import load_sweep, open_storage
-from toolkit.tracking import resolve_uri
+from toolkit.runs.aggregate import load_runs
+from toolkit.runs.sweep import load_sweep, open_storage
+from toolkit.runs.tracking import resolve_uri
 
 BASE = "[model=tiny-random, strategy=packforcing, video.latent_frames=8, seed=0]"
 

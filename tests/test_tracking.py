@@ -13,12 +13,12 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from toolkit.cli import main
-from toolkit.config import compose_config
-from toolkit.jobs import save_rollout
-from toolkit.rollout import Rollout
-from toolkit.spec import ModelSpec
-from toolkit.trace import BlockRecord, Trace
-from toolkit.tracking import (
+from toolkit.core.rollout import Rollout
+from toolkit.core.spec import ModelSpec
+from toolkit.core.trace import BlockRecord, Trace
+from toolkit.runs.config import compose_config
+from toolkit.runs.jobs import save_rollout
+from toolkit.runs.tracking import (
     MARKER,
     TrackingWarning,
     find_finished,
@@ -28,7 +28,7 @@ from toolkit.tracking import (
     resolve_uri,
     run_key,
 )
-from toolkit.world import prompt_for_seed, simulate, split_seed
+from toolkit.worlds.sprites import prompt_for_seed, simulate, split_seed
 
 SPEC = ModelSpec(num_layers=1, num_heads=1, head_dim=24, latent_channels=12, latent_height=8,
                  latent_width=8, block_frames=4, train_frames=20)
@@ -169,7 +169,7 @@ def test_same_seed_gives_identical_metrics(tmp_path, store):
 
 
 def _first_writer(uri: str) -> str:
-    from toolkit.tracking import experiment_id, open_client
+    from toolkit.runs.tracking import experiment_id, open_client
 
     return experiment_id(open_client(uri), "race", uri)
 
@@ -197,7 +197,7 @@ def silent_server():
 
 
 def test_a_silent_server_is_given_up_within_the_timeout(silent_server):
-    from toolkit.stores import unreachable
+    from toolkit.runs.stores import unreachable
 
     start = time.perf_counter()
     why = unreachable(silent_server)  # the default timeout (5 s)
@@ -225,7 +225,7 @@ def test_a_run_against_a_hung_server_goes_on_and_prints_the_relog_command(
 
 
 def test_a_grid_job_runs_when_the_store_cannot_say_what_finished(tmp_path, monkeypatch):
-    from toolkit.jobs import run_job
+    from toolkit.runs.jobs import run_job
 
     cfg = compose_config(["model=tiny-random", "video.latent_frames=4", "progress=false",
                           f"run_root={tmp_path}", f"tracking.uri=http://127.0.0.1:{closed_port()}"])
@@ -255,7 +255,7 @@ def test_learned_compressor_weights_are_recorded(tmp_path, store):
     assert main(["run", "model=world-pf", "strategy=packforcing-world", "video.latent_frames=8",
                  f"run_root={tmp_path}", "progress=false", "tracking.metrics=fast"]) == 0
     row = search(store).iloc[0]
-    card = json.loads((Path(__file__).parents[1] / "toolkit/world/weights/"
+    card = json.loads((Path(__file__).parents[1] / "toolkit/worlds/sprites/weights/"
                        "compressor-hr.json").read_text())
     assert row["tags.provenance.compressor_sha256"] == card["sha256"]
     assert row["tags.provenance.compressor_trained_for"] == \

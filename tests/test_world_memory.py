@@ -5,8 +5,9 @@ import json
 import pytest
 import torch
 
-from toolkit.world.memory_eval import COMPRESSED_USE_GATE, USE_RATIO_GATE, memory_gates
-from toolkit.world.model import WEIGHTS_DIR, load_world
+from toolkit.worlds.memory import WEIGHTS_DIR
+from toolkit.worlds.memory.evaluate import COMPRESSED_USE_GATE, USE_RATIO_GATE, memory_gates
+from toolkit.worlds.sprites.model import load_world
 
 VARIANTS = ("hr", "lr", "dual")
 
@@ -41,15 +42,24 @@ def test_the_model_needs_its_mid_blocks(gates):
 
 
 def test_only_a_model_that_passes_its_gates_is_the_memory_world():
-    """A model failing a gate ships as model=world-memory-candidate, never as model=world-memory."""
-    from toolkit.config import ABLATIONS
+    """model=world-memory loads weights whose card passes the 1x and the 24x gates; a
+    candidate preset's card fails one of them, and loading it warns."""
+    from omegaconf import OmegaConf
 
-    passed = _card("world-memory.safetensors")["gates"]["passed"]
-    assert (ABLATIONS / "model" / "world-memory.yaml").exists() == passed
-    assert (ABLATIONS / "model" / "world-memory-candidate.yaml").exists() != passed
-    if not passed:
-        with pytest.warns(UserWarning, match=r"fails its gates \(colour recall"):
-            load_world("world-memory.safetensors")
+    from toolkit.runs.config import ABLATIONS
+
+    def gates_of(preset: str) -> list[bool]:
+        path = OmegaConf.load(ABLATIONS / "model" / f"{preset}.yaml").model.path
+        card = _card(path)
+        return [ok for key in ("gates", "gates_24x") for ok in
+                (card.get(key) or {}).get("checks", {}).values()], path
+
+    checks, _ = gates_of("world-memory")
+    assert checks and all(checks)
+    checks, path = gates_of("world-memory-candidate")
+    assert not all(checks)
+    with pytest.warns(UserWarning, match=r"fails its gates \(colour recall"):
+        load_world(path)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -57,7 +67,7 @@ def test_each_trained_compressor_uses_its_compressed_mid(variant):
     """Re-measured, not read back: the card's ratio was measured during training (on the EMA
     weights of the last step) and differs from the shipped weights' by up to 0.022."""
     card = _card(f"world-memory-pf-{variant}.safetensors")
-    from toolkit.docs import remeasured_context_use
+    from toolkit.worlds.sprites.docfigures import remeasured_context_use
 
     measured = remeasured_context_use(f"world-memory-pf-{variant}")
     assert measured["return_ratio"] >= COMPRESSED_USE_GATE
@@ -73,8 +83,8 @@ def test_each_trained_compressor_uses_its_compressed_mid(variant):
 
 def test_run_world_memory_at_1x_and_24x(tmp_path):
     """`rollbench run model=world-memory-candidate ...` logs recall; a bounded strategy runs 24x."""
-    from toolkit.config import compose_config
-    from toolkit.jobs import run_job
+    from toolkit.runs.config import compose_config
+    from toolkit.runs.jobs import run_job
 
     for frames, strategy in ((20, "full"), (480, "packforcing-memory")):
         cfg = compose_config([f"run_root={tmp_path}", "model=world-memory-candidate",
@@ -85,7 +95,7 @@ def test_run_world_memory_at_1x_and_24x(tmp_path):
         assert res.rollout.trace.meta["switches"]  # one shot per block
         assert "recall_moments" in res.scalars
     assert res.scalars["recall_moments/mid"] >= 20
-    from toolkit.jobs import recall_line  # what `rollbench run` prints after the table
+    from toolkit.worlds.memory.world import recall_line  # what `rollbench run` prints
 
     line = recall_line(res.scalars)
     assert f"kappa {res.scalars['recall_kappa/colour']:.2f}, beyond" in line
@@ -93,7 +103,7 @@ def test_run_world_memory_at_1x_and_24x(tmp_path):
     assert f"{res.scalars['recall_beyond/count']:.0f} readable beyond" in line
     # the report shows the recall table, with the chance level stated
     from reports.compare import build_report, write_report
-    from toolkit.tracking import target
+    from toolkit.runs.tracking import target
 
     _, md = write_report(build_report(target(cfg)[0], "mem", tmp_path / "rep"), tmp_path / "rep")
     text = md.read_text()
@@ -104,7 +114,7 @@ def test_run_world_memory_at_1x_and_24x(tmp_path):
 def test_a_shipped_memory_model_can_be_trained_further(name):
     """`rollbench train world-memory init=NAME` starts from it as it is (the next candidate,
     run F, ships for that)."""
-    from toolkit.world.memory_train import memory_model_from
+    from toolkit.worlds.memory.train import memory_model_from
 
     with pytest.warns(UserWarning):  # both fail their colour gate, and say so at every load
         shipped = load_world(name)

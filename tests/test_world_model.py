@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from strategies import Window
-from toolkit.rollout import rollout
-from toolkit.world.model import WEIGHTS_DIR, PixelVAE, load_world
-from toolkit.world.sim import prompt_for_seed, sample_batch
-from toolkit.world.train import TrainConfig, teacher_forcing_layout, train
+from toolkit.core.rollout import rollout
+from toolkit.worlds.sprites.model import WEIGHTS_DIR, PixelVAE, load_world
+from toolkit.worlds.sprites.sim import prompt_for_seed, sample_batch
+from toolkit.worlds.sprites.train import TrainConfig, teacher_forcing_layout, train
 
 SHIPPED = WEIGHTS_DIR / "world-model.safetensors"
 
@@ -82,7 +82,7 @@ def test_a_few_training_steps_run_and_resume(tmp_path):
 
 
 def test_shipped_packforcing_weights_drive_their_strategy():
-    from toolkit.config import build_strategy, compose_config
+    from toolkit.runs.config import build_strategy, compose_config
 
     cfg = compose_config(["model=world-pf", "strategy=packforcing-world"])
     model = load_world(cfg.model.path)

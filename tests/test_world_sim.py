@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from toolkit.world import (
+from toolkit.worlds.sprites import (
     BACKGROUNDS,
     FRAME_SIZE,
     HALF_EXTENT,

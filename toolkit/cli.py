@@ -30,8 +30,8 @@ from toolkit.terminal import console, print_table, set_wide
 
 def cmd_run(overrides: list[str]) -> int:
     """One tracked rollout; config errors fail before any work (exit 2)."""
-    from toolkit.config import build, compose_config
-    from toolkit.jobs import run_job
+    from toolkit.runs.config import build, compose_config
+    from toolkit.runs.jobs import run_job
 
     cfg = compose_config(overrides)
     result = run_job(cfg, verbose=True, skip_finished=False, built=build(cfg))
@@ -46,14 +46,14 @@ def cmd_run(overrides: list[str]) -> int:
 
 def cmd_grid(overrides: list[str]) -> int:
     """``rollbench grid experiment=NAME [overrides]``: an experiment's grid, resumable."""
-    from toolkit.grid import launch
+    from toolkit.runs.grid import launch
 
     return launch(overrides)
 
 
 def cmd_sweep(overrides: list[str]) -> int:
     """``rollbench sweep sweep=NAME [overrides]``: an Optuna study over a search space."""
-    from toolkit.sweep import cmd_sweep as sweep
+    from toolkit.runs.sweep import cmd_sweep as sweep
 
     return sweep(overrides)
 
@@ -76,8 +76,8 @@ def cmd_findings(args: list[str]) -> int:
     from reports.findings import analyse, provenance, write
     from toolkit.findings import claim_verdict, keys_of
     from toolkit.findings.run import execute, prepare, registration, seeds_line, wall_line
-    from toolkit.stores import mask
-    from toolkit.tracking import git_state
+    from toolkit.runs.stores import mask
+    from toolkit.runs.tracking import git_state
 
     start = time.perf_counter()
     inv = prepare(args)
@@ -106,7 +106,7 @@ def cmd_findings(args: list[str]) -> int:
 
 def cmd_memory(overrides: list[str]) -> int:
     """``rollbench memory model=wan-t2v-1.3b strategy=... video.seconds=N`` (meta tensors)."""
-    from toolkit.memory import cmd_memory as memory
+    from toolkit.bench.kv import cmd_memory as memory
 
     return memory(overrides)
 
@@ -114,41 +114,44 @@ def cmd_memory(overrides: list[str]) -> int:
 def cmd_throughput(overrides: list[str]) -> int:
     """``rollbench throughput``: ms per block of a rollout beside a plain loop of its linear
     layers (same shapes), measured side by side in one process."""
-    from toolkit.throughput import cmd_throughput as throughput
+    from toolkit.bench.throughput import cmd_throughput as throughput
 
     return throughput(overrides)
 
 
 def cmd_relog(args: list[str]) -> int:
     """``rollbench relog DIR``: log run directories whose tracking failed."""
-    from toolkit.tracking import cmd_relog as relog
+    from toolkit.runs.tracking import cmd_relog as relog
 
     return relog(args)
 
 
 def cmd_realbench(overrides: list[str]) -> int:
     """Real-size (GPU) bench of any model: latency, KV bytes, CUDA peak, OOM-safe."""
-    from toolkit.realbench import cmd_realbench as realbench
+    from toolkit.bench.realsize import cmd_realbench as realbench
 
     return realbench(overrides)
 
 
 def cmd_ls(args: list[str]) -> int:
-    """Strategies, compressors, metrics, experiments, sweeps and recipes, with where each lives
-    (``experiments_dir=DIR`` adds a user's own experiments and sweeps)."""
-    from strategies.compressors import COMPRESSORS
-    from toolkit.config import ABLATIONS, build_strategy, group_files
-    from toolkit.grid import experiments
+    """Strategies, compressors, worlds, metrics, experiments, sweeps and recipes, with where each
+    lives (``experiments_dir=DIR`` adds a user's own experiments and sweeps)."""
     from toolkit.metrics import METRICS
-    from toolkit.registry import STRATEGIES, where
-    from toolkit.sweep import sweeps
+    from toolkit.plugins import WORLDS
+    from toolkit.registry import REGISTRIES, STRATEGIES, where
+    from toolkit.runs.config import ABLATIONS, build_strategy, group_files
+    from toolkit.runs.grid import experiments
+    from toolkit.runs.sweep import sweeps
 
     print_table("strategies", ("name", "defined in", "hyperparameters"), [
         (name, where(cls), ", ".join(f"{k}={v!r}" for k, v in
                                      build_strategy({"_target_": name}).hparams().items()))
         for name, cls in STRATEGIES.items().items()])
-    print_table("compressors (strategy.compressor)", ("name", "defined in"),
-                [(n, where(c)) for n, c in COMPRESSORS.items().items()])
+    if "compressor" in REGISTRIES:  # PackForcing's, registered with the strategies
+        print_table("compressors (strategy.compressor)", ("name", "defined in"),
+                    [(n, where(c)) for n, c in REGISTRIES["compressor"].items().items()])
+    print_table("worlds", ("name", "model presets", "what"), [
+        (n, ", ".join(w.presets), w.description) for n, w in WORLDS.items().items()])
     print_table("metrics", ("name", "better", "unit", "kind"), [
         (n, m.direction, m.unit, m.kind) for n, m in METRICS.items().items()])
     print_table("experiments (rollbench grid experiment=NAME)", ("name", "question"),
@@ -166,9 +169,9 @@ def cmd_ls(args: list[str]) -> int:
 
 def cmd_bench(overrides: list[str]) -> int:
     """Per strategy: ms per block at the start and end of a long rollout, and peak KV bytes."""
-    from toolkit.config import build, compose_config
-    from toolkit.jobs import default_prompts, print_summaries, summarise
-    from toolkit.rollout import rollout
+    from toolkit.core.rollout import rollout
+    from toolkit.runs.config import build, compose_config
+    from toolkit.runs.jobs import default_prompts, print_summaries, summarise
 
     names = [o.split("=", 1)[1] for o in overrides if o.startswith("strategies=")]
     overrides = [o for o in overrides if not o.startswith("strategies=")]
@@ -182,7 +185,7 @@ def cmd_bench(overrides: list[str]) -> int:
                       seed=cfg.seed, decode=False)
         rows.append((name, summarise(out, time.perf_counter() - start)))
     print_summaries("rollbench bench", rows)
-    from toolkit.memory import working_memory_table
+    from toolkit.bench.kv import working_memory_table
 
     console.print(working_memory_table(overrides, names))
     return 0
@@ -190,8 +193,9 @@ def cmd_bench(overrides: list[str]) -> int:
 
 def cmd_train(args: list[str]) -> int:
     """``rollbench train NAME [overrides]``: run a training recipe from ablations/train/."""
-    from toolkit.config import ConfigError, compose_config
-    from toolkit.recipes import RECIPES
+    from toolkit.errors import ConfigError
+    from toolkit.models.recipes import RECIPES
+    from toolkit.runs.config import compose_config
 
     if not args:
         raise ConfigError(f"rollbench train needs a recipe: {', '.join(RECIPES.names())}")
@@ -210,7 +214,7 @@ def run_recipe(recipe: Any, base: Any, overrides: list[str]) -> int:
 
     from omegaconf import OmegaConf
 
-    from toolkit.config import ConfigError
+    from toolkit.errors import ConfigError
 
     fields = {f.name for f in dataclasses.fields(recipe.config)}
     for o in overrides:
@@ -228,15 +232,22 @@ def run_recipe(recipe: Any, base: Any, overrides: list[str]) -> int:
 
 def cmd_bench_any(overrides: list[str]) -> int:
     """``bench``: the CPU bench, or the real-size one for CUDA runs and real models."""
-    from toolkit.realbench import wants_realbench
+    from toolkit.bench.realsize import wants_realbench
 
     return cmd_realbench(overrides) if wants_realbench(overrides) else cmd_bench(overrides)
+
+
+def cmd_docs(overrides: list[str]) -> int:
+    """``docs [check=true]``: the README's and docs' marked figures, regenerated or checked."""
+    from toolkit.tools.docs import cmd_docs as docs
+
+    return docs(overrides)
 
 
 COMMANDS = {"run": cmd_run, "ls": cmd_ls, "bench": cmd_bench_any, "train": cmd_train,
             "grid": cmd_grid, "sweep": cmd_sweep, "memory": cmd_memory, "relog": cmd_relog,
             "realbench": cmd_realbench, "report": cmd_report, "findings": cmd_findings,
-            "throughput": cmd_throughput, "docs": __import__("toolkit.docs").docs.cmd_docs}
+            "throughput": cmd_throughput, "docs": cmd_docs}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -261,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         from rich.markup import escape
 
-        from toolkit.stores import mask
+        from toolkit.runs.stores import mask
 
         console.print(f"[red]error:[/red] {escape(mask(line))}", soft_wrap=True)
         return 2

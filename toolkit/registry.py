@@ -17,6 +17,10 @@ class UnknownName(KeyError):
         return str(self.args[0])
 
 
+#: Every registry made so far, by kind (a plug-in's own, e.g. PackForcing's compressors, too).
+REGISTRIES: dict[str, Registry] = {}
+
+
 class Registry(Generic[T]):
     """Names -> classes (or factories), filled by ``@REGISTRY.register(name)``.
 
@@ -24,12 +28,17 @@ class Registry(Generic[T]):
         kind: what is registered (used in error messages).
         group: entry-point group through which installed packages add their own.
         builtin: module imported on first use, whose import registers the built-ins.
+        extended_by: registries whose plug-ins add to this one (worlds bring metrics): they
+            are loaded with it.
     """
 
-    def __init__(self, kind: str, group: str, builtin: str) -> None:
+    def __init__(self, kind: str, group: str, builtin: str,
+                 extended_by: tuple[Registry, ...] = ()) -> None:
         self.kind, self.group, self.builtin = kind, group, builtin
+        self.extended_by = extended_by
         self._items: dict[str, T] = {}
         self._loaded = False
+        REGISTRIES[kind] = self
 
     def register(self, name: str):
         """Class decorator registering under ``name`` (also sets ``cls.name``)."""
@@ -52,6 +61,8 @@ class Registry(Generic[T]):
         importlib.import_module(self.builtin)
         for ep in entry_points(group=self.group):
             self._items.setdefault(ep.name, ep.load())
+        for other in self.extended_by:
+            other._load()
 
     def names(self) -> list[str]:
         self._load()

@@ -15,6 +15,7 @@ A user's compressor: subclass ``Compressor`` and register it with ``@COMPRESSORS
 
 from strategies.compressors.base import (
     COMPRESSORS,
+    KV_MODES,
     SPATIAL,
     Compressor,
     build_compressor,
@@ -25,5 +26,5 @@ from strategies.compressors.hr import HR
 from strategies.compressors.lr import LR, Dual
 from strategies.compressors.pool import Identity, Pool, PoolKV
 
-__all__ = ["COMPRESSORS", "HR", "LR", "SPATIAL", "Compressor", "Dual", "Identity", "Pool",
-           "PoolKV", "build_compressor", "compressor_class", "resolve_rate"]
+__all__ = ["COMPRESSORS", "HR", "KV_MODES", "LR", "SPATIAL", "Compressor", "Dual", "Identity",
+           "Pool", "PoolKV", "build_compressor", "compressor_class", "resolve_rate"]

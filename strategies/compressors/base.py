@@ -29,12 +29,15 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
+from toolkit.core.spec import ModelSpec
 from toolkit.registry import Registry, UnknownName
-from toolkit.spec import ModelSpec
 
 COMPRESSORS: Registry[type] = Registry("compressor", "rollbench.compressors",
                                        "strategies.compressors")
 SPATIAL = ("centres", "grid")
+#: How compressed tokens become K/V (PackForcing's ``kv``, its trainer's too): run through the
+#: whole transformer (``transformer``), or each layer's norm and K/V projection (``project``).
+KV_MODES = ("transformer", "project")
 PAPER_SPACE = 8  # the paper's spatial reduction of the latent grid (3 stride-2 stages)
 
 
@@ -210,7 +213,7 @@ class Compressor(torch.nn.Module):
         """Read parameters written by ``save`` (shapes must match this configuration)."""
         from safetensors.torch import load_file
 
-        from toolkit.weights import find_weights, missing_weights
+        from toolkit.models.weights import find_weights, missing_weights
 
         path = find_weights(path)
         if not path.exists():

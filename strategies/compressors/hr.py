@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from strategies.compressors.base import COMPRESSORS, Compressor
-from toolkit.spec import ModelSpec
+from toolkit.core.spec import ModelSpec
 
 
 @COMPRESSORS.register("hr")

@@ -11,7 +11,7 @@ from torch import Tensor
 
 from strategies.compressors.base import COMPRESSORS, Compressor
 from strategies.compressors.hr import HR
-from toolkit.spec import ModelSpec
+from toolkit.core.spec import ModelSpec
 
 DECODES = ("stream", "block")
 

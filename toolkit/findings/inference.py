@@ -140,9 +140,9 @@ def wilcoxon_method(d: Sequence[float]) -> str:
 # --- intervals -------------------------------------------------------------------------------
 def t_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float, float]:
     """(mean, low, high): the Student t interval of the mean (NaN values dropped; as
-    ``toolkit.aggregate.mean_ci``, no interval below ``MIN_CI`` values and a point for
+    ``toolkit.runs.aggregate.mean_ci``, no interval below ``MIN_CI`` values and a point for
     identical values)."""
-    from toolkit.aggregate import MIN_CI
+    from toolkit.runs.aggregate import MIN_CI
 
     x = _finite(values)
     if not len(x):
@@ -158,13 +158,13 @@ def t_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float
 
 def interval(values: Sequence[float], method: str = "t") -> tuple[float, float, float]:
     """(mean, low, high) of the 95% interval ``t``, ``wilson`` (``wilson_cluster``) or ``bca``
-    (``toolkit.aggregate.mean_ci``)."""
+    (``runs.aggregate.mean_ci``)."""
     if method == "t":
         return t_interval(values)
     if method == "wilson":
         return wilson_cluster(values)
     if method == "bca":
-        from toolkit.aggregate import mean_ci
+        from toolkit.runs.aggregate import mean_ci
 
         return mean_ci(values)
     raise ValueError(f"interval method {method!r}: allowed t, wilson, bca")
@@ -251,7 +251,7 @@ def wilson_cluster(values: Sequence[float], confidence: float = 0.95
     """(mean, low, high) of per-seed fractions in [0, 1]: Wilson's score interval with the
     effective count p(1 - p) / var(mean) and t quantiles (n - 1 df); NaN bounds below
     ``MIN_CI`` values; (p, p, p) when every seed has the same value (no variation)."""
-    from toolkit.aggregate import MIN_CI
+    from toolkit.runs.aggregate import MIN_CI
 
     x = _finite(values)
     if not len(x):

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from toolkit.config import ConfigError
+from toolkit.errors import ConfigError
 from toolkit.findings.spec import DERIVED, WHOLE, Measure, Spec, parse_measure
 
 Series = tuple[np.ndarray, np.ndarray]  # (steps, values)
@@ -135,7 +135,7 @@ def measure_runs(spec: Spec, runs: pd.DataFrame, uri: str) -> pd.DataFrame:
 
     ``runs`` has ``run_id``, ``arm`` and ``seed`` columns (one row per run).
     """
-    from toolkit.aggregate import curves
+    from toolkit.runs.aggregate import curves
 
     needed = [parse_measure(m) for m in measures_needed(spec)]
     names = sorted({c for m in needed for c in m.curves})

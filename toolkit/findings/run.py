@@ -25,7 +25,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from toolkit.config import ConfigError
+from toolkit.errors import ConfigError
 from toolkit.findings.spec import SPEC, Spec, load_spec
 
 EXPERIMENT = "findings"
@@ -122,8 +122,8 @@ class Job:
 def plan(spec: Spec, seeds: int, overrides: list[str] = (), quick: bool = False) -> list[Job]:
     """One composed run config per (arm, seed); arms no test uses are left out. ``quick``: the
     file's quick prompts, disjoint from the confirmatory ones."""
-    from toolkit.config import compose_config
-    from toolkit.tracking import run_key
+    from toolkit.runs.config import compose_config
+    from toolkit.runs.tracking import run_key
 
     jobs = []
     # seed-major: a partial run still has complete pairs
@@ -138,7 +138,7 @@ def plan(spec: Spec, seeds: int, overrides: list[str] = (), quick: bool = False)
 
 
 def _run_one(cfg_yaml: str, code: dict[str, str] | None = None) -> dict[str, Any]:
-    from toolkit.jobs import describe, run_job
+    from toolkit.runs.jobs import describe, run_job
 
     try:
         cfg = OmegaConf.create(cfg_yaml)
@@ -152,7 +152,7 @@ def _run_one(cfg_yaml: str, code: dict[str, str] | None = None) -> dict[str, Any
 
 def tag_code(cfg: DictConfig, run_id: str, code: dict[str, str]) -> None:
     """Record on a finished run the hashes of the code its verdicts depend on."""
-    from toolkit.tracking import open_client, target
+    from toolkit.runs.tracking import open_client, target
 
     client = open_client(target(cfg)[0])
     for rel, value in code.items():
@@ -161,7 +161,7 @@ def tag_code(cfg: DictConfig, run_id: str, code: dict[str, str]) -> None:
 
 def open_store(cfg: DictConfig) -> None:
     """Create the tracking store and experiment once, before parallel workers write to it."""
-    from toolkit.tracking import experiment_id, open_client, target
+    from toolkit.runs.tracking import experiment_id, open_client, target
 
     uri, experiment = target(cfg)
     experiment_id(open_client(uri), experiment, uri)
@@ -257,8 +257,8 @@ def _whole(key: str, value: str) -> int:
 def prepare(args: list[str]) -> Invocation:
     """Parse ``rollbench findings [seeds=N|quick=true] [workers=N] [out=PATH] [spec=PATH]
     [render_only=true] [Hydra overrides for every run]`` and plan its jobs."""
-    from toolkit.config import compose_config
-    from toolkit.tracking import resolve_uri
+    from toolkit.runs.config import compose_config
+    from toolkit.runs.tracking import resolve_uri
 
     opts: dict[str, str] = {}
     overrides = []

@@ -28,7 +28,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from toolkit.config import ConfigError
+from toolkit.errors import ConfigError
 
 SPEC = Path(__file__).resolve().parents[2] / "ablations" / "findings.yaml"
 EXPECT = ("greater", "less", "within", "at_most", "at_least")
@@ -65,7 +65,7 @@ class Measure:
         window: ``first``, ``last``, ``drop``, ``whole``, ``binsK``, or None.
         curves: the logged series it reads (numerator, denominator, filter for derived ones).
         exact: set by the arm's config alone (:data:`EXACT`): reported, not tested.
-        bounds: (low, high) the values cannot leave (``toolkit.aggregate.value_range`` of the
+        bounds: (low, high) the values cannot leave (``toolkit.runs.aggregate.value_range`` of the
             metric's unit; infinite when unbounded).
     """
 
@@ -106,7 +106,7 @@ def _series(series: str, kinds: tuple[str, ...], where: str, text: str) -> None:
 
 def parse_measure(text: str, where: str = "measure") -> Measure:
     """Parse and check a measure; a bad one raises ConfigError naming what is allowed."""
-    from toolkit.aggregate import value_range
+    from toolkit.runs.aggregate import value_range
 
     if text in WHOLE:
         return Measure(text, "whole", text, None, (WHOLE[text],), True)

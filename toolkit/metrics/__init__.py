@@ -1,13 +1,15 @@
 """Metrics of one rollout: a registry of declared metrics (direction, unit, kind, needs).
 
 Importing the package registers the built-ins (video, real-video and system metrics; the
-feature backends ``world``, ``dino``, ``clip`` and ``raft``).
+feature backends ``dino``, ``clip`` and ``raft``); the registries load the worlds, which add
+their own (the sprite world's feature ``world``, the memory world's recall measures).
 
     from toolkit.metrics import MetricInput, compute
     results = compute(MetricInput(frames=video, trace=trace, prompt=prompt, spec=spec), "world")
 """
 
-from toolkit.metrics import boundary, real, recall, reference, system, video
+from toolkit.compat import moved_names
+from toolkit.metrics import boundary, real, reference, system, video
 from toolkit.metrics.base import (
     DIRECTIONS,
     KINDS,
@@ -26,7 +28,6 @@ from toolkit.metrics.base import (
 )
 from toolkit.metrics.features import (
     FEATURES,
-    WorldFeatures,
     frame_features,
     lpips_status,
     make_backend,
@@ -43,7 +44,6 @@ __all__ = [
     "MetricInput",
     "MetricResults",
     "Unavailable",
-    "WorldFeatures",
     "boundary",
     "compute",
     "frame_features",
@@ -54,8 +54,9 @@ __all__ = [
     "metric_names",
     "pool",
     "real",
-    "recall",
     "reference",
     "system",
     "video",
 ]
+
+__getattr__ = moved_names(__name__)  # names that moved to a world (toolkit.compat)

@@ -23,9 +23,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from toolkit.core.spec import ModelSpec
+from toolkit.core.trace import Trace
+from toolkit.plugins import WORLDS, World, world_of
 from toolkit.registry import Registry
-from toolkit.spec import ModelSpec
-from toolkit.trace import Trace
 
 KINDS = ("curve_frame", "curve_block", "scalar")
 DIRECTIONS = ("higher", "lower")
@@ -80,9 +81,11 @@ class Metric:
         return "maximize" if self.direction == "higher" else "minimize"
 
 
-METRICS: Registry[Metric] = Registry("metric", "rollbench.metrics", "toolkit.metrics")
+METRICS: Registry[Metric] = Registry("metric", "rollbench.metrics", "toolkit.metrics",
+                                     extended_by=(WORLDS,))
 
-#: Named metric sets; a set may also be given as an explicit list of names.
+#: The toolkit's named metric sets; worlds add their own (``World.metric_sets``, see
+#: :func:`metric_sets`); a set may also be given as an explicit list of names.
 METRIC_SETS: dict[str, list[str]] = {
     "world": ["drift", "frechet", "start_end_distance", "fidelity", "identity_drift", "vde",
               "fidelity_start", "fidelity_end", "fidelity_mean", "start_end_fidelity_drop",
@@ -95,14 +98,6 @@ METRIC_SETS: dict[str, list[str]] = {
     "fast": ["drift", "start_end_distance", "self_similarity", "norepeat", "motion",
              "dynamic_degree", "discontinuity", "kv_bytes", "block_seconds", "peak_kv_bytes",
              "seconds_per_block"],
-    "memory": ["recall", "recall_kappa", "recall_beyond", "recall_curve", "recall_gap",
-               "recall_chance", "recall_swap", "selection", "recall_truth",
-               "recall_position", "recall_within", "recall_moments", "continuity", "scene_fidelity",
-               "scene_speed_ratio", "scene_frozen", "motion",
-               "dynamic_degree", "discontinuity", "boundary_change", "boundary_jump",
-               "cache_events", "rope_power", "kv_bytes", "kv_tokens", "context_tokens",
-               "block_seconds", "peak_kv_bytes", "seconds_per_block", "latency_growth",
-               "peak_rss_bytes", "cuda_peak_bytes"],
     "system": ["kv_bytes", "kv_tokens", "context_tokens", "block_seconds", "peak_kv_bytes",
                "seconds_per_block", "latency_growth", "peak_rss_bytes", "cuda_peak_bytes"],
 }
@@ -132,13 +127,23 @@ def metric(name: str, direction: str, unit: str, kind: str, needs: Sequence[str]
     return wrap
 
 
+def metric_sets() -> dict[str, list[str]]:
+    """Every named metric set: the toolkit's (``world``, ``fast``, ``system``, ``real``) and
+    those the registered worlds add (e.g. the memory world's ``memory``)."""
+    sets = dict(METRIC_SETS)
+    for world in WORLDS.items().values():
+        sets.update({name: list(names) for name, names in world.metric_sets.items()})
+    return sets
+
+
 def metric_names(which: str | Sequence[str]) -> list[str]:
-    """Names of a metric set (``world``, ``memory``, ``real``, ``fast``, ``system``) or a list."""
+    """Names of a metric set (see :func:`metric_sets`) or of a list."""
     if isinstance(which, str):
-        if which not in METRIC_SETS:
-            raise ValueError(f"unknown metric set {which!r}; sets: {sorted(METRIC_SETS)} "
+        sets = metric_sets()
+        if which not in sets:
+            raise ValueError(f"unknown metric set {which!r}; sets: {sorted(sets)} "
                              "(or a list of metric names)")
-        which = METRIC_SETS[which]
+        which = sets[which]
     for name in which:
         METRICS.get(name)  # "did you mean" on a typo
     return list(which)
@@ -179,7 +184,7 @@ class MetricInput:
         frames: (F, 3, H, W) in [0, 1], or None when the model has no VAE.
         latents: (C, L, h, w) latents of the same video, or None.
         trace: the rollout's Trace, or None.
-        prompt: the prompt (a ``toolkit.world.Prompt`` enables the world analysers).
+        prompt: the prompt (one its world's analysers read enables the world's measures).
         spec: the model's spec (block size, training length).
         references: real clips of the same prompt (N, F, 3, H, W); None: built from the world
             simulator when the prompt is a world prompt.
@@ -189,6 +194,8 @@ class MetricInput:
         backends: local weights of the backends that need them, ``name -> path`` (``dino``,
             ``clip``, ``raft``; ``toolkit.metrics.backends``); a missing one makes the
             metrics that need it unavailable.
+        world: the world whose analysers read the video (``toolkit.plugins.World``); None:
+            the registered world that claims the prompt, if any.
     """
 
     frames: torch.Tensor | np.ndarray | None = None
@@ -201,6 +208,7 @@ class MetricInput:
     feature: str = "world"
     options: dict[str, Any] = field(default_factory=dict)
     backends: dict[str, Any] = field(default_factory=dict)
+    world: World | None = None
     cache: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
@@ -257,18 +265,33 @@ class MetricInput:
             raise Unavailable("needs the rollout's Trace")
         return self.trace
 
-    def world_prompt(self) -> Any:
-        """The prompt as a ``toolkit.world.Prompt``, else Unavailable."""
-        from toolkit.world import Prompt
+    def need_world(self) -> World:
+        """The world whose analysers read this video (``world``, else the one that claims the
+        prompt), else Unavailable."""
+        world = self.world or world_of(prompt=self.prompt)
+        if world is None:
+            raise Unavailable(f"needs a world prompt for the analysers; got {self.prompt!r}")
+        return world
 
-        if isinstance(self.prompt, Prompt):
-            return self.prompt
-        if isinstance(self.prompt, str):
-            try:
-                return Prompt.from_text(self.prompt)
-            except ValueError:
-                pass
-        raise Unavailable(f"needs a world prompt for the analysers; got {self.prompt!r}")
+    def world_prompt(self) -> Any:
+        """The prompt as the record its world's analysers read, else Unavailable."""
+        world = self.need_world()
+        if world.prompt_of is None or not world.claims(self.prompt):
+            raise Unavailable(f"needs a {world.name}-world prompt for its analysers; got "
+                              f"{self.prompt!r}")
+        try:
+            return world.prompt_of(self.prompt)
+        except ValueError as err:
+            raise Unavailable(f"cannot read the prompt {self.prompt!r}: {err}") from err
+
+    def analyser(self, name: str) -> Any:
+        """One of the world's analysers (``report``, ``identities``, ``references``,
+        ``frozen_speed``), else Unavailable."""
+        world = self.need_world()
+        found = getattr(world, name)
+        if found is None:
+            raise Unavailable(f"the {world.name} world has no {name} analyser")
+        return found
 
     def cached(self, key: str, make: Callable[[], Any]) -> Any:
         """``make()`` once per input."""

@@ -31,8 +31,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from toolkit.core.trace import Trace
 from toolkit.metrics.base import MetricInput, Unavailable, metric, pool
-from toolkit.trace import Trace
 
 EPS = 1e-8
 

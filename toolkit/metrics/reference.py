@@ -2,8 +2,9 @@
 what the real motion repeats.
 
 The real clips are ``toolkit.metrics.video.reference_clips``: ``MetricInput.references``, else
-``references`` (4) simulator clips of the video's world prompt, as long as the video. They need
-a world prompt (the sprite world); a memory-world schedule makes them unavailable.
+``references`` (4) clips of the video's prompt from its world's simulator, as long as the video.
+They need a world whose analysers read the prompt (the sprite world's do; the memory world's
+schedules have their own measures).
 
 - ``speed_ratio``: per latent frame, the analysers' sprite speed over the mean speed the same
   analysers read on the real clips (1 = the simulator's pace, 0 = frozen). ``sprite_speed``
@@ -40,12 +41,11 @@ def _same_length(inp: MetricInput, refs: np.ndarray) -> np.ndarray:
 
 def reference_speed(inp: MetricInput) -> float:
     """Mean sprite speed (px/frame) the analysers read on the real clips of the prompt."""
-    from toolkit.world import video_report
+    report = inp.analyser("report")
 
     def make() -> float:
         prompt = inp.world_prompt()
-        speeds = np.concatenate([video_report(r, prompt)["speed"][1:]
-                                 for r in reference_clips(inp)])
+        speeds = np.concatenate([report(r, prompt)["speed"][1:] for r in reference_clips(inp)])
         speeds = speeds[np.isfinite(speeds)]
         if not len(speeds) or speeds.mean() <= 0:
             raise Unavailable("the analysers read no sprite motion on the real clips")

@@ -13,8 +13,8 @@ import sys
 import numpy as np
 import torch
 
+from toolkit.core.trace import Trace
 from toolkit.metrics.base import MetricInput, Unavailable, metric
-from toolkit.trace import Trace
 
 
 def _steps(trace: Trace) -> np.ndarray:

@@ -1,10 +1,12 @@
 """Metrics of one video: drift, prompt fidelity, repetition, motion, discontinuity, LPIPS.
 
 Segments are ``segment_frames`` latent frames (default: one block). Features come from the
-input's feature backend, pooled per latent frame. Knobs (``MetricInput.options``):
+input's feature backend, pooled per latent frame. Prompt fidelity, identities and sprite speed
+are read by the analysers of the video's world (``MetricInput.need_world``), real clips come
+from its simulator. Knobs (``MetricInput.options``):
 
 - ``references`` (4): real clips simulated for the Frechet distance when none are given
-  (the same prompt, the "val" split's local seeds 0..n-1, as long as the video);
+  (the same prompt, as long as the video; see the world's ``references``);
 - ``repetition_window`` (``spec.train_frames``): self-similarity only looks further back than
   this many latent frames;
 - ``norepeat_threshold`` (0.98): cosine above which a segment duplicates an earlier one;
@@ -76,10 +78,9 @@ def _edges(n: int) -> int:
 
 
 def world_report(inp: MetricInput) -> dict[str, np.ndarray]:
-    """The analysers' per-frame report of the video against its world prompt (cached)."""
-    from toolkit.world import video_report
-
-    return inp.cached("report", lambda: video_report(inp.need_frames(), inp.world_prompt()))
+    """The world analysers' per-frame report of the video against its prompt (cached)."""
+    report = inp.analyser("report")
+    return inp.cached("report", lambda: report(inp.need_frames(), inp.world_prompt()))
 
 
 def frame_curve(inp: MetricInput, values: np.ndarray) -> np.ndarray:
@@ -102,17 +103,13 @@ def drift(inp: MetricInput) -> np.ndarray:
 
 def reference_clips(inp: MetricInput) -> np.ndarray:
     """Real clips of the video's prompt (N, F, 3, H, W): ``inp.references``, else ``references``
-    (4) simulator clips of the same prompt (the "val" split's local seeds 0..n-1), as long as
-    the video."""
+    (4) clips of the same prompt from the world's simulator, as long as the video."""
     def make() -> np.ndarray:
         refs = inp.references
         if refs is None:
-            from toolkit.world import simulate, split_seed
-
-            prompt = inp.world_prompt()
-            n = int(inp.options.get("references", 4))
-            frames = len(inp.need_frames())
-            refs = simulate([prompt] * n, [split_seed(i, "val") for i in range(n)], frames)
+            simulate = inp.analyser("references")
+            refs = simulate(inp.world_prompt(), int(inp.options.get("references", 4)),
+                            len(inp.need_frames()))
         return refs.numpy() if torch.is_tensor(refs) else np.asarray(refs)
     return inp.cached("reference_clips", make)
 
@@ -143,11 +140,12 @@ def start_end_distance(inp: MetricInput) -> float:
         series=("", "colour", "shape", "count", "background"))
 def fidelity(inp: MetricInput) -> dict[str, np.ndarray]:
     """Prompt fidelity per frame: full match, and colours / shapes / count / background read
-    right (each attribute a sub-series: ``fidelity/colour`` ...)."""
+    right (each attribute a sub-series: ``fidelity/colour`` ...; a world's analysers may read
+    fewer attributes than the sprite world's)."""
     r = world_report(inp)
     keys = {"": "match", "colour": "colours_ok", "shape": "shapes_ok", "count": "count_ok",
             "background": "background_ok"}
-    return {sub: frame_curve(inp, r[k].astype(float)) for sub, k in keys.items()}
+    return {sub: frame_curve(inp, r[k].astype(float)) for sub, k in keys.items() if k in r}
 
 
 @metric("identity_drift", "lower", "fraction", "curve_frame", ["frames", "world"])
@@ -157,11 +155,9 @@ def identity_drift(inp: MetricInput) -> np.ndarray:
     The opening identity is the most common multiset of readings over the first segment;
     a frame scores ``1 - |seen & opening| / max(|seen|, |opening|)`` (0 when both are empty).
     """
-    from toolkit.world import analyse_video
-
+    identities = inp.analyser("identities")
     inp.world_prompt()
-    frames = inp.cached("observations", lambda: analyse_video(inp.need_frames()))
-    seen = [Counter((s.colour, s.shape) for s in f.sprites) for f in frames]
+    seen = inp.cached("identities", lambda: identities(inp.need_frames()))
     lat = inp.frame_latent()
     opening = [tuple(sorted(c.elements())) for c, t in zip(seen, lat, strict=True)
                if t < inp.segment_frames]
@@ -323,15 +319,15 @@ def sprite_speed(inp: MetricInput) -> np.ndarray:
 @metric("frozen", "lower", "fraction of frames", "curve_frame", ["frames", "world"])
 def frozen(inp: MetricInput) -> np.ndarray:
     """Per latent frame, the share of its pixel frames whose sprites stand still (analysers'
-    speed under 0.1 px/frame, ``toolkit.world.evaluate.FROZEN_SPEED``; NaN where none is seen).
+    speed under the world's ``frozen_speed``, 0.1 px/frame on the sprite world; NaN where none
+    is seen).
 
     Unlike ``moving`` it does not saturate on noise: noise moves pixels, not sprites. Simulator
-    clips of the world read under 1% frozen.
+    clips of the sprite world read under 1% frozen.
     """
-    from toolkit.world.evaluate import FROZEN_SPEED
-
+    still = inp.analyser("frozen_speed")
     speed = world_report(inp)["speed"]
-    return frame_curve(inp, np.where(np.isfinite(speed), speed < FROZEN_SPEED, np.nan))
+    return frame_curve(inp, np.where(np.isfinite(speed), speed < still, np.nan))
 
 
 @metric("vde_motion", "lower", "fraction", "scalar", ["frames"])

@@ -1,0 +1,101 @@
+"""The memory world as a plug-in: what the toolkit asks of it (``toolkit.plugins.World``).
+
+Its runs are schedules of one shot per block; its own measures (``metrics``: recall of returning
+sprites against each run's chance level) have a metric set, a line after each run and a section
+in the report. Prompt fidelity and the other sprite-world analysers do not apply to schedules.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from toolkit.models.recipes import Recipe
+from toolkit.plugins import Section, World
+from toolkit.worlds import install
+from toolkit.worlds.memory import WEIGHTS_DIR
+from toolkit.worlds.memory import metrics as _metrics  # noqa: F401  (registers its measures)
+from toolkit.worlds.memory.scenes import Shot
+
+#: ``tracking.metrics=memory``: the recall measures with the generic motion, boundary and
+#: system measures.
+MEMORY_SET = ["recall", "recall_kappa", "recall_beyond", "recall_curve", "recall_gap",
+              "recall_chance", "recall_swap", "selection", "recall_truth", "recall_position",
+              "recall_within", "recall_moments", "continuity", "scene_fidelity",
+              "scene_speed_ratio", "scene_frozen", "motion", "dynamic_degree", "discontinuity",
+              "boundary_change", "boundary_jump", "cache_events", "rope_power", "kv_bytes",
+              "kv_tokens", "context_tokens", "block_seconds", "peak_kv_bytes",
+              "seconds_per_block", "latency_growth", "peak_rss_bytes", "cuda_peak_bytes"]
+
+#: The report's recall table.
+RECALL = ("recall_kappa/beyond_colour", "recall_kappa/colour", "recall_beyond/colour",
+          "recall/colour", "recall_chance/colour", "recall_gap/2_colour", "recall_gap/3_colour",
+          "recall_gap/4-8_colour", "recall_gap/9_up_colour", "recall_swap/needed",
+          "recall_beyond/count", "recall_beyond/unreadable")
+RECALL_NOTE = ("Recall: share of cuts back to a scene whose sprite shows the colour the model drew "
+               "before. Headline: kappa = (recall - chance) / (1 - chance), chance the run's own "
+               "(`recall_chance`: returns compared with what was drawn for other sprites), so a "
+               "model that draws one colour scores 0. `beyond`: sprite last shown 4+ blocks back "
+               "(outside the default windows and recent partitions); `recall_gap/N`: by blocks "
+               "since last shown (2, 3, 4-8, 9+); `recall_swap/needed`: swap returns showing the "
+               "needed block's colour. Read every strategy between `oracle` (the needed blocks "
+               "kept) and `oracle-wrong` (the same layout with wrong blocks).")
+
+
+def claims(prompt: Any) -> bool:
+    """A prompt schedule whose prompts are shots (or their text)."""
+    segments = getattr(prompt, "segments", None)
+    if not segments:
+        return False
+    try:
+        return all(isinstance(p, Shot) or Shot.from_text(str(p)) for _, p in segments)
+    except ValueError:
+        return False
+
+
+def recall_line(scalars: Mapping[str, float]) -> str | None:
+    """One line of a run's recall: chance-corrected (kappa) and beyond the recent blocks,
+    beside the raw colour recall and its own chance level (None without recall)."""
+    if "recall" not in scalars:
+        return None
+
+    def get(key: str) -> str:
+        return f"{scalars[key]:.2f}" if key in scalars else "-"
+
+    return (f"recall (colour) kappa {get('recall_kappa/colour')}, beyond (4+ blocks back) "
+            f"{get('recall_kappa/beyond_colour')}; raw colour {get('recall/colour')} at chance "
+            f"{get('recall_chance/colour')}, beyond {get('recall_beyond/colour')}; over "
+            f"{scalars.get('recall_moments', 0):.0f} returns, "
+            f"{scalars.get('recall_beyond/count', 0):.0f} readable beyond")
+
+
+#: The figures the docs quote (``rollbench docs``), made by :mod:`.docfigures`.
+_DOCS = "toolkit.worlds.memory.docfigures"
+FIGURES = {
+    "memory-returns": f"{_DOCS}:memory_returns",
+    "memory-gates": f"{_DOCS}:memory_gates",
+    "memory-colour": f"{_DOCS}:memory_colour",
+    "memory-gates-table": f"{_DOCS}:memory_gates_table",
+    "compressor-use": f"{_DOCS}:compressor_use",
+    "memory-v2-gates-24x": f"{_DOCS}:memory_v2_gates_24x",
+    "memory-v2-gates-1x": f"{_DOCS}:memory_v2_gates_1x"}
+
+
+WORLD = install(World(
+    name="memory",
+    description="a video that cuts between scenes which come back; recall of what only mid "
+                "history showed",
+    claims=claims, prompt_of=lambda prompt: prompt, weights=WEIGHTS_DIR,
+    presets=("world-memory-candidate",),
+    recipes={"world-memory": Recipe("toolkit.worlds.memory.train:MemoryTrainConfig",
+                                    "toolkit.worlds.memory.train:train_memory")},
+    strategies=("full", "sink"),
+    metric_sets={"memory": MEMORY_SET},
+    summary=recall_line,
+    columns=(("recall/mid", "recall (mid)"), ("recall_chance", "recall chance")),
+    sections=(Section("Recall (memory world)", RECALL, RECALL_NOTE,
+                      curves=(("recall_curve", "recall of returning sprites (binned)", False),
+                              ("scene_fidelity", "scene fidelity (memory world)", False)),
+                      sparse=("recall_curve",)),),
+    figures=FIGURES,
+))

@@ -1,0 +1,455 @@
+"""``rollbench train packforcing``: fine-tune a world model together with PackForcing's
+compressor, end-to-end inside the world model's own x0 objective (PAPER.md, Training).
+
+The data follow the starting weights: the sprite world (one prompt per clip), or the memory world
+(``init=world-memory.safetensors``: a shot per block, clips ending in a cut back to a scene whose
+sprite only the mid blocks showed, so the compressed mid history is what the last block needs).
+
+One teacher-forced pass per step, as ``toolkit.worlds.sprites.train``, on 20-latent-frame clips
+(5 blocks of 4), with the three partitions active INSIDE the clip. Queries are [clean clip |
+noisy clip] (timestep 0 | one noise level per block); keys are [clean clip | noisy clip |
+compressed mid blocks]. Noisy block b sees exactly what the cached PackForcing rollout gives it
+(``contexts``):
+
+- ``b < sink``: the clean blocks before it (all in the sink), and itself;
+- otherwise: the sink's clean blocks, the COMPRESSED K/V of mid blocks ``sink .. b-recent-1``,
+  the clean recent blocks ``b-recent .. b-1``, and itself.
+
+With the defaults (sink = recent = 1 block) blocks 0-2 see only full-resolution context and
+blocks 3 and 4 see sink 0, compressed 1 (.. 2), recent b-1: the two blocks whose history holds
+a mid partition.
+
+Clean block b (whose K/V the next blocks read) sees by default (``clean_context=strategy``) the
+same context as its noisy twin, with its clean self: at inference the cache-fill pass of a block
+runs under the strategy's context for that block, so a cached clean block's K/V were computed
+with the compressed mid in view. ``causal`` gives clean blocks the full clean history instead
+(the world recipe's layout).
+
+Compressed K/V: each mid block's clean latents go through the compressor (``hr``: learned;
+``dual``: hr + the training-free lr branch, the paper's default), then through the model exactly
+as the strategy does at inference: ``kv=transformer`` runs the tokens through every layer at
+timestep 0 attending only to themselves (``model.token_kv``), ``kv=project`` applies each layer's
+K/V projection (``model.project_kv``). Their positions are the strategy's: the compressor's cell
+positions (``spatial``) at the block's generation time. Inside a 5-block clip nothing is ever
+evicted and every mid block is selected (top_k >= 2), so ``shift``, ``repack`` and ``absolute``
+all place every block at its generation position. Gradients reach the compressor only through
+those K/V. No separate compressor loss. The compressed tokens' K/V come from their own small
+passes (one per mid block, the strategy's code path) appended to every layer's keys by
+``PackPlan``: the same numbers as putting the tokens in the sequence with a self-only mask, but
+``kv=project`` works too.
+
+Not matched to inference: history is ground truth, not generated (teacher forcing, as the world
+recipe); top-k selection, archive evictions and the sink shift never occur inside one clip
+(weights are meant for any sink / recent / top-k at inference; the compressor's rate, width, kv
+and spatial must match the training run's).
+
+Seeded; resumable (``<out>/checkpoint.pt`` every ``ckpt_every`` steps, resumed when present);
+JSON-line log rows with the context-use diagnostic; exports the fine-tuned world weights
+(``save_world``: loadable with ``load_world(path=...)``) and the compressor's hr weights
+(``Compressor.save``: ``strategy.compressor_weights=...``) with cards.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import platform
+import shlex
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from strategies.compressors import (
+    KV_MODES,
+    SPATIAL,
+    Compressor,
+    build_compressor,
+    compressor_class,
+)
+from strategies.packforcing_layout import Layout, block_errors, contexts, pack_layout, predict
+from toolkit.models.weights import find_weights
+from toolkit.worlds.memory.scenes import ClipMix, sample_clips
+from toolkit.worlds.memory.train import colour_recall, encode_shots, return_weights
+from toolkit.worlds.sprites.model import (
+    WEIGHTS_DIR,
+    WorldConfig,
+    WorldModel,
+    load_world,
+    save_world,
+)
+from toolkit.worlds.sprites.sim import FRAME_SIZE, sample_batch
+from toolkit.worlds.sprites.train import cosine_factor, loss_weights, noise_blocks
+
+CLEAN_CONTEXTS = ("strategy", "causal")
+WORLD_FILE = "world-model-pf.safetensors"
+COMPRESSOR_FILE = "compressor-hr.safetensors"
+RUN_ONLY = ("steps", "ckpt_every", "log_every", "eval_every", "out", "export", "threads",
+            "device")  # settings a resumed run may change without a warning
+
+
+@dataclass
+class PFTrainConfig:
+    """Hyperparameters of ``rollbench train packforcing`` (mirrored in ablations/train/).
+
+    Attributes:
+        init: world weights to start from ("": the shipped ones, via ``load_world``).
+        sink_frames / recent_frames: partitions inside the clip (block multiples); a mid must
+            exist: sink + recent <= clip - 2 blocks.
+        compressor: a token compressor: ``hr`` or ``dual`` (learned), or ``lr`` (no
+            parameters: only the generator learns to read it); compress_time / compress_space /
+            hr_channels as the strategy's (the saved weights fit only that rate and width).
+        kv / spatial: as the strategy's (its defaults: transformer / centres).
+        clean_context: ``strategy`` (clean blocks see what their cache-fill pass sees at
+            inference) or ``causal`` (full clean history, as the world recipe).
+        lr / compressor_lr: peak learning rates of the generator and the compressor (AdamW,
+            linear warm-up, cosine to ``min_lr_ratio``).
+        ema: EMA decay of both modules (0: off); the EMA copies are exported.
+        eval_every: steps between context-use diagnostics (0: only at the end).
+        memory_share / return_weight: memory world only: share of clips ending in a mid-only
+            return, and the loss weight of returning blocks (as its base recipe).
+    """
+
+    init: str = ""
+    steps: int = 1000
+    batch: int = 8
+    clip_frames: int = 20
+    max_sprites: int = 1
+    sink_frames: int = 4
+    recent_frames: int = 4
+    compressor: str = "dual"
+    compress_time: int = 2
+    compress_space: int | None = None
+    hr_channels: int = 16
+    kv: str = "transformer"
+    spatial: str = "centres"
+    clean_context: str = "strategy"
+    lr: float = 5e-5
+    compressor_lr: float = 1e-3
+    warmup: int = 100
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    ema: float = 0.99
+    min_sigma_weight: float = 0.1
+    sigma_shift: float = 2.0
+    seed: int = 0
+    ckpt_every: int = 100
+    log_every: int = 50
+    eval_every: int = 250
+    out: str = "runs/train/packforcing"
+    export: str = ""  # directory of the final weights; empty: <out>/final
+    threads: int = 1
+    device: str = "cpu"
+    memory_share: float = 0.9
+    return_weight: float = 5.0
+
+
+def memory_world(model: WorldModel) -> bool:
+    """Whether a world model is the memory world's (its data are scenes with shots)."""
+    return model.world_config.world == "scenes"
+
+
+def make_batch(cfg: PFTrainConfig, model: WorldModel, step: int, gen: torch.Generator,
+               memory_share: float | None = None):
+    """Clean latents, noisy latents, per-block sigmas, conditioning and (memory world) the
+    clips' schedules: the world's own sampling, on a data stream of its own.
+
+    Conditioning: (B, L, C) for the sprite world; (B, blocks, L, C) for the memory world.
+    """
+    seed, bf = (cfg.seed + 7919) * 1_000_003 + step, model.spec.block_frames
+    if memory_world(model):
+        share = cfg.memory_share if memory_share is None else memory_share
+        mix = ClipMix(share, model.spec.blocks_of(cfg.sink_frames),
+                      model.spec.blocks_of(cfg.recent_frames))
+        videos, shots, scheds = sample_clips(cfg.batch, cfg.clip_frames, bf, seed, mix=mix)
+        cond = encode_shots(model, shots)
+    else:
+        videos, prompts = sample_batch(cfg.batch, cfg.clip_frames, seed,
+                                       max_sprites=cfg.max_sprites)
+        cond, scheds = model.encode_prompt(prompts), None
+    x0 = model.vae.encode(videos.to(model.device))
+    xt, sigma = noise_blocks(x0, bf, cfg.sigma_shift, gen)
+    return x0, xt, sigma, cond, scheds
+
+
+def context_use(model: WorldModel, compressor: Compressor, cfg: PFTrainConfig,
+                layout: Layout) -> dict[str, float]:
+    """Losses at full noise on a fixed batch (below 1: the context is used).
+
+    ``gap_mid``: blocks with compressed mid in their history over the first block;
+    ``gap_nomid``: blocks with history but no mid over the first block; ``mid_use``: the mid
+    blocks' loss with their compressed tokens over the same loss with the tokens hidden.
+    Memory world (on clips that all end in a mid-only return): ``return_ratio``, the last
+    block's loss with the compressed mid hidden over the loss with it (the gate: >= 1.2), and
+    the colour read from its one-step prediction with (``colour_shown``) and without
+    (``colour_hidden``) the compressed mid.
+    """
+    gen = torch.Generator().manual_seed(99)
+    x0, _, _, cond, scheds = make_batch(cfg, model, 10**7, gen, memory_share=1.0)
+    nb = model.spec.blocks_of(x0.shape[2])
+    sigma = torch.full((x0.shape[0], nb), 0.999, device=x0.device)
+    noise = torch.randn(x0.shape, generator=gen).to(x0.device)
+    xt = 0.001 * x0 + 0.999 * noise
+    with torch.no_grad():
+        shown = predict(model, compressor, layout, x0, xt, sigma, cond, cfg.kv)
+        hidden = predict(model, compressor, layout, x0, xt, sigma, cond, cfg.kv,
+                         layout.without_mid())
+    err, dropped = block_errors(model, shown, x0), block_errors(model, hidden, x0)
+    row = {}
+    if scheds is not None:
+        row = {"return_ratio": (dropped[:, -1].mean() / err[:, -1].mean()).item(),
+               "colour_shown": colour_recall(model, shown, scheds, model.spec.block_frames),
+               "colour_hidden": colour_recall(model, hidden, scheds, model.spec.block_frames)}
+    err, dropped = err.mean(0), dropped.mean(0)
+    first = err[0]
+    hist = torch.tensor([len(s) + len(m) + len(r) > 0 for s, m, r in layout.ctx])
+    nomid = hist & ~layout.has_mid.to(hist.device)
+    mid = layout.has_mid.to(err.device)
+    row.update({"gap_mid": (err[mid].mean() / first).item(),
+                "mid_use": (err[mid].mean() / dropped[mid].mean()).item()})
+    if nomid.any():
+        row["gap_nomid"] = (err[nomid.to(err.device)].mean() / first).item()
+    return row
+
+
+# -- the recipe --------------------------------------------------------------------------------
+def lr_scale(cfg: PFTrainConfig, step: int) -> float:
+    """Linear warm-up, then cosine to ``min_lr_ratio`` (a factor on both peak rates)."""
+    return cosine_factor(step, cfg.warmup, cfg.steps, cfg.min_lr_ratio)
+
+
+def validate(cfg: PFTrainConfig, spec) -> None:
+    """Raise ValueError for settings the in-clip partitions cannot realise."""
+    if compressor_class(cfg.compressor).kind != "tokens":
+        raise ValueError(f"compressor={cfg.compressor!r} compresses K/V, which no model pass "
+                         "trains through; train a token compressor: hr, dual or lr")
+    for name, value, allowed in (("kv", cfg.kv, KV_MODES), ("spatial", cfg.spatial, SPATIAL),
+                                 ("clean_context", cfg.clean_context, CLEAN_CONTEXTS)):
+        if value not in allowed:
+            raise ValueError(f"{name}={value!r}: allowed {list(allowed)}")
+    bf = spec.block_frames
+    names = ("clip_frames", "sink_frames", "recent_frames")
+    for name in names:
+        if getattr(cfg, name) < 0:
+            raise ValueError(f"{name}={getattr(cfg, name)}: must be >= 0")
+    blocks = [spec.check_blocks(name, getattr(cfg, name)) for name in names]
+    if not any(mid for _, mid, _ in contexts(*blocks)):
+        raise ValueError(f"sink_frames={cfg.sink_frames} + recent_frames={cfg.recent_frames} "
+                         f"leave no mid partition inside a {cfg.clip_frames}-frame clip: they "
+                         f"must total at most clip_frames - 2 blocks ({cfg.clip_frames - 2 * bf})")
+    if cfg.batch < 1 or cfg.steps < 1:
+        raise ValueError("batch and steps must be >= 1")
+
+
+def command(cfg: PFTrainConfig) -> str:
+    """The ``rollbench train packforcing`` line re-creating this run (overrides of the
+    defaults, which ablations/train/packforcing.yaml mirrors)."""
+    default = PFTrainConfig()
+    parts = ["rollbench", "train", "packforcing"]
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        if value != getattr(default, f.name):
+            parts.append(f"{f.name}={'null' if value is None else value}")
+    return shlex.join(parts)
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _shown(path: Path) -> str:
+    """A path relative to the repository when it lies inside it."""
+    root = WEIGHTS_DIR.parents[3]
+    try:
+        return str(path.resolve().relative_to(root))
+    except ValueError:
+        return str(path)
+
+
+def _device_name(device: torch.device, threads: int) -> str:
+    if device.type == "cuda":
+        return f"cuda: {torch.cuda.get_device_name(device)}"
+    return f"cpu: {platform.processor() or platform.machine()}, {threads} thread(s)"
+
+
+def build_modules(cfg: PFTrainConfig) -> tuple[WorldModel, Compressor]:
+    """The world model to fine-tune (``init`` or the shipped weights) and a seeded compressor."""
+    model = load_world(cfg.init or None, device=cfg.device)
+    compressor = build_compressor(cfg.compressor, model.spec, cfg.compress_time,
+                                  cfg.compress_space, cfg.hr_channels, seed=cfg.seed)
+    return model.train(), compressor.to(model.device).train()
+
+
+def train_packforcing(cfg: PFTrainConfig, log=print) -> Path:
+    """Fine-tune (or resume) world model + compressor; returns the exported world weights."""
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    def emit(line: str) -> None:  # log, and keep the JSON rows in <out>/log.jsonl
+        log(line)
+        if line.startswith("{"):
+            with (out / "log.jsonl").open("a") as f:
+                f.write(line + "\n")
+
+    model, compressor = build_modules(cfg)
+    validate(cfg, model.spec)
+    init_path = find_weights(cfg.init) if cfg.init else WEIGHTS_DIR / "world-model.safetensors"
+    init_card = dict(model.card)
+    world_cfg = WorldConfig(**init_card["config"])
+    ema_model, ema_comp = copy.deepcopy(model).eval(), copy.deepcopy(compressor).eval()
+    for p in [*ema_model.parameters(), *ema_comp.parameters()]:
+        p.requires_grad_(False)
+    groups = [{"params": list(model.parameters()), "lr": cfg.lr, "peak": cfg.lr}]
+    if any(True for _ in compressor.parameters()):  # lr has none: only the generator learns
+        groups.append({"params": list(compressor.parameters()), "lr": cfg.compressor_lr,
+                       "peak": cfg.compressor_lr})
+    opt = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
+    params = [*model.parameters(), *compressor.parameters()]
+    gen, start, history = torch.Generator().manual_seed(cfg.seed), 0, []
+    ckpt = out / "checkpoint.pt"
+    if ckpt.exists():
+        state = torch.load(ckpt, weights_only=False, map_location=model.device)
+        if state.get("init_sha256", init_card.get("sha256")) != init_card.get("sha256"):
+            raise ValueError(f"{ckpt} continues a fine-tune of other world weights (sha256 "
+                             f"{state['init_sha256'][:12]}...) than {_shown(init_path)} "
+                             f"({init_card.get('sha256', '')[:12]}...): remove it, or set out=")
+        model.load_state_dict(state["model"])
+        compressor.load_state_dict(state["compressor"])
+        ema_model.load_state_dict(state["ema_model"])
+        ema_comp.load_state_dict(state["ema_compressor"])
+        opt.load_state_dict(state["opt"])
+        gen.set_state(state["gen"])
+        start, history = state["step"], state["history"]
+        emit(f"resumed from {ckpt} at step {start}")
+        changed = sorted(k for k, v in state.get("config", {}).items()
+                         if k not in RUN_ONLY and getattr(cfg, k, v) != v)
+        if changed:
+            was = {k: state["config"][k] for k in changed}
+            emit(f"warning: resuming with changed settings {changed} (checkpoint: {was})")
+    layout = pack_layout(model.spec, compressor, cfg.clip_frames, cfg.sink_frames,
+                         cfg.recent_frames, cfg.spatial, cfg.clean_context)
+    emit(json.dumps({"layout": {"blocks": [{"block": b, "sink": s, "mid": m, "recent": r}
+                                           for b, (s, m, r) in enumerate(layout.ctx)],
+                                "compressed_tokens_per_block": layout.per_block,
+                                "queries": int(layout.mask.shape[0]),
+                                "keys": int(layout.mask.shape[1])}}))
+    began = time.time() - (history[-1]["elapsed"] if history else 0.0)
+    has_mid = layout.has_mid.to(model.device)
+    acc: dict[str, list[float]] = {"loss": [], "err_mid": [], "err_nomid": []}
+    with model.attach(), ema_model.attach():
+        bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="packforcing")
+        for step in bar:
+            scale = lr_scale(cfg, step)
+            for g in opt.param_groups:
+                g["lr"] = g["peak"] * scale
+            x0, xt, sigma, cond, scheds = make_batch(cfg, model, step, gen)
+            err = block_errors(model, predict(model, compressor, layout, x0, xt, sigma, cond,
+                                              cfg.kv), x0)
+            weight = loss_weights(sigma, cfg.min_sigma_weight)
+            if scheds is not None and cfg.return_weight != 1.0:
+                weight = weight * return_weights(scheds, err.shape[1], cfg.return_weight)
+            loss = (err * weight).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            opt.step()
+            if cfg.ema > 0:
+                with torch.no_grad():
+                    for src, dst in ((model, ema_model), (compressor, ema_comp)):
+                        for pe, pm in zip(dst.parameters(), src.parameters(), strict=True):
+                            pe.lerp_(pm, 1 - cfg.ema)
+            acc["loss"].append(loss.item())
+            acc["err_mid"].append(err[:, has_mid].mean().item())
+            acc["err_nomid"].append(err[:, ~has_mid].mean().item())
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+            done = step + 1 == cfg.steps
+            if (step + 1) % cfg.log_every == 0 or done:
+                row: dict[str, Any] = {"step": step + 1}
+                row.update({k: sum(v) / len(v) for k, v in acc.items()})
+                row["elapsed"] = time.time() - began
+                acc = {k: [] for k in acc}
+                if (cfg.eval_every and (step + 1) % cfg.eval_every == 0) or done:
+                    eval_model, eval_comp = ((ema_model, ema_comp) if cfg.ema > 0
+                                             else (model, compressor))
+                    row.update(context_use(eval_model, eval_comp, cfg, layout))
+                history.append(row)
+                emit(json.dumps(row))
+            if (step + 1) % cfg.ckpt_every == 0 or done:
+                torch.save({"model": model.state_dict(), "compressor": compressor.state_dict(),
+                            "ema_model": ema_model.state_dict(),
+                            "ema_compressor": ema_comp.state_dict(), "opt": opt.state_dict(),
+                            "gen": gen.get_state(), "step": step + 1, "history": history,
+                            "config": asdict(cfg), "init_sha256": init_card.get("sha256")},
+                           ckpt)
+    final_model, final_comp = (ema_model, ema_comp) if cfg.ema > 0 else (model, compressor)
+    return export(cfg, final_model.eval(), final_comp.eval(), world_cfg, history, init_path,
+                  init_card)
+
+
+def file_names(cfg: PFTrainConfig, world_cfg: WorldConfig) -> tuple[str, str | None]:
+    """Exported world weights and compressor weights (None: the compressor has no parameters).
+
+    Sprite world: world-model-pf / compressor-hr; memory world: world-memory-pf-<compressor> /
+    compressor-memory-<compressor>, one pair per trained variant.
+    """
+    learned = compressor_class(cfg.compressor).learned
+    if world_cfg.world == "sprites":
+        return WORLD_FILE, COMPRESSOR_FILE if learned else None
+    name = cfg.compressor
+    return (f"world-memory-pf-{name}.safetensors",
+            f"compressor-memory-{name}.safetensors" if learned else None)
+
+
+def export(cfg: PFTrainConfig, model: WorldModel, compressor: Compressor, world_cfg: WorldConfig,
+           history: list[dict[str, Any]], init_path: Path, init_card: dict[str, Any]) -> Path:
+    """Write the fine-tuned world weights and the compressor's learned (hr) branch, with cards
+    (names from ``file_names``)."""
+    folder = Path(cfg.export) if cfg.export else Path(cfg.out) / "final"
+    folder.mkdir(parents=True, exist_ok=True)
+    world_file, comp_file = file_names(cfg, world_cfg)
+    comp_path = compressor.save(folder / comp_file) if comp_file else None
+    strategy = {"_target_": "packforcing", "sink_frames": cfg.sink_frames,
+                "recent_frames": cfg.recent_frames, "compressor": cfg.compressor,
+                "compress_time": cfg.compress_time, "compress_space": cfg.compress_space,
+                "hr_channels": cfg.hr_channels, "kv": cfg.kv, "spatial": cfg.spatial,
+                "compressor_weights": comp_file}
+    last = history[-1] if history else {}
+    evals = [r for r in history if "mid_use" in r]
+    keys = ("gap_mid", "gap_nomid", "mid_use", "return_ratio", "colour_shown", "colour_hidden")
+    card = {
+        "recipe": "packforcing",
+        "command": command(cfg),
+        "seed": cfg.seed,
+        "steps": cfg.steps,
+        "train": asdict(cfg),
+        "final_losses": {k: last.get(k) for k in ("loss", "err_mid", "err_nomid")},
+        "context_use": {k: evals[-1][k] for k in keys if evals and k in evals[-1]},
+        "history": history[-20:],
+        "wall_seconds": last.get("elapsed"),
+        "device": _device_name(next(model.parameters()).device, cfg.threads),
+        "exported": "EMA weights" if cfg.ema > 0 else "raw weights",
+        "init": {"file": _shown(init_path), "sha256": init_card.get("sha256"),
+                 "steps": init_card.get("steps"),
+                 "provisional": init_card.get("provisional", False)},
+        "strategy": strategy,
+        "frame_size": FRAME_SIZE,
+    }
+    if comp_path is not None:
+        card["compressor"] = {"file": comp_file, "sha256": _sha256(comp_path),
+                              "name": cfg.compressor, "saved_branch": "hr"}
+    world_path = save_world(model, world_cfg, folder / world_file, card)
+    if comp_path is not None:
+        world_card = json.loads(world_path.with_suffix(".json").read_text())
+        comp_card = {**{k: v for k, v in card.items() if k != "compressor"},
+                     "file": comp_file, "sha256": card["compressor"]["sha256"],
+                     "world": {"file": world_file, "sha256": world_card["sha256"]}}
+        comp_path.with_suffix(".json").write_text(json.dumps(comp_card, indent=1))
+    return world_path
