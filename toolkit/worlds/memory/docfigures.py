@@ -121,3 +121,20 @@ def memory_v2_gates_1x() -> str:
             f"{full['colour']:.2f} (chance {full['chance_colour']:.2f}); with the needed blocks "
             f"masked {masked['colour']:.2f} (chance {masked['chance_colour']:.2f}); "
             f"{'all four 1x gates pass' if g['passed'] else 'a 1x gate fails'}")
+
+
+def memory_selection_24x() -> str:
+    """Top-k hit rates at 24x (``toolkit.worlds.memory.hits``, its committed artifact)."""
+    import json
+
+    from toolkit.worlds.memory.hits import ARTIFACT
+
+    data = json.loads(ARTIFACT.read_text())
+    out = ["", "| selection | holds a needed block (return x layer) | of returns 4+ back | "
+           "recall given a hit / a miss | kappa (beyond, colour) |", "|---|---|---|---|---|"]
+    for name, r in data.items():
+        out.append(f"| {name} | {r['hit']:.2f} | {r['hit_beyond']:.2f} | "
+                   f"{r['recall_hit']:.2f} / {r['recall_miss']:.2f} | "
+                   f"{r['kappa_beyond_colour']:.2f} |")
+    return "\n".join(out) + "\n"
+
