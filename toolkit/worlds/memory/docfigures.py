@@ -23,16 +23,6 @@ def memory_returns() -> str:
             "per 24x rollout, mean of the 8 held-out schedules")
 
 
-def memory_gates() -> str:
-    """The memory candidate's context-use and masked-recall gates (its card, whose gates the
-    tests re-measure)."""
-    g = card("world-memory")["gates"]
-    return (f"hiding them raises the returning block's error "
-            f"{g['context_use']['use_ratio']:.2f}x; with them masked out colour recall falls to "
-            f"chance, {g['recall_masked']['colour']:.2f} vs "
-            f"{g['recall_masked']['chance_colour']:.2f}")
-
-
 def memory_colour() -> str:
     """The memory candidate's colour recall at 1x against its gate, and its training time."""
     from toolkit.worlds.memory.evaluate import COLOUR_GATE

@@ -73,7 +73,6 @@ def recall_line(scalars: Mapping[str, float]) -> str | None:
 _DOCS = "toolkit.worlds.memory.docfigures"
 FIGURES = {
     "memory-returns": f"{_DOCS}:memory_returns",
-    "memory-gates": f"{_DOCS}:memory_gates",
     "memory-colour": f"{_DOCS}:memory_colour",
     "memory-gates-table": f"{_DOCS}:memory_gates_table",
     "compressor-use": f"{_DOCS}:compressor_use",
