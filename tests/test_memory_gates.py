@@ -5,10 +5,11 @@ import json
 
 import pytest
 
+from toolkit.worlds.memory import WEIGHTS_DIR
 from toolkit.worlds.memory import gates as g
-from toolkit.worlds.sprites.model import WEIGHTS_DIR, load_world
+from toolkit.worlds.sprites.model import load_world
 
-SHIPPED = "world-memory.safetensors"
+SHIPPED = "world-memory-v2.safetensors"  # model=world-memory
 
 
 def _verdicts(result: dict) -> list[bool]:
