@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 from toolkit.core.rollout import rollout
 from toolkit.metrics import MetricInput, Unavailable
 from toolkit.worlds.memory.evaluate import as_prompt
-from toolkit.worlds.memory.metrics import chance, is_beyond, kappa, moment_rows
+from toolkit.worlds.memory.metrics import block_sprites, chance, is_beyond, kappa, moment_rows
 from toolkit.worlds.memory.reference import Oracle, swap_partner
 from toolkit.worlds.memory.scenes import schedule_for_seed
 
@@ -74,8 +74,6 @@ def arm_rows(model: Any, strategy: Any, seed: int, split: str, frames: int) -> l
         out = rollout(model, strategy, [as_prompt(sched)], frames, seed=seed)
     inp = MetricInput(frames=out.frames[0], prompt=as_prompt(sched), spec=model.spec)
     rows = moment_rows(inp)
-    from toolkit.worlds.memory.metrics import block_sprites
-
     sprites = block_sprites(inp)
     for r in rows:
         r["intro"] = (seed, r["intro"])  # sprites of different schedules differ

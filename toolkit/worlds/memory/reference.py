@@ -32,7 +32,7 @@ from toolkit.core.cache import (
     usage,
 )
 from toolkit.core.spec import ModelSpec
-from toolkit.worlds.memory.scenes import Shot, instances_of
+from toolkit.worlds.memory.scenes import Shot, batch_shots, instances_of
 
 PICKS = ("needed", "wrong", "swap")
 
@@ -103,15 +103,7 @@ class Oracle(KeepBlocksStrategy):
         return self.sink_recent(index, upcoming, self.sink_frames, self.recent_frames, "mid")
 
     def _shots(self, upto: int) -> list[Shot]:
-        if not self.schedules:
-            raise ValueError(f"{type(self).__name__} reads the memory world's prompt schedule: "
-                             "run it through the harness with memory-world prompts")
-        bf = self.spec.block_frames
-        per_video = [[s.at(b * bf) for b in range(upto + 1)] for s in self.schedules]
-        if any(p != per_video[0] for p in per_video[1:]):
-            raise ValueError(f"{type(self).__name__} keeps one set of blocks for the batch: "
-                             "every video must have the same schedule")
-        return [p if isinstance(p, Shot) else Shot.from_text(str(p)) for p in per_video[0]]
+        return batch_shots(self.schedules, upto, self.spec.block_frames, type(self).__name__)
 
     def chosen(self, index: int) -> list[int]:
         """The mid blocks block ``index`` attends."""

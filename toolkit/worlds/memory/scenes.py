@@ -301,6 +301,20 @@ def instances_of(shots: Sequence[Shot]) -> list[int]:
     return out
 
 
+def batch_shots(schedules: Sequence, upto: int, block_frames: int, who: str) -> list[Shot]:
+    """The shots of blocks ``0 .. upto`` of a batch's prompt schedules (``PromptSchedule``s
+    of memory-world shots or their text), which must be one schedule: ``who`` keeps one set
+    of blocks for the whole batch. Raises ValueError naming ``who`` otherwise."""
+    if not schedules:
+        raise ValueError(f"{who} reads the memory world's prompt schedule: run it through the "
+                         "harness with memory-world prompts")
+    per_video = [[s.at(b * block_frames) for b in range(upto + 1)] for s in schedules]
+    if any(p != per_video[0] for p in per_video[1:]):
+        raise ValueError(f"{who} keeps one set of blocks for the batch: every video must have "
+                         "the same schedule")
+    return [p if isinstance(p, Shot) else Shot.from_text(str(p)) for p in per_video[0]]
+
+
 def return_moments(shots: Schedule | Sequence[Shot]) -> list[ReturnMoment]:
     """Every cut back to a scene (a block whose sprite was not on screen in the block before).
 

@@ -24,7 +24,13 @@ from toolkit.core.schedule import PromptSchedule
 from toolkit.core.spec import ModelSpec
 from toolkit.models.weights import find_weights, missing_weights
 from toolkit.models.zoo import TokenPromptEncoder
-from toolkit.worlds.memory.scenes import SCENE_VOCAB_SIZE, Shot, instances_of, schedule_for_seed
+from toolkit.worlds.memory.scenes import (
+    SCENE_VOCAB_SIZE,
+    Shot,
+    batch_shots,
+    instances_of,
+    schedule_for_seed,
+)
 from toolkit.worlds.sprites import WEIGHTS_DIR
 from toolkit.worlds.sprites.sim import (
     FRAME_SIZE,
@@ -142,12 +148,8 @@ class MemoryWorldModel(WanCausalModel):
         """Earlier blocks that showed the sprite block ``index`` shows (the world's truth,
         for reference selections such as PackForcing's ``selection=truth``); one schedule for
         the whole batch."""
-        bf = self.spec.block_frames
-        per_video = [[s.at(b * bf) for b in range(index + 1)] for s in schedules]
-        if any(p != per_video[0] for p in per_video[1:]):
-            raise ValueError("needed blocks of a batch: every video must have the same schedule")
-        inst = instances_of([p if isinstance(p, Shot) else Shot.from_text(str(p))
-                             for p in per_video[0]])
+        inst = instances_of(batch_shots(schedules, index, self.spec.block_frames,
+                                        "selection by the memory world's truth"))
         return [b for b in range(index) if inst[b] == inst[index]]
 
     def default_prompt(self, seed: int) -> PromptSchedule:
