@@ -128,3 +128,12 @@ def memory_selection_24x() -> str:
                    f"{r['kappa_beyond_colour']:.2f} |")
     return "\n".join(out) + "\n"
 
+
+def memory_v2_validation() -> str:
+    """Rows of the v2 run's validation curve (layout recall on val contexts), from its card."""
+    rows = [r for r in card("world-memory-v2")["validation_curve"] if r["step"] % 1000 == 0]
+    return "\n" + "\n".join(
+        f"| {r['step']:,} | {r['val_oracle']:.2f} | {r['val_wrong']:.2f} | "
+        f"{r['val_swap']:.2f} ({r['val_swap_wrong']:.2f}) | "
+        f"{r['val_mirror']:.2f} ({r['val_mirror_wrong']:.2f}) |" for r in rows) + "\n"
+

@@ -78,7 +78,8 @@ FIGURES = {
     "compressor-use": f"{_DOCS}:compressor_use",
     "memory-v2-gates-24x": f"{_DOCS}:memory_v2_gates_24x",
     "memory-v2-gates-1x": f"{_DOCS}:memory_v2_gates_1x",
-    "memory-selection-24x": f"{_DOCS}:memory_selection_24x"}
+    "memory-selection-24x": f"{_DOCS}:memory_selection_24x",
+    "memory-v2-validation": f"{_DOCS}:memory_v2_validation"}
 
 
 WORLD = install(World(
