@@ -173,9 +173,10 @@ def measure(model: Any, seeds: Sequence[int] = GATE_SEEDS, split: str = "heldout
                     per_seed[name].update(by)
         per_seed = {name: dict(sorted(by.items())) for name, by in per_seed.items()}
     else:
-        jobs = [(name, seed) for seed in seeds for name in arms(bf)]
+        strategies = arms(bf)  # each rollout binds (and so resets) its strategy
+        jobs = [(name, seed) for seed in seeds for name in strategies]
         for name, seed in tqdm(jobs, desc=f"gates ({split})", disable=not progress):
-            per_seed[name][seed] = arm_rows(model, arms(bf)[name], seed, split, frames)
+            per_seed[name][seed] = arm_rows(model, strategies[name], seed, split, frames)
     summary = {name: summarise(by) for name, by in per_seed.items()}
     bracket = paired_bracket(per_seed)
     checks = {
