@@ -169,8 +169,9 @@ def test_html_opens_in_headless_chromium(store, tmp_path):
     found = re.search(r"images=(\d+) broken=(\d+) inline=(\d+) tables=(\d+)", dom)
     assert found, f"the probe did not run; DOM starts {dom[:300]!r}"
     images, broken, inline, tables = map(int, found.groups())
-    assert images == 6 + 3 and broken == 0 and inline == images  # 6 curves, 3 filmstrips
-    assert tables == 1 + 7 + 1 + 1 + 3  # runs, headline, scalars, filmstrips, provenance
+    assert images == 1 + 6 + 3 and broken == 0 and inline == images  # front, 6 curves, 3 strips
+    # the front, runs, headline (7 measures), scalars (2), filmstrips, provenance (3)
+    assert tables == 1 + 1 + 7 + 2 + 1 + 3
     for heading in ("Headline: the length marks", "Whole-run scalars", "Provenance"):
         assert heading in dom
     shot = tmp_path / "report.png"
