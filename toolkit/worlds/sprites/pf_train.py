@@ -73,6 +73,14 @@ from strategies.compressors import (
 )
 from strategies.packforcing_layout import Layout, block_errors, contexts, pack_layout, predict
 from toolkit.models.weights import find_weights
+from toolkit.worlds.memory.pf_topk import (
+    TopkSetup,
+    make_topk_batch,
+    sample_contexts,
+    selection_loss,
+    topk_step,
+    topk_use,
+)
 from toolkit.worlds.memory.scenes import ClipMix, sample_clips
 from toolkit.worlds.memory.train import colour_recall, encode_shots, return_weights
 from toolkit.worlds.sprites.model import (
@@ -112,6 +120,11 @@ class PFTrainConfig:
         eval_every: steps between context-use diagnostics (0: only at the end).
         memory_share / return_weight: memory world only: share of clips ending in a mid-only
             return, and the loss weight of returning blocks (as its base recipe).
+        candidates / top_k / select_weight: memory world only: ``candidates`` > 0 trains on
+            packed return contexts where top-k picks ``top_k`` of that many archived blocks,
+            scored as at inference (``toolkit.worlds.memory.pf_topk``; clip_frames and the
+            partitions are then the packed layout's); ``select_weight`` > 0 adds its selection
+            loss. 0: the in-clip recipe.
     """
 
     init: str = ""
@@ -147,6 +160,9 @@ class PFTrainConfig:
     device: str = "cpu"
     memory_share: float = 0.9
     return_weight: float = 5.0
+    candidates: int = 0
+    top_k: int = 2
+    select_weight: float = 0.0
 
 
 def memory_world(model: WorldModel) -> bool:
@@ -217,13 +233,53 @@ def context_use(model: WorldModel, compressor: Compressor, cfg: PFTrainConfig,
     return row
 
 
+def topk_setup(cfg: PFTrainConfig) -> TopkSetup:
+    return TopkSetup(cfg.candidates, cfg.top_k, kv=cfg.kv, spatial=cfg.spatial)
+
+
+def step_loss(cfg: PFTrainConfig, model: WorldModel, compressor: Compressor,
+              layout: Layout | None, step: int, gen: torch.Generator
+              ) -> tuple[torch.Tensor, dict[str, float]]:
+    """The loss of one step and its logged parts: the in-clip pass (``layout``), or a packed
+    top-k step (``candidates`` > 0)."""
+    if layout is None:
+        contexts = sample_contexts(cfg.batch, cfg.candidates, model.spec.block_frames,
+                                   (cfg.seed + 7919) * 1_000_003 + step, "train")
+        batch = make_topk_batch(model, contexts, encode_shots)
+        out = topk_step(model, compressor, topk_setup(cfg), batch, gen, cfg.sigma_shift)
+        loss = (out["err"] * loss_weights(out["sigma"], cfg.min_sigma_weight)).mean()
+        stats = {"err_return": loss.item(), "topk_hit": out["hit"].float().mean().item()}
+        if cfg.select_weight > 0:
+            select = selection_loss(out["scores"], batch.needed)
+            loss = loss + cfg.select_weight * select
+            stats["select"] = select.item()
+        return loss, {"loss": loss.item(), **stats}
+    x0, xt, sigma, cond, scheds = make_batch(cfg, model, step, gen)
+    err = block_errors(model, predict(model, compressor, layout, x0, xt, sigma, cond, cfg.kv), x0)
+    weight = loss_weights(sigma, cfg.min_sigma_weight)
+    if scheds is not None and cfg.return_weight != 1.0:
+        weight = weight * return_weights(scheds, err.shape[1], cfg.return_weight)
+    loss = (err * weight).mean()
+    has_mid = layout.has_mid.to(err.device)
+    return loss, {"loss": loss.item(), "err_mid": err[:, has_mid].mean().item(),
+                  "err_nomid": err[:, ~has_mid].mean().item()}
+
+
+def diagnostics(model: WorldModel, compressor: Compressor, cfg: PFTrainConfig,
+                layout: Layout | None) -> dict[str, float]:
+    """``context_use`` of the in-clip recipe, or ``topk_use`` of the packed one."""
+    if layout is None:
+        return topk_use(model, compressor, topk_setup(cfg), encode_shots)
+    return context_use(model, compressor, cfg, layout)
+
+
 # -- the recipe --------------------------------------------------------------------------------
 def lr_scale(cfg: PFTrainConfig, step: int) -> float:
     """Linear warm-up, then cosine to ``min_lr_ratio`` (a factor on both peak rates)."""
     return cosine_factor(step, cfg.warmup, cfg.steps, cfg.min_lr_ratio)
 
 
-def validate(cfg: PFTrainConfig, spec) -> None:
+def validate(cfg: PFTrainConfig, spec, memory: bool = True) -> None:
     """Raise ValueError for settings the in-clip partitions cannot realise."""
     if compressor_class(cfg.compressor).kind != "tokens":
         raise ValueError(f"compressor={cfg.compressor!r} compresses K/V, which no model pass "
@@ -244,6 +300,11 @@ def validate(cfg: PFTrainConfig, spec) -> None:
                          f"must total at most clip_frames - 2 blocks ({cfg.clip_frames - 2 * bf})")
     if cfg.batch < 1 or cfg.steps < 1:
         raise ValueError("batch and steps must be >= 1")
+    if cfg.candidates:
+        if not memory:
+            raise ValueError(f"candidates={cfg.candidates}: packed top-k training needs the "
+                             "memory world (init=world-memory-...); 0 trains in-clip")
+        topk_setup(cfg)  # top_k must choose: 1 <= top_k < candidates
 
 
 def command(cfg: PFTrainConfig) -> str:
@@ -299,7 +360,7 @@ def train_packforcing(cfg: PFTrainConfig, log=print) -> Path:
                 f.write(line + "\n")
 
     model, compressor = build_modules(cfg)
-    validate(cfg, model.spec)
+    validate(cfg, model.spec, memory_world(model))
     init_path = find_weights(cfg.init) if cfg.init else WEIGHTS_DIR / "world-model.safetensors"
     init_card = dict(model.card)
     world_cfg = WorldConfig(**init_card["config"])
@@ -333,29 +394,26 @@ def train_packforcing(cfg: PFTrainConfig, log=print) -> Path:
         if changed:
             was = {k: state["config"][k] for k in changed}
             emit(f"warning: resuming with changed settings {changed} (checkpoint: {was})")
-    layout = pack_layout(model.spec, compressor, cfg.clip_frames, cfg.sink_frames,
-                         cfg.recent_frames, cfg.spatial, cfg.clean_context)
-    emit(json.dumps({"layout": {"blocks": [{"block": b, "sink": s, "mid": m, "recent": r}
-                                           for b, (s, m, r) in enumerate(layout.ctx)],
-                                "compressed_tokens_per_block": layout.per_block,
-                                "queries": int(layout.mask.shape[0]),
-                                "keys": int(layout.mask.shape[1])}}))
+    layout = None if cfg.candidates else pack_layout(
+        model.spec, compressor, cfg.clip_frames, cfg.sink_frames, cfg.recent_frames, cfg.spatial,
+        cfg.clean_context)
+    if layout is None:
+        emit(json.dumps({"layout": {"candidates": cfg.candidates, "top_k": cfg.top_k}}))
+    else:
+        emit(json.dumps({"layout": {"blocks": [{"block": b, "sink": s, "mid": m, "recent": r}
+                                               for b, (s, m, r) in enumerate(layout.ctx)],
+                                    "compressed_tokens_per_block": layout.per_block,
+                                    "queries": int(layout.mask.shape[0]),
+                                    "keys": int(layout.mask.shape[1])}}))
     began = time.time() - (history[-1]["elapsed"] if history else 0.0)
-    has_mid = layout.has_mid.to(model.device)
-    acc: dict[str, list[float]] = {"loss": [], "err_mid": [], "err_nomid": []}
+    acc: dict[str, list[float]] = {}
     with model.attach(), ema_model.attach():
         bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="packforcing")
         for step in bar:
             scale = lr_scale(cfg, step)
             for g in opt.param_groups:
                 g["lr"] = g["peak"] * scale
-            x0, xt, sigma, cond, scheds = make_batch(cfg, model, step, gen)
-            err = block_errors(model, predict(model, compressor, layout, x0, xt, sigma, cond,
-                                              cfg.kv), x0)
-            weight = loss_weights(sigma, cfg.min_sigma_weight)
-            if scheds is not None and cfg.return_weight != 1.0:
-                weight = weight * return_weights(scheds, err.shape[1], cfg.return_weight)
-            loss = (err * weight).mean()
+            loss, stats = step_loss(cfg, model, compressor, layout, step, gen)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip > 0:
@@ -366,20 +424,19 @@ def train_packforcing(cfg: PFTrainConfig, log=print) -> Path:
                     for src, dst in ((model, ema_model), (compressor, ema_comp)):
                         for pe, pm in zip(dst.parameters(), src.parameters(), strict=True):
                             pe.lerp_(pm, 1 - cfg.ema)
-            acc["loss"].append(loss.item())
-            acc["err_mid"].append(err[:, has_mid].mean().item())
-            acc["err_nomid"].append(err[:, ~has_mid].mean().item())
+            for key, value in stats.items():
+                acc.setdefault(key, []).append(value)
             bar.set_postfix(loss=f"{loss.item():.4f}")
             done = step + 1 == cfg.steps
             if (step + 1) % cfg.log_every == 0 or done:
                 row: dict[str, Any] = {"step": step + 1}
                 row.update({k: sum(v) / len(v) for k, v in acc.items()})
                 row["elapsed"] = time.time() - began
-                acc = {k: [] for k in acc}
+                acc = {}
                 if (cfg.eval_every and (step + 1) % cfg.eval_every == 0) or done:
                     eval_model, eval_comp = ((ema_model, ema_comp) if cfg.ema > 0
                                              else (model, compressor))
-                    row.update(context_use(eval_model, eval_comp, cfg, layout))
+                    row.update(diagnostics(eval_model, eval_comp, cfg, layout))
                 history.append(row)
                 emit(json.dumps(row))
             if (step + 1) % cfg.ckpt_every == 0 or done:
@@ -397,15 +454,19 @@ def train_packforcing(cfg: PFTrainConfig, log=print) -> Path:
 def file_names(cfg: PFTrainConfig, world_cfg: WorldConfig) -> tuple[str, str | None]:
     """Exported world weights and compressor weights (None: the compressor has no parameters).
 
-    Sprite world: world-model-pf / compressor-hr; memory world: world-memory-pf-<compressor> /
-    compressor-memory-<compressor>, one pair per trained variant.
+    Sprite world: world-model-pf / compressor-hr; memory world: world-memory<tag>-pf-<compressor>
+    / compressor-memory<tag>-<compressor>, one pair per trained variant, ``<tag>`` the initial
+    weights' (``init=world-memory-v2.safetensors``: ``-v2``); ``-select`` ends the names of a
+    run with the selection loss.
     """
     learned = compressor_class(cfg.compressor).learned
     if world_cfg.world == "sprites":
         return WORLD_FILE, COMPRESSOR_FILE if learned else None
-    name = cfg.compressor
-    return (f"world-memory-pf-{name}.safetensors",
-            f"compressor-memory-{name}.safetensors" if learned else None)
+    name = cfg.compressor + ("-select" if cfg.candidates and cfg.select_weight > 0 else "")
+    stem = Path(cfg.init).name.removesuffix(".safetensors")
+    tag = stem.removeprefix("world-memory") if stem.startswith("world-memory") else ""
+    return (f"world-memory{tag}-pf-{name}.safetensors",
+            f"compressor-memory{tag}-{name}.safetensors" if learned else None)
 
 
 def export(cfg: PFTrainConfig, model: WorldModel, compressor: Compressor, world_cfg: WorldConfig,
@@ -422,8 +483,9 @@ def export(cfg: PFTrainConfig, model: WorldModel, compressor: Compressor, world_
                 "hr_channels": cfg.hr_channels, "kv": cfg.kv, "spatial": cfg.spatial,
                 "compressor_weights": comp_file}
     last = history[-1] if history else {}
-    evals = [r for r in history if "mid_use" in r]
-    keys = ("gap_mid", "gap_nomid", "mid_use", "return_ratio", "colour_shown", "colour_hidden")
+    evals = [r for r in history if "mid_use" in r or "return_ratio" in r]
+    keys = ("gap_mid", "gap_nomid", "mid_use", "return_ratio", "colour_shown", "colour_hidden",
+            "topk_hit", "chance_hit")
     card = {
         "recipe": "packforcing",
         "command": command(cfg),
