@@ -122,10 +122,13 @@ def memory_selection_24x() -> str:
     data = json.loads(ARTIFACT.read_text())
     out = ["", "| selection | holds a needed block (return x layer) | of returns 4+ back | "
            "recall given a hit / a miss | kappa (beyond, colour) |", "|---|---|---|---|---|"]
-    for name, r in data.items():
+    for name, r in data["arms"].items():
         out.append(f"| {name} | {r['hit']:.2f} | {r['hit_beyond']:.2f} | "
                    f"{r['recall_hit']:.2f} / {r['recall_miss']:.2f} | "
                    f"{r['kappa_beyond_colour']:.2f} |")
+    seeds = ", ".join(str(s) for s in data["seeds"])
+    out.append(f"\n{data['split']} schedules of run seeds {seeds}, 480 latent frames each "
+               "(`python -m toolkit.worlds.memory.hits`).")
     return "\n".join(out) + "\n"
 
 

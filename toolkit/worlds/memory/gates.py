@@ -146,7 +146,7 @@ def paired_bracket(per_seed: dict[str, dict[int, list[dict]]]) -> dict[str, floa
 def _seed_rows(path: str, seeds: Sequence[int], split: str, frames: int
                ) -> dict[str, dict[int, list[dict]]]:
     """Rows of every arm for some schedules, in a worker process (one thread)."""
-    from toolkit.world.model import load_world
+    from toolkit.worlds.sprites.model import load_world
 
     torch.set_num_threads(1)
     model = load_world(path)

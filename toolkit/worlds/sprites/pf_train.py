@@ -61,6 +61,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -124,7 +125,8 @@ class PFTrainConfig:
             packed return contexts where top-k picks ``top_k`` of that many archived blocks,
             scored as at inference (``toolkit.worlds.memory.pf_topk``; clip_frames and the
             partitions are then the packed layout's); ``select_weight`` > 0 adds its selection
-            loss. 0: the in-clip recipe.
+            loss. 0: the in-clip recipe. ``packed_share`` < 1 mixes in in-clip steps (a seeded
+            share of the steps), which train reading compressed blocks on every block.
     """
 
     init: str = ""
@@ -163,6 +165,7 @@ class PFTrainConfig:
     candidates: int = 0
     top_k: int = 2
     select_weight: float = 0.0
+    packed_share: float = 1.0
 
 
 def memory_world(model: WorldModel) -> bool:
@@ -241,8 +244,11 @@ def step_loss(cfg: PFTrainConfig, model: WorldModel, compressor: Compressor,
               layout: Layout | None, step: int, gen: torch.Generator
               ) -> tuple[torch.Tensor, dict[str, float]]:
     """The loss of one step and its logged parts: the in-clip pass (``layout``), or a packed
-    top-k step (``candidates`` > 0)."""
-    if layout is None:
+    top-k step (``candidates`` > 0, on a ``packed_share`` of the steps)."""
+    packed = cfg.candidates > 0 and (
+        cfg.packed_share >= 1.0
+        or np.random.default_rng([cfg.seed, step, 17]).random() < cfg.packed_share)
+    if packed:
         contexts = sample_contexts(cfg.batch, cfg.candidates, model.spec.block_frames,
                                    (cfg.seed + 7919) * 1_000_003 + step, "train")
         batch = make_topk_batch(model, contexts, encode_shots)
@@ -267,10 +273,11 @@ def step_loss(cfg: PFTrainConfig, model: WorldModel, compressor: Compressor,
 
 def diagnostics(model: WorldModel, compressor: Compressor, cfg: PFTrainConfig,
                 layout: Layout | None) -> dict[str, float]:
-    """``context_use`` of the in-clip recipe, or ``topk_use`` of the packed one."""
-    if layout is None:
-        return topk_use(model, compressor, topk_setup(cfg), encode_shots)
-    return context_use(model, compressor, cfg, layout)
+    """``context_use`` of the in-clip recipe, and ``topk_use`` of the packed one."""
+    row = {} if layout is None else context_use(model, compressor, cfg, layout)
+    if cfg.candidates:  # the packed diagnostic's names win: it is the layout of inference
+        row.update(topk_use(model, compressor, topk_setup(cfg), encode_shots))
+    return row
 
 
 # -- the recipe --------------------------------------------------------------------------------
@@ -301,6 +308,8 @@ def validate(cfg: PFTrainConfig, spec, memory: bool = True) -> None:
     if cfg.batch < 1 or cfg.steps < 1:
         raise ValueError("batch and steps must be >= 1")
     if cfg.candidates:
+        if not 0.0 < cfg.packed_share <= 1.0:
+            raise ValueError(f"packed_share={cfg.packed_share}: must be in (0, 1]")
         if not memory:
             raise ValueError(f"candidates={cfg.candidates}: packed top-k training needs the "
                              "memory world (init=world-memory-...); 0 trains in-clip")
@@ -394,11 +403,12 @@ def train_packforcing(cfg: PFTrainConfig, log=print) -> Path:
         if changed:
             was = {k: state["config"][k] for k in changed}
             emit(f"warning: resuming with changed settings {changed} (checkpoint: {was})")
-    layout = None if cfg.candidates else pack_layout(
+    layout = None if cfg.candidates and cfg.packed_share >= 1.0 else pack_layout(
         model.spec, compressor, cfg.clip_frames, cfg.sink_frames, cfg.recent_frames, cfg.spatial,
         cfg.clean_context)
-    if layout is None:
-        emit(json.dumps({"layout": {"candidates": cfg.candidates, "top_k": cfg.top_k}}))
+    if cfg.candidates:
+        emit(json.dumps({"layout": {"candidates": cfg.candidates, "top_k": cfg.top_k,
+                                    "packed_share": cfg.packed_share}}))
     else:
         emit(json.dumps({"layout": {"blocks": [{"block": b, "sink": s, "mid": m, "recent": r}
                                                for b, (s, m, r) in enumerate(layout.ctx)],
@@ -457,12 +467,13 @@ def file_names(cfg: PFTrainConfig, world_cfg: WorldConfig) -> tuple[str, str | N
     Sprite world: world-model-pf / compressor-hr; memory world: world-memory<tag>-pf-<compressor>
     / compressor-memory<tag>-<compressor>, one pair per trained variant, ``<tag>`` the initial
     weights' (``init=world-memory-v2.safetensors``: ``-v2``); ``-select`` ends the names of a
-    run with the selection loss.
+    run with the selection loss, ``-mixed`` of one mixing in in-clip steps.
     """
     learned = compressor_class(cfg.compressor).learned
     if world_cfg.world == "sprites":
         return WORLD_FILE, COMPRESSOR_FILE if learned else None
-    name = cfg.compressor + ("-select" if cfg.candidates and cfg.select_weight > 0 else "")
+    name = cfg.compressor + ("-select" if cfg.candidates and cfg.select_weight > 0 else "") + (
+        "-mixed" if cfg.candidates and cfg.packed_share < 1.0 else "")
     stem = Path(cfg.init).name.removesuffix(".safetensors")
     tag = stem.removeprefix("world-memory") if stem.startswith("world-memory") else ""
     return (f"world-memory{tag}-pf-{name}.safetensors",
