@@ -52,7 +52,6 @@ JSON-line log rows with the context-use diagnostic; exports the fine-tuned world
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import platform
 import shlex
@@ -90,6 +89,7 @@ from toolkit.worlds.sprites.model import (
     WorldModel,
     load_world,
     save_world,
+    sha256,
 )
 from toolkit.worlds.sprites.sim import FRAME_SIZE, sample_batch
 from toolkit.worlds.sprites.train import cosine_factor, loss_weights, noise_blocks
@@ -328,10 +328,6 @@ def command(cfg: PFTrainConfig) -> str:
     return shlex.join(parts)
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def _shown(path: Path) -> str:
     """A path relative to the repository when it lies inside it."""
     root = WEIGHTS_DIR.parents[3]
@@ -516,7 +512,7 @@ def export(cfg: PFTrainConfig, model: WorldModel, compressor: Compressor, world_
         "frame_size": FRAME_SIZE,
     }
     if comp_path is not None:
-        card["compressor"] = {"file": comp_file, "sha256": _sha256(comp_path),
+        card["compressor"] = {"file": comp_file, "sha256": sha256(comp_path),
                               "name": cfg.compressor, "saved_branch": "hr"}
     world_path = save_world(model, world_cfg, folder / world_file, card)
     if comp_path is not None:
