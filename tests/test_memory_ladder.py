@@ -34,7 +34,8 @@ def test_ladder_reads_means_per_strategy_and_length(tmp_path):
     text = table(data)
     rows = [line for line in text.splitlines() if line.startswith("| ")]
     assert rows[0] == "| strategy | 4x |" and rows[1].startswith("| oracle | 0.70 (22)")
-    assert rows[2].startswith("| oracle-wrong |") and rows[3].startswith("| window | 0.20 (9)")
+    assert rows[3] == "| window | (9) |"  # too few returns to show a value
+    assert rows[2].startswith("| oracle-wrong |")
     assert draw(data, tmp_path / "ladder.png").stat().st_size > 5000
 
 

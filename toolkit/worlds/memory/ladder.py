@@ -26,6 +26,8 @@ PICTURE = DOCS / "memory-ladder.png"
 MEASURE = "recall_kappa/beyond_colour"
 COUNT = "recall_beyond/count"
 BRACKET = ("oracle", "oracle-wrong")
+#: Fewest readable returns (all seeds) a point is drawn and tabled with.
+MIN_RETURNS = 10
 
 
 def collect(uri: str, experiment: str = "memory_ladder", train_frames: int = 20
@@ -65,7 +67,7 @@ def draw(data: dict[str, Any], path: Path = PICTURE) -> Path:
     def series(name: str) -> tuple[list[float], list[float]]:
         rows = data["strategies"].get(name, {})
         pts = sorted((int(f) / train, r["kappa"]) for f, r in rows.items()
-                     if r["kappa"] is not None)
+                     if r["kappa"] is not None and r["returns"] >= MIN_RETURNS)
         return [p[0] for p in pts], [p[1] for p in pts]
 
     (x_hi, hi), (x_lo, lo) = series(BRACKET[0]), series(BRACKET[1])
@@ -78,11 +80,12 @@ def draw(data: dict[str, Any], path: Path = PICTURE) -> Path:
         ax.plot(xs, ys, label=name, linewidth=1.4, markersize=3.5, **style)
     ax.axhline(0.0, color="0.4", linewidth=0.8)
     ax.set_xscale("log", base=2)
-    ax.set_xticks([int(f) / train for f in data["lengths"] if int(f) > train])
-    ax.set_xticklabels([f"{int(f) // train}x" for f in data["lengths"] if int(f) > train])
+    shown = [int(f) for f in data["lengths"] if int(f) > train]
+    ax.set_xticks([f / train for f in shown], [f"{f // train}x" for f in shown])
     ax.set_xlabel("video length (x the 20-frame training clip)")
     ax.set_ylabel("kappa of colour recall (returns 4+ blocks back)")
-    ax.set_title("memory ladder: chance-corrected recall against length (mean of seeds)")
+    ax.set_title("memory ladder: chance-corrected recall against length (mean of seeds; "
+                 f"points with {MIN_RETURNS}+ returns)", fontsize=10)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -102,14 +105,18 @@ def table(data: dict[str, Any]) -> str:
         cells = []
         for f in lengths:
             r = data["strategies"][name].get(str(f))
-            cells.append("-" if r is None or r["kappa"] is None
-                         else f"{r['kappa']:.2f} ({r['returns']:.0f})")
+            if r is None or r["kappa"] is None:
+                cells.append("-")
+            elif r["returns"] < MIN_RETURNS:
+                cells.append(f"({r['returns']:.0f})")
+            else:
+                cells.append(f"{r['kappa']:.2f} ({r['returns']:.0f})")
         out.append(f"| {name} | " + " | ".join(cells) + " |")
     seeds = sorted({s for rows in data["strategies"].values() for r in rows.values()
                     for s in r["seeds"]})
     out.append(f"\nkappa of `{data['measure']}`, mean of run seeds {seeds} (in brackets: the "
-               "readable returns 4+ blocks back behind it, all seeds); "
-               "`python -m toolkit.worlds.memory.ladder`.")
+               f"readable returns 4+ blocks back behind it, all seeds; under {MIN_RETURNS} the "
+               "value is not shown); `python -m toolkit.worlds.memory.ladder`.")
     return "\n".join(out) + "\n"
 
 
