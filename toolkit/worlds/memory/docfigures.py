@@ -140,3 +140,40 @@ def memory_v2_validation() -> str:
         f"{r['val_swap']:.2f} ({r['val_swap_wrong']:.2f}) | "
         f"{r['val_mirror']:.2f} ({r['val_mirror_wrong']:.2f}) |" for r in rows) + "\n"
 
+
+
+def memory_ladder() -> str:
+    """The horizon ladder's table (``toolkit.worlds.memory.ladder``, its committed artifact)."""
+    import json
+
+    from toolkit.worlds.memory.ladder import ARTIFACT, table
+
+    return table(json.loads(ARTIFACT.read_text()))
+
+
+def memory_pf_v2_val() -> str:
+    """The compressor fine-tunes of world-memory-v2 on validation schedules at 24x (the numbers
+    the shipped two were chosen on), from ``docs/artifacts/memory-pf-v2-val.json``."""
+    import json
+    from pathlib import Path
+
+    data = json.loads((Path(__file__).resolve().parents[3] / "docs" / "artifacts"
+                       / "memory-pf-v2-val.json").read_text())
+    runs = {f.removeprefix("world-memory-v2-pf-").removesuffix(".safetensors"): r
+            for f, r in data["runs"].items()}
+    out = ["", "| fine-tune | steps, selection loss, in-clip share | training (CPU) | top-k "
+           "holds a needed block | kappa (beyond, colour), top-k | with truth selection | "
+           "readable returns 4+ back |", "|---|---|---|---|---|---|---|"]
+    for name, run in runs.items():
+        args = dict(a.split("=", 1) for a in run["command"].split() if "=" in a)
+        recipe = (f"{int(args['steps']):,}, {float(args.get('select_weight', 0)):g}, "
+                  f"{1 - float(args.get('packed_share', 1)):g}")
+        top = data["arms"].get(f"topk, fine-tuned {name}")
+        truth = data["arms"].get(f"truth, fine-tuned {name}")
+        if top is None:
+            continue
+        out.append(f"| `{name}` | {recipe} | {run['wall_minutes']:.0f} min | {top['hit']:.2f} | "
+                   f"{top['kappa_beyond_colour']:.2f} | "
+                   + (f"{truth['kappa_beyond_colour']:.2f}" if truth else "-")
+                   + f" | {top['beyond_n']:.0f} |")
+    return "\n".join(out) + "\n"

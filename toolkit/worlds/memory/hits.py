@@ -44,13 +44,20 @@ FINE_TUNES = {
     "dual-select": ("world-memory-v2-pf-dual-select.safetensors", "dual",
                     "compressor-memory-v2-dual-select.safetensors"),
     "lr-select": ("world-memory-v2-pf-lr-select.safetensors", "lr", None),
+    "dual-select-mixed": ("world-memory-v2-pf-dual-select-mixed.safetensors", "dual",
+                          "compressor-memory-v2-dual-select-mixed.safetensors"),
+    "lr-select-mixed": ("world-memory-v2-pf-lr-select-mixed.safetensors", "lr", None),
 }
 
 
-def fine_tune_arms(folder: str | None = None) -> dict[str, tuple[str, dict[str, Any]]]:
-    """Top-k and truth arms of every fine-tune (weights by name, or in ``folder``)."""
+def fine_tune_arms(folder: str | None = None, names: Sequence[str] | None = None
+                   ) -> dict[str, tuple[str, dict[str, Any]]]:
+    """Top-k and truth arms of the fine-tunes ``names`` (all: None), their weights by name
+    or in ``folder``."""
     out = {}
     for name, (world, comp, weights) in FINE_TUNES.items():
+        if names is not None and name not in names:
+            continue
         where = (lambda f: str(Path(folder) / f)) if folder else (lambda f: f)
         extra = {"compressor": comp,
                  "compressor_weights": where(weights) if weights else None}
@@ -140,12 +147,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="add the fine-tunes' arms, their weights read from FOLDER "
                              "('shipped': the weights folder)")
     parser.add_argument("--only-fine-tunes", action="store_true")
+    parser.add_argument("--names", nargs="+", default=None, choices=sorted(FINE_TUNES),
+                        help="which fine-tunes (default: all)")
+    parser.add_argument("--no-truth", action="store_true", help="leave out the truth arms")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--out", default=str(ARTIFACT))
     args = parser.parse_args(argv)
     arms = {} if args.only_fine_tunes else dict(ARMS)
     if args.fine_tunes:
-        arms.update(fine_tune_arms(None if args.fine_tunes == "shipped" else args.fine_tunes))
+        arms.update(fine_tune_arms(None if args.fine_tunes == "shipped" else args.fine_tunes,
+                                   args.names))
+    if args.no_truth:
+        arms = {k: v for k, v in arms.items() if not k.startswith("truth")}
     result = measure(arms, args.seeds, args.split, workers=args.workers)
     result = {"split": args.split, "seeds": args.seeds, "arms": result}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

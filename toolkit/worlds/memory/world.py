@@ -79,7 +79,9 @@ FIGURES = {
     "memory-v2-gates-24x": f"{_DOCS}:memory_v2_gates_24x",
     "memory-v2-gates-1x": f"{_DOCS}:memory_v2_gates_1x",
     "memory-selection-24x": f"{_DOCS}:memory_selection_24x",
-    "memory-v2-validation": f"{_DOCS}:memory_v2_validation"}
+    "memory-v2-validation": f"{_DOCS}:memory_v2_validation",
+    "memory-ladder": f"{_DOCS}:memory_ladder",
+    "memory-pf-v2-val": f"{_DOCS}:memory_pf_v2_val"}
 
 
 WORLD = install(World(
