@@ -116,3 +116,33 @@ def test_memory_world_cuts_are_read_per_shot():
     assert got["switch_never"] == 0 and got["switch_response"] == 0 and got["carry_over"] == 0
     assert "switch_response/background" in got
     assert np.nanmean(got["fidelity/background"][1]) == 1.0
+
+
+def test_the_switching_experiment_sweeps_valid_schedules_with_returns():
+    """experiment=switching: its two schedules (swept as JSON text) parse as six-prompt
+    schedules of sprite-world prompts on block boundaries, each returning to an earlier prompt,
+    and it sweeps recache none / switch."""
+    from pathlib import Path
+
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    path = Path(__file__).parents[1] / "ablations" / "experiment" / "switching.yaml"
+    params = OmegaConf.load(path)["hydra"]["sweeper"]["params"]
+    assert str(params["recache"]).split(",") == ["none", "switch"]
+    [sweep] = OverridesParser.create().parse_overrides([f"prompt={params['prompt']}"])
+    schedules = [PromptSchedule.of(v.text) for v in sweep.sweep_iterator()]
+    assert len(schedules) == 2
+    for s in schedules:
+        s.check(4, 96)
+        texts = [p for _, p in s.segments]
+        assert len(texts) == 6 and all(Prompt.from_text(t) for t in texts)
+        assert any(t in texts[:i - 1] for i, t in enumerate(texts) if i > 1)  # a return
+
+
+def test_a_schedule_as_json_text_and_a_bracketed_prompt():
+    s = PromptSchedule.of('[[0, "a"], [4, "b"]]')
+    assert s.segments == ((0, "a"), (4, "b"))
+    assert PromptSchedule.of("[[cinematic]] a cat").segments == ((0, "[[cinematic]] a cat"),)
+    with pytest.raises(ValueError, match="must start at frame 0"):
+        PromptSchedule.of('[[4, "a"]]')

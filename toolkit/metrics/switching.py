@@ -42,6 +42,7 @@ import numpy as np
 from toolkit.metrics import spans
 from toolkit.metrics.base import MetricInput, Unavailable, metric, pool
 from toolkit.metrics.video import _boundary_changes
+from toolkit.plugins import Section
 
 #: The report's per-frame reading of each attribute (``World.report``).
 READS = {"background": "background_ok", "colour": "colours_ok", "shape": "shapes_ok",
@@ -311,3 +312,36 @@ def clip_switch_never(inp: MetricInput) -> float:
 def clip_carry_over(inp: MetricInput) -> float:
     """Latent frames after a switch that CLIP still reads as the old prompt (mean)."""
     return carry_scalars(clip_switches(inp))[""]
+
+
+#: The compare report's sections of these measures (tables left out when no run has them).
+SECTIONS = (
+    Section("Prompt switches",
+            ("switch_response", "switch_never", "carry_over", "switch_jump",
+             "switch_jump/blocks", "switch_response/background", "switch_response/colour",
+             "switch_response/shape", "switch_response/speed", "carry_over/colour",
+             "clip_switch_response", "clip_switch_never", "clip_carry_over"),
+            "Prompt switches: `switch_response`, latent frames from a switch until every "
+            "attribute the new prompt changes shows (mean over the switches that took; per "
+            "attribute after the slash); `switch_never`, the share of switches that never took "
+            "inside their span; `carry_over`, frames of the span still showing the previous "
+            "prompt's attributes; `switch_jump`, the frame change into a switch over the change "
+            "within blocks (1 = smooth; a cut is far above), beside the same ratio at the other "
+            "block boundaries (`switch_jump/blocks`). Per switch in the curves below "
+            "(`*_curve`, a switch that never took drawn at its span's length).",
+            curves=(("switch_response_curve", "frames until the new prompt shows, per switch",
+                     False),
+                    ("carry_over_curve", "frames still showing the old prompt, per switch",
+                     False),
+                    ("switch_jump_curve", "jump at each switch (change / within-block change)",
+                     True),
+                    ("span_fidelity", "prompt fidelity per span (against the prompt in force)",
+                     False))),
+    Section("KV re-cache at switches",
+            ("recache_seconds", "recache_seconds/total", "recache_bytes", "recache_bytes/work",
+             "recache_blocks", "recache_stale"),
+            "KV re-cache (`recache=switch`): per switch, the wall time of rebuilding every held "
+            "block's K/V under the new prompt, the bytes of K/V rewritten and the working bytes "
+            "beyond the cache, the blocks rebuilt, and the stand-ins a strategy could not "
+            "re-encode (kept as they were)."),
+)
