@@ -48,10 +48,13 @@ SYSTEM_FIGURES = (("kv_bytes", "KV cache held", True),
 
 
 def world_sections() -> list[Section]:
-    """The report sections of every registered world (``World.sections``)."""
+    """The report sections of the toolkit's own measures (prompt switches and the re-cache,
+    ``toolkit.metrics.switching.SECTIONS``), then of every registered world
+    (``World.sections``); a section whose measures no run logged is left out."""
+    from toolkit.metrics.switching import SECTIONS
     from toolkit.plugins import WORLDS
 
-    return [s for world in WORLDS.items().values() for s in world.sections]
+    return [*SECTIONS, *(s for world in WORLDS.items().values() for s in world.sections)]
 
 
 def figure_list(worlds: list[Section]) -> list[tuple[str, str, bool]]:

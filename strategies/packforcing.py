@@ -412,6 +412,13 @@ class PackForcing(CacheStrategy):
         return BlockKV(block.index, keys.to(kv.keys.dtype), values.to(kv.values.dtype), kv.t0,
                        "pending")
 
+    def reencode(self, held: BlockKV, block: FinishedBlock) -> BlockKV | None:
+        """A mid or pending stand-in compressed again from ``block`` (the re-cache at prompt
+        switches, ``toolkit.core.recache``): the same compressor, positions and ``kv`` path."""
+        if held.partition not in ("mid", "pending") or not self.capacity:
+            return None
+        return self._compress(block)
+
     def _compress_kv(self, module: Compressor, kv: BlockKV, pos: Tensor
                      ) -> tuple[Tensor, Tensor]:
         """A K/V compressor, one layer at a time (working copies of one layer only)."""

@@ -229,6 +229,34 @@ def test_clip_score_uses_the_prompt_in_force_and_drift_restarts(nets):
                                              prompt=None).unavailable["clip_score"]
 
 
+def test_clip_reads_switch_response_and_carry_over(nets):
+    """A still video under A -> B -> A: CLIP prefers one text on every frame, so exactly one of
+    the two switches takes at once and the other never takes, carrying all its frames over;
+    which one is the text CLIP scores higher."""
+    from toolkit.core.schedule import PromptSchedule
+
+    v = video(1).repeat(24, 1, 1, 1)  # one frame, held
+    a, b = "a red circle", "a blue square on navy"
+    sched = PromptSchedule(((0, a), (8, b), (16, a)))
+    names = ["clip_switch_response", "clip_switch_never", "clip_carry_over"]
+    got = run(v, names, {"clip": nets["clip"]}, prompt=sched).values
+    clip = make_backend("clip", nets["clip"], FAST)
+    img, txt = clip(v[:1].numpy())[0], clip.text([a, b])
+    cos = [img @ t / np.linalg.norm(img) / np.linalg.norm(t) for t in txt]
+    assert cos[0] != cos[1]
+    assert got["clip_switch_never"] == 0.5 and got["clip_switch_response"] == 0
+    assert got["clip_carry_over"] == 4.0  # the switch that never took: its 8 frames, of 2
+    from toolkit.metrics.switching import clip_switches
+
+    inp = MetricInput(frames=v, prompt=sched, spec=SPEC, backends={"clip": nets["clip"]},
+                      options=FAST)
+    first, second = (s.new["prompt"].tolist() for s in clip_switches(inp))
+    assert (first, second) == (([0.0] * 8, [1.0] * 8) if cos[0] > cos[1] else
+                               ([1.0] * 8, [0.0] * 8))  # into the preferred text: at once
+    single = run(v, names, {"clip": nets["clip"]}, prompt=a)
+    assert set(single.inapplicable) == set(names)
+
+
 def test_missing_or_wrong_weights_are_unavailable_never_random(nets, tmp_path):
     v = video(8)
     root = nets["root"]

@@ -182,7 +182,7 @@ def cmd_bench(overrides: list[str]) -> int:
         model, strategy = build(cfg)
         start = time.perf_counter()
         out = rollout(model, strategy, default_prompts(model, cfg), cfg.video.latent_frames,
-                      seed=cfg.seed, decode=False)
+                      seed=cfg.seed, decode=False, recache=str(cfg.get("recache") or "none"))
         rows.append((name, summarise(out, time.perf_counter() - start)))
     print_summaries("rollbench bench", rows)
     from toolkit.bench.kv import working_memory_table

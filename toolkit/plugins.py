@@ -58,6 +58,11 @@ class World:
             fidelity read back by the analysers (``match`` and each ``*_ok``: 0/1 per frame;
             ``speed``: px/frame, NaN where nothing moves or nothing is seen).
         identities: ``frames -> [Counter of (colour, shape)]`` per frame: what is seen.
+        attributes: ``prompt record -> {attribute: value}``: what a prompt asks for, by the
+            attribute names the switch measures read (``toolkit.metrics.switching``):
+            ``background``, ``colour``, ``shape``, ``count`` (read by the report's ``*_ok``)
+            and ``speed`` (px/frame, against the report's ``speed``); a switch is measured on
+            the attributes whose values differ.
         references: ``(prompt, n, frames) -> (n, frames, 3, H, W)``: real clips of a prompt
             from the world's simulator.
         frozen_speed: px/frame under which a frame counts as frozen.
@@ -79,6 +84,7 @@ class World:
     prompt_of: Callable[[Any], Any] | None = None
     report: Callable[[Any, Any], Mapping[str, Any]] | None = None
     identities: Callable[[Any], list] | None = None
+    attributes: Callable[[Any], Mapping[str, Any]] | None = None
     references: Callable[[Any, int, int], Any] | None = None
     frozen_speed: float | None = None
     weights: Path | None = None
@@ -97,10 +103,16 @@ WORLDS: Registry[World] = Registry("world", "rollbench.worlds", "toolkit.worlds"
 
 def world_of(model: Any = None, prompt: Any = None) -> World | None:
     """The world of a run: its model's (``model.world``, a registry name), else the first
-    registered world that claims the prompt, else None."""
+    registered world that claims the prompt (a schedule: whole, else every prompt in it),
+    else None."""
     name = getattr(model, "world", None)
     if isinstance(name, str):
         return WORLDS.get(name)
     if prompt is None:
         return None
-    return next((w for w in WORLDS.items().values() if w.claims(prompt)), None)
+    worlds = WORLDS.items().values()
+    found = next((w for w in worlds if w.claims(prompt)), None)
+    segments = getattr(prompt, "segments", None)
+    if found is None and segments:  # a schedule: the world that claims each of its prompts
+        found = next((w for w in worlds if all(w.claims(p) for _, p in segments)), None)
+    return found

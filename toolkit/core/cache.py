@@ -242,6 +242,14 @@ class CacheStrategy(ABC, metaclass=StrategyType):
         """Per-block facts for the Trace (context blocks, positions, selections...)."""
         return {}
 
+    def reencode(self, held: BlockKV, block: FinishedBlock) -> BlockKV | None:
+        """A held stand-in (compressed or pruned: fewer tokens than its block) made again from
+        ``block`` (its latents, its full K/V rebuilt under ``block.cond``, rotated at
+        ``held.rotated_at``), for the harness's re-cache at prompt switches
+        (``toolkit.core.recache``); None (the default): the strategy cannot, the stand-in is
+        kept as it is."""
+        return None
+
     def provenance(self) -> dict[str, Any]:
         """Files the strategy's numbers depend on (e.g. trained weights and their sha256)."""
         return {}

@@ -18,6 +18,8 @@ from tqdm.auto import tqdm
 
 from toolkit.core.cache import BlockKV, CacheStrategy, FinishedBlock
 from toolkit.core.contract import ask_context
+from toolkit.core.recache import check_mode
+from toolkit.core.recache import recache as rebuild
 from toolkit.core.rope import grid_positions
 from toolkit.core.sampling import BlockSampler
 from toolkit.core.schedule import Conditioning
@@ -165,7 +167,7 @@ BlockCallback = Callable[[BlockRecord], None]
 @torch.no_grad()
 def rollout(model: Any, strategy: CacheStrategy, prompts: Sequence[Any], latent_frames: int,
             seed: int = 0, progress: bool = False, decode: bool = True,
-            callbacks: Sequence[BlockCallback] = ()) -> Rollout:
+            callbacks: Sequence[BlockCallback] = (), recache: str = "none") -> Rollout:
     """Generate ``latent_frames`` latent frames block by block under a cache strategy.
 
     Args:
@@ -178,6 +180,9 @@ def rollout(model: Any, strategy: CacheStrategy, prompts: Sequence[Any], latent_
         progress: show a progress bar.
         decode: decode frames with the model's VAE when it has one.
         callbacks: called with each block's record as soon as it is finished.
+        recache: ``none`` (the cache is kept across prompt switches) or ``switch``: at each
+            switch the K/V of every block the strategy holds are rebuilt under the new prompt
+            (``toolkit.core.recache``; each rebuild recorded in ``trace.meta["recache"]``).
     """
     # 1. sizes, noise, prompt conditioning (each distinct prompt encoded once, up front)
     spec, device = model.spec, model.device
@@ -187,6 +192,7 @@ def rollout(model: Any, strategy: CacheStrategy, prompts: Sequence[Any], latent_
     generator = torch.Generator().manual_seed(seed)
     sampler = BlockSampler(model.sampler)
     conditioning = Conditioning(model.encode_prompt, prompts, bf, latent_frames)
+    rebuild_at = set(conditioning.switches()) if check_mode(recache) == "switch" else set()
     shape = (len(prompts), spec.latent_channels, bf, spec.latent_height, spec.latent_width)
     strategy.schedules = tuple(conditioning.schedules)
     strategy.bind(model, timer)
@@ -197,6 +203,8 @@ def rollout(model: Any, strategy: CacheStrategy, prompts: Sequence[Any], latent_
                         "switches": conditioning.switches()})
     if trace.meta["switches"]:
         trace.meta["schedule"] = conditioning.describe()
+    if rebuild_at:
+        trace.meta["recache"] = []
     out: list[Tensor] = []
     with model.attach() as slot:
         slot.plan = driver.plan
@@ -204,6 +212,10 @@ def rollout(model: Any, strategy: CacheStrategy, prompts: Sequence[Any], latent_
                           unit="block"):
             # 2. the strategy prepares the context and says where this block sits
             cond = conditioning.at(index * bf)
+            if index * bf in rebuild_at:  # at a switch: the held K/V under the new prompt
+                with timer.section("recache"):
+                    done = rebuild(model, strategy, slot, out, cond, index * bf, CachePlan)
+                trace.meta["recache"].append(done.to_dict())
             with timer.section("cache_update"):
                 t0 = driver.begin(index)
                 pos = grid_positions(spec, t0, bf)

@@ -7,12 +7,14 @@ serves LongLive-style prompt switching on real models and the memory world's sho
 
 In a config (``rollbench run prompt=...``) a schedule is a list of ``[frame, prompt]`` pairs or
 ``{frame: ..., prompt: ...}`` maps, e.g. ``prompt='[[0,"a red circle on navy, slow"],
-[40,"a blue square on charcoal, fast"]]'``; a plain string is one prompt for the whole video.
+[40,"a blue square on charcoal, fast"]]'``, or the same list as JSON text (how a grid sweeps
+schedules: ``experiment=switching``); any other string is one prompt for the whole video.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -49,7 +51,7 @@ class PromptSchedule:
         """A schedule from a schedule, a config list of pairs / maps, or one plain prompt."""
         if isinstance(value, PromptSchedule):
             return value
-        items = _plain(value)
+        items = _json_list(_plain(value))
         if isinstance(items, list) and items and all(_is_entry(e) for e in items):
             segs = []
             for e in items:
@@ -113,6 +115,19 @@ def _plain(value: Any) -> Any:
         return value
     if isinstance(value, DictConfig | ListConfig):
         return OmegaConf.to_container(value, resolve=True)
+    return value
+
+
+def _json_list(value: Any) -> Any:
+    """A schedule written as JSON text (``'[[0, "a ..."], [16, "b ..."]]'``, e.g. one choice of
+    a grid's ``prompt`` sweep) as its list; any other value as it is."""
+    if isinstance(value, str) and value.lstrip().startswith("[["):
+        try:
+            found = json.loads(value)
+        except json.JSONDecodeError:
+            return value
+        if isinstance(found, list) and found and all(_is_entry(e) for e in found):
+            return found
     return value
 
 

@@ -9,7 +9,7 @@ their own (the sprite world's feature ``world``, the memory world's recall measu
 """
 
 from toolkit.compat import moved_names
-from toolkit.metrics import boundary, real, reference, system, video
+from toolkit.metrics import boundary, real, reference, spans, switching, system, video
 from toolkit.metrics.base import (
     DIRECTIONS,
     KINDS,
@@ -55,6 +55,8 @@ __all__ = [
     "pool",
     "real",
     "reference",
+    "spans",
+    "switching",
     "system",
     "video",
 ]

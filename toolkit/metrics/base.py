@@ -37,6 +37,12 @@ class Unavailable(RuntimeError):
     """A metric cannot be computed for this input; the message says why."""
 
 
+class NotApplicable(Unavailable):
+    """A metric that does not apply to this run (switch measures of a run without a prompt
+    switch, re-cache costs of a run that did not re-cache): recorded like ``Unavailable``,
+    but a run's warning line leaves it out (``MetricResults.inapplicable``)."""
+
+
 @dataclass(frozen=True)
 class Metric:
     """A registered metric.
@@ -86,6 +92,11 @@ METRICS: Registry[Metric] = Registry("metric", "rollbench.metrics", "toolkit.met
 
 #: The toolkit's named metric sets; worlds add their own (``World.metric_sets``, see
 #: :func:`metric_sets`); a set may also be given as an explicit list of names.
+#: Prompt switches (``toolkit.metrics.switching``) and the re-cache's cost: every set of the
+#: world and of real videos has them; they do not apply to a run without a switch.
+SWITCH_SET = ["span_fidelity", "switch_response", "switch_never", "carry_over",
+              "switch_response_curve", "carry_over_curve", "switch_jump", "switch_jump_curve",
+              "recache_seconds", "recache_bytes", "recache_blocks", "recache_stale"]
 METRIC_SETS: dict[str, list[str]] = {
     "world": ["drift", "frechet", "start_end_distance", "fidelity", "identity_drift", "vde",
               "fidelity_start", "fidelity_end", "fidelity_mean", "start_end_fidelity_drop",
@@ -94,7 +105,8 @@ METRIC_SETS: dict[str, list[str]] = {
               "repetition_excess", "vde_motion", "discontinuity", "boundary_change",
               "boundary_jump", "cache_events", "rope_power", "lpips_step", "kv_bytes",
               "kv_tokens", "context_tokens", "block_seconds", "peak_kv_bytes",
-              "seconds_per_block", "latency_growth", "peak_rss_bytes", "cuda_peak_bytes"],
+              "seconds_per_block", "latency_growth", "peak_rss_bytes", "cuda_peak_bytes",
+              *SWITCH_SET],
     "fast": ["drift", "start_end_distance", "self_similarity", "norepeat", "motion",
              "dynamic_degree", "discontinuity", "kv_bytes", "block_seconds", "peak_kv_bytes",
              "seconds_per_block"],
@@ -111,6 +123,8 @@ METRIC_SETS["real"] = [
     "vbench_dynamic_degree", "drift", "start_end_distance", "self_similarity", "repetition",
     "norepeat", "motion", "dynamic_degree", "moving", "vde_motion", "discontinuity",
     "boundary_change", "boundary_jump", "cache_events", "rope_power", "lpips_step",
+    "clip_switch_response", "clip_switch_never", "clip_carry_over", "switch_jump",
+    "switch_jump_curve", "recache_seconds", "recache_bytes", "recache_blocks", "recache_stale",
     *METRIC_SETS["system"]]
 
 
@@ -309,12 +323,15 @@ class MetricResults:
         info: ``key -> {metric, kind, direction, unit}`` (sub-series share their metric's).
         unavailable: ``metric -> reason`` for metrics left out.
         seconds: compute time per metric.
+        inapplicable: the unavailable metrics that do not apply to this run
+            (:class:`NotApplicable`).
     """
 
     values: dict[str, Any] = field(default_factory=dict)
     info: dict[str, dict[str, str]] = field(default_factory=dict)
     unavailable: dict[str, str] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
+    inapplicable: set[str] = field(default_factory=set)
 
     def curves(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         return {k: v for k, v in self.values.items() if isinstance(v, tuple)}
@@ -338,6 +355,8 @@ def compute(inp: MetricInput, which: str | Sequence[str] = "world") -> MetricRes
             got = m.fn(inp)
         except Unavailable as why:
             out.unavailable[name] = str(why)
+            if isinstance(why, NotApplicable):
+                out.inapplicable.add(name)
             continue
         out.seconds[name] = time.perf_counter() - start
         series = got if isinstance(got, dict) else {"": got}

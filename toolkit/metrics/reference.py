@@ -4,7 +4,8 @@ what the real motion repeats.
 The real clips are ``toolkit.metrics.video.reference_clips``: ``MetricInput.references``, else
 ``references`` (4) clips of the video's prompt from its world's simulator, as long as the video.
 They need a world whose analysers read the prompt (the sprite world's do; the memory world's
-schedules have their own measures).
+schedules have their own measures). A schedule's real clips follow it (each span simulated under
+its own prompt, ``toolkit.metrics.spans``), and speeds are read against the span's own prompt.
 
 - ``speed_ratio``: per latent frame, the analysers' sprite speed over the mean speed the same
   analysers read on the real clips (1 = the simulator's pace, 0 = frozen). ``sprite_speed``
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from toolkit.metrics import spans
 from toolkit.metrics.base import MetricInput, Unavailable, metric, pool
 from toolkit.metrics.features import frame_features
 from toolkit.metrics.video import (
@@ -39,23 +41,31 @@ def _same_length(inp: MetricInput, refs: np.ndarray) -> np.ndarray:
     return refs
 
 
-def reference_speed(inp: MetricInput) -> float:
-    """Mean sprite speed (px/frame) the analysers read on the real clips of the prompt."""
+def reference_speed(inp: MetricInput) -> np.ndarray:
+    """Per pixel frame, the mean sprite speed (px/frame) the analysers read on the real clips
+    of the prompt in force (a schedule: of its span's prompt, on the span's stretch of the real
+    clips, which follow the schedule)."""
     report = inp.analyser("report")
 
-    def make() -> float:
-        prompt = inp.world_prompt()
-        speeds = np.concatenate([report(r, prompt)["speed"][1:] for r in reference_clips(inp)])
-        speeds = speeds[np.isfinite(speeds)]
-        if not len(speeds) or speeds.mean() <= 0:
-            raise Unavailable("the analysers read no sprite motion on the real clips")
-        return float(speeds.mean())
+    def make() -> np.ndarray:
+        refs, out = reference_clips(inp), np.zeros(len(inp.need_frames()))
+        for span in spans.spans(inp):
+            rng = spans.pixel_range(inp, span)
+            prompt = spans.record(inp, span.prompt)
+            clips = refs[:, rng] if refs.shape[1] == len(out) else refs
+            speeds = np.concatenate([report(r, prompt)["speed"][1:] for r in clips])
+            speeds = speeds[np.isfinite(speeds)]
+            if not len(speeds) or speeds.mean() <= 0:
+                raise Unavailable("the analysers read no sprite motion on the real clips")
+            out[rng] = speeds.mean()
+        return out
     return inp.cached("reference_speed", make)
 
 
 @metric("speed_ratio", "higher", "ratio", "curve_frame", ["frames", "world", "references"])
 def speed_ratio(inp: MetricInput) -> np.ndarray:
-    """Sprite speed over the speed read on real clips of the prompt (1 = real pace, 0 = frozen)."""
+    """Sprite speed over the speed read on real clips of the prompt in force (1 = real pace,
+    0 = frozen)."""
     return frame_curve(inp, world_report(inp)["speed"] / reference_speed(inp))
 
 

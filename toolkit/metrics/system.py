@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from toolkit.core.trace import Trace
-from toolkit.metrics.base import MetricInput, Unavailable, metric
+from toolkit.metrics.base import MetricInput, NotApplicable, Unavailable, metric
 
 
 def _steps(trace: Trace) -> np.ndarray:
@@ -102,3 +102,40 @@ def cuda_peak_bytes(inp: MetricInput) -> float:
     if not (torch.cuda.is_available() and torch.cuda.is_initialized()):
         raise Unavailable("no CUDA device was used in this process")
     return float(torch.cuda.max_memory_allocated())
+
+
+def _recached(inp: MetricInput) -> list[dict]:
+    done = (inp.need_trace().meta or {}).get("recache")
+    if not done:
+        raise NotApplicable("the rollout re-cached at no switch (recache=none, or no switch)")
+    return done
+
+
+@metric("recache_seconds", "lower", "s", "scalar", ["trace"], deterministic=False)
+def recache_seconds(inp: MetricInput) -> dict[str, float]:
+    """Wall seconds of one KV re-cache at a prompt switch (mean over switches; ``/total``)."""
+    sec = [r["seconds"] for r in _recached(inp)]
+    return {"": float(np.mean(sec)), "total": float(np.sum(sec))}
+
+
+@metric("recache_bytes", "lower", "bytes", "scalar", ["trace"], series=("", "work"))
+def recache_bytes(inp: MetricInput) -> dict[str, float]:
+    """K/V bytes rewritten by one re-cache at a prompt switch (mean over switches); ``/work``:
+    the working bytes it needed beyond the cache."""
+    done = _recached(inp)
+    return {"": float(np.mean([r["bytes"] for r in done])),
+            "work": float(np.mean([r["work_bytes"] for r in done]))}
+
+
+@metric("recache_blocks", "higher", "blocks", "scalar", ["trace"])
+def recache_blocks(inp: MetricInput) -> float:
+    """Held blocks brought under the new prompt per re-cache (rebuilt or re-encoded; mean over
+    switches)."""
+    return float(np.mean([r["blocks"] + r["reencoded"] for r in _recached(inp)]))
+
+
+@metric("recache_stale", "lower", "blocks", "scalar", ["trace"])
+def recache_stale(inp: MetricInput) -> float:
+    """Stand-ins a re-cache kept as they were (the strategy cannot re-encode them; mean over
+    switches)."""
+    return float(np.mean([r["stale"] for r in _recached(inp)]))

@@ -24,6 +24,7 @@ from collections import Counter
 import numpy as np
 import torch
 
+from toolkit.metrics import spans
 from toolkit.metrics.base import MetricInput, Unavailable, metric, pool
 from toolkit.metrics.features import frame_features, frechet, load_lpips, lpips_status, psd_sqrt
 
@@ -78,9 +79,9 @@ def _edges(n: int) -> int:
 
 
 def world_report(inp: MetricInput) -> dict[str, np.ndarray]:
-    """The world analysers' per-frame report of the video against its prompt (cached)."""
-    report = inp.analyser("report")
-    return inp.cached("report", lambda: report(inp.need_frames(), inp.world_prompt()))
+    """The world analysers' per-frame report of the video against the prompt in force (one
+    prompt, or each span of a schedule against its own; ``toolkit.metrics.spans``), cached."""
+    return spans.world_report(inp)
 
 
 def frame_curve(inp: MetricInput, values: np.ndarray) -> np.ndarray:
@@ -103,13 +104,13 @@ def drift(inp: MetricInput) -> np.ndarray:
 
 def reference_clips(inp: MetricInput) -> np.ndarray:
     """Real clips of the video's prompt (N, F, 3, H, W): ``inp.references``, else ``references``
-    (4) clips of the same prompt from the world's simulator, as long as the video."""
+    (4) clips from the world's simulator, as long as the video (a schedule's follow it: each
+    span simulated under its own prompt, ``toolkit.metrics.spans.reference_clips``)."""
     def make() -> np.ndarray:
         refs = inp.references
         if refs is None:
-            simulate = inp.analyser("references")
-            refs = simulate(inp.world_prompt(), int(inp.options.get("references", 4)),
-                            len(inp.need_frames()))
+            refs = spans.reference_clips(inp, inp.analyser("references"),
+                                         int(inp.options.get("references", 4)))
         return refs.numpy() if torch.is_tensor(refs) else np.asarray(refs)
     return inp.cached("reference_clips", make)
 
@@ -119,13 +120,23 @@ def reference_clips(inp: MetricInput) -> np.ndarray:
 def frechet_curve(inp: MetricInput) -> np.ndarray:
     """Frechet distance of each segment's features to real clips of the same prompt."""
     refs = reference_clips(inp)
-    real = frame_features(refs.reshape(-1, *refs.shape[-3:]).astype(np.float32), inp.feature,
-                          inp.backends.get(inp.feature), inp.options)
-    mu, root = real.mean(0), psd_sqrt(np.cov(real, rowvar=False))
+    feats = frame_features(refs.reshape(-1, *refs.shape[-3:]).astype(np.float32), inp.feature,
+                           inp.backends.get(inp.feature), inp.options)
+    feats = feats.reshape(*refs.shape[:2], -1)  # (N, F, D)
     segs = _segments(inp)
     dim = segs.shape[2]
+    # real statistics per span (a schedule's real clips change scene at its switches)
+    lat, owner = inp.frame_latent(), spans.span_index(inp)
+    stats = {}
+    for i, span in enumerate(spans.spans(inp)):
+        if len(feats[0]) != len(lat):  # real clips given at another length: pooled whole
+            real = feats.reshape(-1, feats.shape[-1])
+        else:
+            real = feats[:, (lat >= span.start) & (lat < span.end)].reshape(-1, feats.shape[-1])
+        stats[i] = (real.mean(0), psd_sqrt(np.cov(real, rowvar=False)))
     covs = [np.cov(s, rowvar=False) if len(s) > 1 else np.zeros((dim, dim)) for s in segs]
-    return np.array([frechet(s.mean(0), c, mu, root) for s, c in zip(segs, covs, strict=True)])
+    return np.array([frechet(s.mean(0), c, *stats[owner[k * inp.segment_frames]])
+                     for k, (s, c) in enumerate(zip(segs, covs, strict=True))])
 
 
 @metric("start_end_distance", "lower", "feature distance", "scalar", ["frames", "features"])
@@ -150,21 +161,26 @@ def fidelity(inp: MetricInput) -> dict[str, np.ndarray]:
 
 @metric("identity_drift", "lower", "fraction", "curve_frame", ["frames", "world"])
 def identity_drift(inp: MetricInput) -> np.ndarray:
-    """Share of sprite identities (colour, shape) changed from the opening segment's.
+    """Share of sprite identities (colour, shape) changed from the opening segment's (of the
+    span: a schedule's spans each against their own opening).
 
     The opening identity is the most common multiset of readings over the first segment;
     a frame scores ``1 - |seen & opening| / max(|seen|, |opening|)`` (0 when both are empty).
     """
     identities = inp.analyser("identities")
-    inp.world_prompt()
+    for span in spans.spans(inp):
+        spans.record(inp, span.prompt)  # a world prompt, else unavailable
     seen = inp.cached("identities", lambda: identities(inp.need_frames()))
-    lat = inp.frame_latent()
-    opening = [tuple(sorted(c.elements())) for c, t in zip(seen, lat, strict=True)
-               if t < inp.segment_frames]
-    ref = Counter(Counter(opening).most_common(1)[0][0])
-    size = np.array([max(sum(c.values()), sum(ref.values())) for c in seen])
-    same = np.array([sum((c & ref).values()) for c in seen])
-    return frame_curve(inp, np.where(size > 0, 1.0 - same / np.maximum(size, 1), 0.0))
+    lat, owner = inp.frame_latent(), spans.span_index(inp)
+    out = np.zeros(len(seen))
+    for span in spans.spans(inp):  # each span against its own opening
+        opening = [tuple(sorted(c.elements())) for c, t in zip(seen, lat, strict=True)
+                   if span.start <= t < span.start + inp.segment_frames]
+        ref = Counter(Counter(opening).most_common(1)[0][0])
+        for p in np.nonzero(owner[lat] == owner[span.start])[0]:
+            size = max(sum(seen[p].values()), sum(ref.values()))
+            out[p] = 1.0 - sum((seen[p] & ref).values()) / size if size else 0.0
+    return frame_curve(inp, out)
 
 
 @metric("vde", "lower", "fraction", "scalar", ["frames", "world"])

@@ -249,6 +249,9 @@ def check_run_config(cfg: DictConfig) -> None:
         raise ConfigError(f"video.seconds={seconds!r}: must be a positive number of seconds "
                           "(or null to use video.latent_frames)")
     check_device(cfg.get("device", "cpu"), present=False)  # whether it exists: when building
+    if cfg.get("recache", "none") not in ("none", "switch"):
+        raise ConfigError(f"recache={cfg.recache!r}: allowed none (keep the cache across prompt "
+                          "switches) or switch (rebuild it under the new prompt)")
     if cfg.get("prompt") is not None:  # a malformed schedule fails before any model loads
         from toolkit.core.schedule import PromptSchedule
 

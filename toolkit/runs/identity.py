@@ -1,8 +1,9 @@
 """A run's identity: its run key, how it was measured, and where it came from.
 
 - :func:`run_key`: sha256 of the resolved config without what does not change the rollout
-  (``EXCLUDED_KEYS``: where results go, how they are tracked and measured, the report label);
-  a grid skips a key that already finished.
+  (``EXCLUDED_KEYS``: where results go, how they are tracked and measured, the report label;
+  ``DEFAULT_ONLY``: keys added later, at the value every older run had); a grid skips a key
+  that already finished.
 - :func:`measure_key`: sha256 of how a run is measured (``tracking.metrics`` as the metric
   names it stands for, ``options``, ``feature``, ``segment_frames``); a finished run measured
   otherwise is re-measured from its saved latents and trace, never rolled out again
@@ -25,6 +26,9 @@ from omegaconf import DictConfig, OmegaConf
 from toolkit.compat import old_path
 
 EXCLUDED_KEYS = ("run_root", "progress", "tracking", "variant", "parallel")
+#: Keys added after runs were stored, hashed only when they differ from the value every run had
+#: before them (so the stored runs keep their keys): ``recache``.
+DEFAULT_ONLY = {"recache": "none"}
 #: The keys of ``tracking`` that say how a run is measured (:func:`measure_key`).
 MEASURED_BY = ("metrics", "options", "feature", "segment_frames")
 
@@ -33,7 +37,8 @@ def canonical_config(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
     """The resolved config without the keys that do not change a rollout."""
     data = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) \
         else json.loads(json.dumps(cfg, default=str))
-    return {k: v for k, v in data.items() if k not in EXCLUDED_KEYS}
+    return {k: v for k, v in data.items() if k not in EXCLUDED_KEYS
+            and not (k in DEFAULT_ONLY and v == DEFAULT_ONLY[k])}
 
 
 def run_key(cfg: DictConfig | Mapping[str, Any]) -> str:

@@ -277,7 +277,8 @@ def _run_claimed(cfg: DictConfig, key: str, verbose: bool, parent: str | None,
         prompts = default_prompts(model, cfg)
         start = time.perf_counter()
         out = rollout(model, strategy, prompts, cfg.video.latent_frames, seed=cfg.seed,
-                      progress=cfg.progress, callbacks=callbacks)
+                      progress=cfg.progress, callbacks=callbacks,
+                      recache=str(cfg.get("recache") or "none"))
         save_rollout(out, cfg, run_dir)
         if verbose:
             print_summaries(f"rollout: {out.trace.strategy}", [

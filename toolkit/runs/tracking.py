@@ -9,8 +9,10 @@ reached the results stay on disk, a ``TRACKING_FAILED`` marker names the error, 
 Curves are logged with the latent frame as the step (blocks and segments: their first latent
 frame); scalars at step 0. A measure that could not be computed is left out: its reason goes to
 ``metrics.json`` and a tag ``unavailable.<metric>``, and the run logs one warning line naming
-them all. The tracking URI defaults to ``sqlite:///<run_root>/mlflow.db``
-with artifacts under ``<run_root>/mlartifacts``; any MLflow URI works.
+them all (but those that do not apply to the run, ``toolkit.metrics.base.NotApplicable``,
+such as the switch measures of a run without a prompt switch). The tracking URI defaults to
+``sqlite:///<run_root>/mlflow.db`` with artifacts under ``<run_root>/mlartifacts``; any MLflow
+URI works.
 
 A store behind a server (``http(s)://``, ``postgresql://``) is probed first
 (``toolkit.runs.stores``): one that does not answer within ``ROLLBENCH_TRACKING_TIMEOUT`` seconds
@@ -153,12 +155,13 @@ def record_run(out: Any, cfg: DictConfig, run_dir: str | Path, model: Any = None
                       options=dict(track.get("options") or {}),
                       backends=dict(track.get("backends") or {}), world=world_of(model))
     results = compute(inp, track.get("metrics", "world"))
-    names = ", ".join(results.unavailable)
-    if results.unavailable and names not in _WARNED:  # once per process (a grid's jobs)
+    missing = [k for k in results.unavailable if k not in results.inapplicable]
+    names = ", ".join(missing)
+    if missing and names not in _WARNED:  # once per process (a grid's jobs)
         _WARNED.add(names)
         log.warning("%s: %d measures unavailable (reasons in metrics.json and the run's "
                     "unavailable.* tags; said once for all jobs here): %s", run_dir.name,
-                    len(results.unavailable), names)
+                    len(missing), names)
     (run_dir / "metrics.json").write_text(json.dumps(results_json(results, inp), indent=1))
     if frames is not None:
         idx = mark_frames(len(frames), inp.latent_frames, inp.train_frames)

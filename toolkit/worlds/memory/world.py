@@ -2,7 +2,8 @@
 
 Its runs are schedules of one shot per block; its own measures (``metrics``: recall of returning
 sprites against each run's chance level) have a metric set, a line after each run and a section
-in the report. Prompt fidelity and the other sprite-world analysers do not apply to schedules.
+in the report. Its analysers (``shot_report``, ``attributes``) read each shot's stretch of a run
+against the shot, so prompt fidelity per span and the switch measures apply to its cuts.
 """
 
 from __future__ import annotations
@@ -10,12 +11,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
+
 from toolkit.models.recipes import Recipe
 from toolkit.plugins import Section, World
 from toolkit.worlds import install
 from toolkit.worlds.memory import WEIGHTS_DIR
 from toolkit.worlds.memory import metrics as _metrics  # noqa: F401  (registers its measures)
-from toolkit.worlds.memory.scenes import Shot
+from toolkit.worlds.memory.scenes import SCENE_BACKGROUNDS, Shot
+from toolkit.worlds.sprites.analyse import analyse_video
+from toolkit.worlds.sprites.sim import SPEEDS
 
 #: ``tracking.metrics=memory``: the recall measures with the generic motion, boundary and
 #: system measures.
@@ -43,14 +48,59 @@ RECALL_NOTE = ("Recall: share of cuts back to a scene whose sprite shows the col
 
 
 def claims(prompt: Any) -> bool:
-    """A prompt schedule whose prompts are shots (or their text)."""
+    """A prompt schedule whose prompts are shots (or their text), or one shot."""
     segments = getattr(prompt, "segments", None)
-    if not segments:
-        return False
     try:
+        if not segments:
+            return isinstance(prompt, Shot) or (isinstance(prompt, str)
+                                                and bool(Shot.from_text(prompt)))
         return all(isinstance(p, Shot) or Shot.from_text(str(p)) for _, p in segments)
     except ValueError:
         return False
+
+
+def prompt_of(prompt: Any) -> Any:
+    """A shot from a shot or its text; a schedule as it is (its measures read it whole)."""
+    if isinstance(prompt, str):
+        return Shot.from_text(prompt)
+    return prompt
+
+
+def shot_report(frames: Any, shot: Shot) -> dict[str, np.ndarray]:
+    """Per frame of a stretch of one shot: ``background_ok`` (the shot's scene), and on a shot
+    that introduces a sprite ``colours_ok`` / ``shapes_ok`` (a sprite of its colour / shape is
+    read; NaN on other shots, which name none), ``match`` (both, and the scene) and ``speed``:
+    the largest sprite's centroid displacement from frame ``t - w`` over w, ``w = min(3, t)``,
+    for w >= 2 only (NaN otherwise; as ``scene_speeds``)."""
+    obs = analyse_video(frames, SCENE_BACKGROUNDS)
+    n = len(obs)
+    scene = np.array([o.background == shot.scene for o in obs], dtype=float)
+    colour, shape = np.full(n, np.nan), np.full(n, np.nan)
+    if shot.sprite is not None:
+        colour = np.array([any(s.colour == shot.sprite.colour for s in o.sprites) for o in obs],
+                          dtype=float)
+        shape = np.array([any(s.shape == shot.sprite.shape for s in o.sprites) for o in obs],
+                         dtype=float)
+    match = scene if shot.sprite is None else scene * np.array(
+        [any(s.colour == shot.sprite.colour and s.shape == shot.sprite.shape
+             for s in o.sprites) for o in obs], dtype=float)
+    cen = np.array([max(o.sprites, key=lambda s: s.area).centroid if o.sprites
+                    else (np.nan, np.nan) for o in obs])
+    speed = np.full(n, np.nan)
+    for t in range(2, n):
+        w = min(3, t)
+        speed[t] = np.hypot(*(cen[t] - cen[t - w])) / w
+    return {"match": match, "background_ok": scene, "colours_ok": colour, "shapes_ok": shape,
+            "speed": speed}
+
+
+def attributes(shot: Shot) -> dict[str, Any]:
+    """What a shot asks for: its scene (background) and speed (px/frame), and the colour and
+    shape of the sprite it introduces (a shot that introduces none names none)."""
+    out: dict[str, Any] = {"background": shot.scene, "speed": SPEEDS[shot.speed]}
+    if shot.sprite is not None:
+        out.update(colour=(shot.sprite.colour,), shape=(shot.sprite.shape,))
+    return out
 
 
 def recall_line(scalars: Mapping[str, float]) -> str | None:
@@ -88,7 +138,8 @@ WORLD = install(World(
     name="memory",
     description="a video that cuts between scenes which come back; recall of what only mid "
                 "history showed",
-    claims=claims, prompt_of=lambda prompt: prompt, weights=WEIGHTS_DIR,
+    claims=claims, prompt_of=prompt_of, report=shot_report, attributes=attributes,
+    weights=WEIGHTS_DIR,
     presets=("world-memory-candidate",),
     recipes={"world-memory": Recipe("toolkit.worlds.memory.train:MemoryTrainConfig",
                                     "toolkit.worlds.memory.train:train_memory")},

@@ -13,7 +13,7 @@ from toolkit.worlds import install
 from toolkit.worlds.sprites import WEIGHTS_DIR
 from toolkit.worlds.sprites import features as _features  # noqa: F401  (feature ``world``)
 from toolkit.worlds.sprites.analyse import FROZEN_SPEED, analyse_video, video_report
-from toolkit.worlds.sprites.sim import Prompt, simulate, split_seed
+from toolkit.worlds.sprites.sim import SPEEDS, Prompt, simulate, split_seed
 
 
 def claims(prompt: Any) -> bool:
@@ -40,6 +40,15 @@ def references(prompt: Prompt, n: int, frames: int) -> Any:
     return simulate([prompt] * n, [split_seed(i, "val") for i in range(n)], frames)
 
 
+def attributes(prompt: Prompt) -> dict[str, Any]:
+    """What a prompt asks for, by attribute (the switch measures compare them): background,
+    the multisets of colours and shapes (sorted), the sprite count, speed in px/frame."""
+    return {"background": prompt.background,
+            "colour": tuple(sorted(s.colour for s in prompt.sprites)),
+            "shape": tuple(sorted(s.shape for s in prompt.sprites)),
+            "count": len(prompt.sprites), "speed": SPEEDS[prompt.speed]}
+
+
 #: The figures the docs quote (``rollbench docs``), made by :mod:`.docfigures`.
 _DOCS = "toolkit.worlds.sprites.docfigures"
 FIGURES = {
@@ -53,6 +62,7 @@ WORLD = install(World(
     description="one prompted sprite (circle / square / triangle, 4 colours) bouncing on a "
                 "background; 16x16 frames",
     claims=claims, prompt_of=prompt_of, report=video_report, identities=identities,
+    attributes=attributes,
     references=references, frozen_speed=FROZEN_SPEED, weights=WEIGHTS_DIR,
     presets=("world", "world-pf"),
     recipes={"world-model": Recipe("toolkit.worlds.sprites.train:TrainConfig",
