@@ -112,9 +112,10 @@ def table(data: dict[str, Any]) -> str:
             else:
                 cells.append(f"{r['kappa']:.2f} ({r['returns']:.0f})")
         out.append(f"| {name} | " + " | ".join(cells) + " |")
-    seeds = sorted({s for rows in data["strategies"].values() for r in rows.values()
-                    for s in r["seeds"]})
-    out.append(f"\nkappa of `{data['measure']}`, mean of run seeds {seeds} (in brackets: the "
+    per_length = {f: max(len(rows[str(f)]["seeds"]) for rows in data["strategies"].values()
+                         if str(f) in rows) for f in lengths}
+    seeds = ", ".join(f"{int(f) // data['train_frames']}x {n}" for f, n in per_length.items())
+    out.append(f"\nkappa of `{data['measure']}`, mean over run seeds ({seeds}) (in brackets: the "
                f"readable returns 4+ blocks back behind it, all seeds; under {MIN_RETURNS} the "
                "value is not shown); `python -m toolkit.worlds.memory.ladder`.")
     return "\n".join(out) + "\n"
