@@ -17,6 +17,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from toolkit.core.cache import BlockKV, CacheStrategy, FinishedBlock
+from toolkit.core.codecs import KVCodec, storing
 from toolkit.core.contract import ask_context
 from toolkit.core.rope import grid_positions
 from toolkit.core.sampling import BlockSampler
@@ -165,7 +166,7 @@ BlockCallback = Callable[[BlockRecord], None]
 @torch.no_grad()
 def rollout(model: Any, strategy: CacheStrategy, prompts: Sequence[Any], latent_frames: int,
             seed: int = 0, progress: bool = False, decode: bool = True,
-            callbacks: Sequence[BlockCallback] = ()) -> Rollout:
+            callbacks: Sequence[BlockCallback] = (), codec: Any = None) -> Rollout:
     """Generate ``latent_frames`` latent frames block by block under a cache strategy.
 
     Args:
@@ -178,6 +179,8 @@ def rollout(model: Any, strategy: CacheStrategy, prompts: Sequence[Any], latent_
         progress: show a progress bar.
         decode: decode frames with the model's VAE when it has one.
         callbacks: called with each block's record as soon as it is finished.
+        codec: how cached blocks are stored (``toolkit.core.codecs``: a ``KVCodec``, a name
+            such as ``int4``, a run config's ``kv`` options); None / ``none``: as made.
     """
     # 1. sizes, noise, prompt conditioning (each distinct prompt encoded once, up front)
     spec, device = model.spec, model.device
@@ -197,8 +200,12 @@ def rollout(model: Any, strategy: CacheStrategy, prompts: Sequence[Any], latent_
                         "switches": conditioning.switches()})
     if trace.meta["switches"]:
         trace.meta["schedule"] = conditioning.describe()
+    store = KVCodec.of(codec)
+    if store is not None:
+        store.check(spec.head_dim)
+        trace.meta["kv_codec"] = store.label()
     out: list[Tensor] = []
-    with model.attach() as slot:
+    with model.attach() as slot, storing(store):
         slot.plan = driver.plan
         for index in tqdm(range(blocks), disable=not progress, desc=trace.strategy,
                           unit="block"):
