@@ -89,7 +89,7 @@ def test_stored_bytes_are_the_tensors_held(tiny, name):
     held = held_tensors(block)
     assert all(t.dtype in (torch.uint8, torch.float16) for t in held)
     assert block.nbytes == sum(t.untyped_storage().nbytes() for t in held)
-    assert block.nbytes == 2 * codec.stored_bytes(tuple(x.shape), x.element_size())
+    assert block.nbytes == 2 * codec.stored_bytes(tuple(x.shape))
     assert block.tokens == x.shape[-2]
     layer = block.stored_layer(1)[0]
     assert torch.equal(layer, block.keys[1])  # one layer decodes as the whole does

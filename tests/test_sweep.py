@@ -186,6 +186,7 @@ def test_a_grid_sweep_runs_each_combination_once(tmp_path, capsys):
     path = sweep_file(tmp_path, """\
         kv.codec: {type: categorical, choices: [none, int2]}
         strategy.capacity: {type: categorical, choices: [2]}
+        strategy.top_k: {type: categorical, choices: [1]}
     """, objectives="[peak_kv_bytes]")
     _grid(path)
     assert main(["sweep", f"sweep={path}", f"run_root={tmp_path}"]) == 0

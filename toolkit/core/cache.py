@@ -54,11 +54,10 @@ POSITIONS = ("absolute", "reindex", "interpolate")
 class BlockKV:
     """Per-layer K/V of one cached block (or of a compressed stand-in for one).
 
-    A block made while a KV codec is active (``toolkit.core.codecs.storing``: the rollout's
-    ``kv.codec``) holds its K/V in that codec's stored form for the rest of its life: reading
-    ``keys`` / ``values`` decodes a new tensor, ``layer_kv`` / ``stored_layer`` decode one
-    layer, assigning them stores the new tensors encoded, and ``nbytes`` is the stored bytes.
-    Without a codec the tensors are held as made.
+    A block made under a KV codec (``toolkit.core.codecs.storing``: the rollout's ``kv.codec``)
+    holds its K/V in the codec's stored form for life: ``keys`` / ``values`` decode a new
+    tensor, ``layer_kv`` / ``stored_layer`` one layer, assigning them stores them encoded, and
+    ``nbytes`` counts the stored tensors. Without a codec the tensors are held as made.
 
     Attributes:
         index: the block's number in the video.
@@ -99,7 +98,7 @@ class BlockKV:
             raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
         return self.__dict__["_codec"].decode(coded)
 
-    def _coded(self, name: str) -> Coded | None:
+    def _coded(self, name: str) -> Coded | None:  # the stored form, None when held as made
         return self.__dict__.get(_KV[name])
 
     @property

@@ -19,8 +19,11 @@ scales + shared components), so ``footprint`` and the run table report the store
   neighbours) is stored in float16 and subtracted; the residual is quantized in ``stages``
   (bits per stage, default two 1-bit stages = 2 bits per element), each stage quantizing what
   the stages before left; 1-bit stages use the sign and the group's mean magnitude (the
-  least-squares step), wider stages the uniform levels above. Each stage never raises a
-  group's squared error (tested).
+  least-squares step; such a stage never raises a group's squared error, tested), wider
+  stages the uniform levels above.
+
+A strategy that assigns new tensors to a coded block (``block.keys = ...``, e.g. DeepSink
+pruning tokens) has them stored again: their decoded values are quantized anew.
 
 Codes are packed into uint8 along the head dim (``8 // bits`` codes per byte).
 """
@@ -225,8 +228,8 @@ class KVCodec:
             shared = torch.empty((*lead, groups, d), dtype=SCALE_DTYPE, device="meta")
         return Coded(tuple(x.shape), x.dtype, codes, steps, shared)
 
-    def stored_bytes(self, shape: tuple[int, ...], itemsize: int) -> int:
-        """Bytes of the stored form of a tensor of ``shape`` (``none``: ``itemsize`` each)."""
+    def stored_bytes(self, shape: tuple[int, ...]) -> int:
+        """Bytes of the stored form of a tensor of ``shape`` (from the sizes alone)."""
         return self._meta(torch.empty(shape, device="meta"), self.group_of(shape[-1])).nbytes
 
 
