@@ -157,11 +157,19 @@ class KVCodec:
 
     # -- encode / decode ----------------------------------------------------------------------
     def encode(self, x: Tensor) -> Coded:
-        """The stored form of x (..., N, D)."""
+        """The stored form of x (..., N, D); a tensor of layers (L, B, H, N, D) one layer at a
+        time (the float32 working copies are one layer's)."""
         shape, d = tuple(x.shape), x.shape[-1]
         g = self.group_of(d)
         if x.is_meta:
             return self._meta(x, g)
+        if x.dim() == 5:
+            layers = [self.encode(layer) for layer in x.unbind(0)]
+            shared = None if layers[0].shared is None else \
+                torch.stack([c.shared for c in layers])
+            return Coded(shape, x.dtype,
+                         tuple(torch.stack(t) for t in zip(*(c.codes for c in layers), strict=True)),
+                         tuple(torch.stack(t) for t in zip(*(c.steps for c in layers), strict=True)), shared)
         work = x.float()
         shared = None
         if self.smooth:
