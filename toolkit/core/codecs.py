@@ -167,9 +167,10 @@ class KVCodec:
             layers = [self.encode(layer) for layer in x.unbind(0)]
             shared = None if layers[0].shared is None else \
                 torch.stack([c.shared for c in layers])
-            return Coded(shape, x.dtype,
-                         tuple(torch.stack(t) for t in zip(*(c.codes for c in layers), strict=True)),
-                         tuple(torch.stack(t) for t in zip(*(c.steps for c in layers), strict=True)), shared)
+            codes = zip(*(c.codes for c in layers), strict=True)  # per stage, per layer
+            steps = zip(*(c.steps for c in layers), strict=True)
+            return Coded(shape, x.dtype, tuple(map(torch.stack, codes)),
+                         tuple(map(torch.stack, steps)), shared)
         work = x.float()
         shared = None
         if self.smooth:
