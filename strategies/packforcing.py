@@ -355,7 +355,8 @@ class PackForcing(CacheStrategy):
             start = self._anchor() - len(mid) * bf
             for j, b in enumerate(mid):
                 delta = start + j * bf - b.t0
-                parts.append((shift_time(b.keys[layer], self.rope, delta), b.values[layer]))
+                k, v = b.stored_layer(layer)  # (a view, or decoded from the stored form)
+                parts.append((shift_time(k, self.rope, delta), v))
         else:
             parts += [b.layer_kv(layer, self.rope) for b in mid]
         return parts + [b.layer_kv(layer, self.rope) for b in self._recent]
@@ -364,7 +365,7 @@ class PackForcing(CacheStrategy):
         fill, self._fill = self._fill, [None] * self.spec.num_layers
         self._clear_block()
         kv = block.kv
-        meta = kv.keys.is_meta
+        meta = kv.is_meta
         if self.capacity and not meta:
             self._module.observe(block.latents, self.model)  # every block, in order
         if block.index < self.blocks_of(self.sink_frames):
@@ -392,9 +393,9 @@ class PackForcing(CacheStrategy):
         """The block's compressed stand-in: per-layer K/V rotated at the cells' positions."""
         module, kv = self._module, block.kv
         with self.timer.section("compression"):
-            if kv.keys.is_meta:  # accounting: the declared size, no values
+            if kv.is_meta:  # accounting: the declared size, no values
                 shape = (*kv.keys.shape[:3], module.tokens(self.spec), kv.keys.shape[-1])
-                keys = torch.empty(shape, dtype=kv.keys.dtype, device="meta")
+                keys = torch.empty(shape, dtype=kv.dtype, device="meta")
                 return BlockKV(block.index, keys, torch.empty_like(keys), kv.t0, "pending")
             pos = module.positions(self.spatial)
             pos[:, 0] += kv.t0
@@ -409,8 +410,7 @@ class PackForcing(CacheStrategy):
                                      "(FinishedBlock.cond); use kv='project' or pass it")
                 else:
                     keys, values = self.model.token_kv(tokens, pos, block.cond)
-        return BlockKV(block.index, keys.to(kv.keys.dtype), values.to(kv.values.dtype), kv.t0,
-                       "pending")
+        return BlockKV(block.index, keys.to(kv.dtype), values.to(kv.dtype), kv.t0, "pending")
 
     def reencode(self, held: BlockKV, block: FinishedBlock) -> BlockKV | None:
         """A mid or pending stand-in compressed again from ``block`` (the re-cache at prompt
@@ -424,11 +424,12 @@ class PackForcing(CacheStrategy):
         """A K/V compressor, one layer at a time (working copies of one layer only)."""
         full = grid_positions(self.spec, kv.rotated_at, self.spec.block_frames)
         keys, values = [], []
-        for layer in range(kv.keys.shape[0]):
-            raw = _rotate(kv.keys[layer:layer + 1], self.rope, full, inverse=True)
-            k, v = module.compress_kv(raw, kv.values[layer:layer + 1])
-            keys.append(_rotate(k, self.rope, pos).to(kv.keys.dtype))
-            values.append(v.to(kv.values.dtype))
+        for layer in range(self.spec.num_layers):
+            k, v = (t.unsqueeze(0) for t in kv.stored_layer(layer))  # (1, B, H, N, D)
+            raw = _rotate(k, self.rope, full, inverse=True)
+            k, v = module.compress_kv(raw, v)
+            keys.append(_rotate(k, self.rope, pos).to(kv.dtype))
+            values.append(v.to(kv.dtype))
         return torch.cat(keys), torch.cat(values)
 
     # -- accounting -----------------------------------------------------------------------

@@ -33,6 +33,8 @@ RECALL = "tests/test_recall_parts.py"
 KAPPA = "tests/test_recall_kappa.py"
 CONTRACT = "tests/test_contract_rules.py"
 INVARIANTS = "tests/test_invariants.py"
+CODECS = ("tests/test_codecs.py::test_stored_bytes_are_the_tensors_held",
+          "tests/test_codecs.py::test_integer_codecs_are_within_half_a_step")
 
 
 @dataclass(frozen=True)
@@ -101,6 +103,10 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation("moved-block-read-sign", "toolkit/core/cache.py",
              "return shift_time(k, rope, self.t0 - self.rotated_at), v",
              "return shift_time(k, rope, self.rotated_at - self.t0), v", (INVARIANTS,)),
+    Mutation("codec-bytes-without-steps", "toolkit/core/codecs.py",
+             "held = [*self.codes, *self.steps, *", "held = [*self.codes, *", CODECS),
+    Mutation("codec-levels-off-centre", "toolkit/core/codecs.py",
+             "return (2 ** bits - 1) / 2", "return 2 ** bits / 2", CODECS),
     Mutation("rope-shift-sign", "toolkit/core/rope.py",
              "rope.shift_table(float(delta))", "rope.shift_table(-float(delta))", (INVARIANTS,)),
     Mutation("rope-shift-all-dims", "toolkit/core/rope.py",

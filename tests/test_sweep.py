@@ -103,7 +103,7 @@ def test_clear_errors(tmp_path, capsys):
 
 
 def test_shipped_sweeps_load():
-    for name in ("packforcing_budget", "window_size"):
+    for name in ("packforcing_budget", "window_size", "kv_codecs"):
         spec = load_sweep(name)
         assert spec.question and spec.directions
 
@@ -178,3 +178,32 @@ def test_seeds_per_trial_and_identical_trials_answered_from_the_stored_runs(tmp_
     children = runs[runs["tags.mlflow.parentRunId"].notna()]
     assert sorted(children["seed"]) == [0, 1]  # two rollouts in all: one per seed
     assert got[0].values[0] == pytest.approx(children["peak_kv_bytes"].mean())
+
+
+def test_a_grid_sweep_runs_each_combination_once(tmp_path, capsys):
+    """``sampler: grid`` (the kv_codecs sweep): every strategy x codec once, and a codec's
+    stored bytes as an objective."""
+    path = sweep_file(tmp_path, """\
+        kv.codec: {type: categorical, choices: [none, int2]}
+        strategy.capacity: {type: categorical, choices: [2]}
+        strategy.top_k: {type: categorical, choices: [1]}
+    """, objectives="[peak_kv_bytes]")
+    _grid(path)
+    assert main(["sweep", f"sweep={path}", f"run_root={tmp_path}"]) == 0
+    url = f"journal:{tmp_path.resolve() / 'optuna' / 'tiny.journal'}"
+    done = [t for t in trials(url) if t.state == optuna.trial.TrialState.COMPLETE]
+    assert sorted(t.params["kv.codec"] for t in done) == ["int2", "none"]
+    by = {t.params["kv.codec"]: t.values[0] for t in done}
+    assert by["int2"] < by["none"] / 5
+    bad = _grid(sweep_file(tmp_path, VALID, name="loose"))
+    assert main(["sweep", f"sweep={bad}"]) == 2
+    assert "sampler=grid needs categorical params" in capsys.readouterr().out
+
+
+def _grid(path: str) -> str:
+    """The sweep file at ``path`` with ``sampler: grid``."""
+    from pathlib import Path
+
+    file = Path(path)
+    file.write_text(file.read_text().replace("n_trials: 4", "n_trials: 9\nsampler: grid"))
+    return path

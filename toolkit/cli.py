@@ -3,6 +3,7 @@
     rollbench run model=world strategy=sink strategy.sink_frames=4 video.latent_frames=480
     rollbench ls
     rollbench bench video.latent_frames=480
+    rollbench bench model=world strategies=[sink,packforcing] codecs=[none,int8,int4,int2,residual2]
     rollbench grid experiment=strategies_24x
     rollbench grid experiment=mine experiments_dir=~/my-experiments   # DIR/experiment/mine.yaml
     rollbench sweep sweep=packforcing_budget
@@ -168,21 +169,38 @@ def cmd_ls(args: list[str]) -> int:
 
 
 def cmd_bench(overrides: list[str]) -> int:
-    """Per strategy: ms per block at the start and end of a long rollout, and peak KV bytes."""
+    """Per strategy: ms per block at the start and end of a long rollout, and peak KV bytes;
+    with ``codecs=[none,int8,...]``: ms per block under each KV codec against none (``blocks=``
+    per rollout, default 12)."""
+    from toolkit.bench.kv import _listed
     from toolkit.core.rollout import rollout
-    from toolkit.runs.config import build, compose_config
+    from toolkit.runs.config import build, build_codec, compose_config
     from toolkit.runs.jobs import default_prompts, print_summaries, summarise
 
-    names = [o.split("=", 1)[1] for o in overrides if o.startswith("strategies=")]
-    overrides = [o for o in overrides if not o.startswith("strategies=")]
-    names = names[0].strip("[]").split(",") if names else ["full", "window", "sink"]
+    overrides, names = _listed(list(overrides), "strategies")
+    overrides, codecs = _listed(overrides, "codecs")
+    overrides, blocks = _listed(overrides, "blocks")
+    names = names or ["full", "window", "sink"]
+    if codecs is not None:
+        from toolkit.bench.codecs import cmd_codec_speed
+        from toolkit.errors import ConfigError
+
+        try:
+            n = int(blocks[0]) if blocks else 12
+        except ValueError:
+            n = 0
+        if n < 1:
+            raise ConfigError(f"blocks={blocks[0]}: must be a whole number >= 1")
+        console.print(cmd_codec_speed(overrides, names, codecs, n))
+        return 0
     rows = []
     for name in names:
         cfg = compose_config([*overrides, f"strategy={name}", "progress=false"])
         model, strategy = build(cfg)
         start = time.perf_counter()
         out = rollout(model, strategy, default_prompts(model, cfg), cfg.video.latent_frames,
-                      seed=cfg.seed, decode=False, recache=str(cfg.get("recache") or "none"))
+                      seed=cfg.seed, decode=False, recache=str(cfg.get("recache") or "none"),
+                      codec=build_codec(cfg))
         rows.append((name, summarise(out, time.perf_counter() - start)))
     print_summaries("rollbench bench", rows)
     from toolkit.bench.kv import working_memory_table

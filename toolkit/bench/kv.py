@@ -14,6 +14,14 @@ activations and a compressor's own computation are not counted (compressors do n
 meta tensors; their outputs have the declared size).
 
     rollbench memory model=wan-t2v-1.3b strategy=packforcing video.seconds=120
+    rollbench memory model=wan-t2v-1.3b strategy=sink video.seconds=120 kv.codec=int2
+    rollbench memory model=wan-t2v-1.3b video.seconds=120 strategies=[sink,packforcing] \
+        codecs=[none,int8,int4,int2,residual2]
+
+With a KV codec (``kv.codec``, ``toolkit.core.codecs``) the blocks are stored in its form
+(meta tensors of the codes', steps' and shared components' exact sizes), and the held bytes
+are set against the same strategy stored as made. ``strategies=`` with ``codecs=`` prints one
+row per strategy and codec.
 """
 
 from __future__ import annotations
@@ -30,13 +38,14 @@ from rich.table import Table
 
 from toolkit.bench.allocations import LiveBytes
 from toolkit.core.cache import CacheStrategy
+from toolkit.core.codecs import KVCodec, storing
 from toolkit.core.rollout import BlockDriver
 from toolkit.core.spec import ModelSpec
 from toolkit.core.trace import BlockRecord
 from toolkit.errors import ConfigError
 from toolkit.models.specmodel import SpecModel
 from toolkit.registry import strategy_name
-from toolkit.runs.config import build_strategy, compose_config, video_frames
+from toolkit.runs.config import build_codec, build_strategy, compose_config, video_frames
 
 GB = 1e9  # reports use decimal gigabytes, as the paper does
 
@@ -50,6 +59,7 @@ class MemoryReport:
     spec: ModelSpec
     latent_frames: int
     blocks: list[BlockRecord] = field(default_factory=list)
+    codec: str = "none"
 
     def attended(self, block: BlockRecord) -> int:
         """Tokens per layer a block attends: cached context plus the block itself."""
@@ -84,7 +94,7 @@ class MemoryReport:
 
 
 def account(model: Any, strategy: CacheStrategy, latent_frames: int, batch: int = 1,
-            track: bool = False) -> MemoryReport:
+            track: bool = False, codec: Any = None) -> MemoryReport:
     """Drive ``strategy`` over ``latent_frames`` on meta tensors of ``model``'s sizes.
 
     Args:
@@ -93,6 +103,7 @@ def account(model: Any, strategy: CacheStrategy, latent_frames: int, batch: int 
         latent_frames: video length; a positive multiple of the block size.
         batch: videos per batch.
         track: count the KV path's live bytes per block (``BlockRecord.peak_bytes``).
+        codec: the KV storage codec (``toolkit.core.codecs``; None: stored as made).
     """
     model = SpecModel.of(model)
     spec = model.spec
@@ -101,8 +112,12 @@ def account(model: Any, strategy: CacheStrategy, latent_frames: int, batch: int 
     except ValueError as err:
         raise ConfigError(str(err)) from None
     meta = {"device": "meta", "dtype": spec.torch_dtype}
+    codec = KVCodec.of(codec)
+    if codec is not None:
+        codec.check(spec.head_dim)
     strategy.bind(model)
-    report = MemoryReport(strategy_name(strategy), model.name, spec, latent_frames)
+    report = MemoryReport(strategy_name(strategy), model.name, spec, latent_frames,
+                          codec=codec.label() if codec is not None else "none")
     # q stands in for the block's queries, keys and values at every layer (same sizes)
     q = torch.empty(batch, spec.num_heads, spec.tokens_per_block, spec.head_dim, **meta)
     latents = torch.empty(batch, spec.latent_channels, spec.block_frames, spec.latent_height,
@@ -111,7 +126,7 @@ def account(model: Any, strategy: CacheStrategy, latent_frames: int, batch: int 
     driver.plan.attention = fused_attention
     tracker = LiveBytes() if track else None
     try:
-        with tracker if tracker is not None else nullcontext():
+        with tracker if tracker is not None else nullcontext(), storing(codec):
             for index in range(blocks):
                 if tracker is not None:
                     tracker.reset_peak()
@@ -152,8 +167,9 @@ def memory_table(report: MemoryReport) -> Table:
     """Tokens and GB per partition at the end and at the peak of held bytes."""
     s, last, peak = report.spec, report.blocks[-1], report.peak
     seconds = report.latent_frames / s.latent_fps
-    table = Table(title=f"{report.strategy} on {report.model}: {report.latent_frames} latent "
-                        f"frames ({seconds:g} s), {s.num_layers} layers, "
+    stored = "" if report.codec == "none" else f" stored as {report.codec}"
+    table = Table(title=f"{report.strategy}{stored} on {report.model}: {report.latent_frames} "
+                        f"latent frames ({seconds:g} s), {s.num_layers} layers, "
                         f"{s.tokens_per_frame:,} tokens/frame, {s.dtype}; peak held at block "
                         f"{peak.index}")
     for col in ("partition", "tokens/layer end", "GB end", "tokens/layer peak", "GB peak"):
@@ -231,14 +247,65 @@ def working_memory_table(overrides: Sequence[str], names: Sequence[str]) -> Tabl
     return transient_table(reports)
 
 
+def codec_table(overrides: Sequence[str], names: Sequence[str], codecs: Sequence[str]
+                ) -> Table:
+    """Peak held KV of each strategy stored by each codec, and its share of the same strategy
+    stored as made (accounted on meta tensors at the sizes of the run config)."""
+    rows, model = [], None
+    for name in names:
+        base = None
+        for codec in ["none", *[c for c in codecs if c != "none"]]:
+            cfg = compose_config([*overrides, f"strategy={name}", f"kv.codec={codec}"])
+            model = model or SpecModel.of(instantiate(cfg.model))
+            report = account(model, build_strategy(cfg.strategy), video_frames(cfg, model.spec),
+                             codec=build_codec(cfg))
+            held = report.peak.total_bytes
+            base = base or held
+            if codec in codecs:
+                rows.append((name, report.codec, f"{held / GB:.3f}", f"{held / base:.4f}",
+                             f"1/{base / held:.2f}"))
+    s = model.spec
+    table = Table(title=f"KV stored per codec: {model.name}, {s.num_layers} layers, "
+                        f"{s.tokens_per_frame:,} tokens/frame, {s.dtype} (meta tensors)")
+    for col in ("strategy", "codec", "peak held GB", "share of none", "as a fraction"):
+        table.add_column(col, justify="right")
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
+def _listed(overrides: list[str], key: str) -> tuple[list[str], list[str] | None]:
+    """``key=[a,b]`` (or ``key=a,b``) taken out of the overrides."""
+    found = [o.split("=", 1)[1] for o in overrides if o.startswith(f"{key}=")]
+    rest = [o for o in overrides if not o.startswith(f"{key}=")]
+    return rest, found[-1].strip("[]").split(",") if found else None
+
+
 def cmd_memory(overrides: list[str]) -> int:
-    """``rollbench memory [overrides]``: per-partition KV memory at the model's true sizes."""
+    """``rollbench memory [overrides]``: per-partition KV memory at the model's true sizes;
+    ``strategies=[...] codecs=[...]``: the table of stored bytes per strategy and codec."""
+    overrides, names = _listed(list(overrides), "strategies")
+    overrides, codecs = _listed(overrides, "codecs")
+    console = Console()
+    if codecs is not None:
+        cfg = compose_config(overrides)
+        names = names or [str(cfg.strategy.get("label") or cfg.strategy._target_)]
+        for codec in codecs:  # a typo fails before any accounting
+            build_codec(compose_config([*overrides, f"kv.codec={codec}"]))
+        console.print(codec_table(overrides, names, codecs))
+        return 0
     cfg = compose_config(overrides)
     strategy = build_strategy(cfg.strategy)
     model = SpecModel.of(instantiate(cfg.model))
-    report = account(model, strategy, video_frames(cfg, model.spec), track=True)
-    console = Console()
+    codec = build_codec(cfg)
+    report = account(model, strategy, video_frames(cfg, model.spec), track=True, codec=codec)
     console.print(memory_table(report))
     for line in summary_lines(report):
         console.print(line)
+    if codec is not None:
+        plain = account(model, build_strategy(cfg.strategy), video_frames(cfg, model.spec))
+        held, made = report.peak.total_bytes, plain.peak.total_bytes
+        console.print(f"stored as {report.codec}: peak held {held / GB:.3f} GB = "
+                      f"{held / made:.4f}x (1/{made / held:.2f}) of the same strategy stored "
+                      f"as made ({made / GB:.3f} GB)")
     return 0

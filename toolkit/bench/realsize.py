@@ -282,7 +282,8 @@ def with_weights_twin(overrides: Sequence[str]) -> list[str]:
 def wants_realbench(overrides: Sequence[str]) -> bool:
     """True when ``bench`` should measure with this module: a CUDA run or a real model."""
     overrides = with_weights_twin(overrides)
-    cfg = compose_config([o for o in overrides if not o.startswith("strategies=")])
+    bench_only = ("strategies=", "codecs=", "blocks=")  # the CPU bench's own options
+    cfg = compose_config([o for o in overrides if not o.startswith(bench_only)])
     return str(cfg.device).startswith("cuda") or cfg.model.get("_target_") in REAL_TARGETS
 
 

@@ -41,6 +41,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
+from toolkit.core.codecs import Coded, active_codec
 from toolkit.core.contract import StrategyType, ask_context, check_contract
 from toolkit.core.rope import Rope
 from toolkit.core.spec import ModelSpec
@@ -52,6 +53,11 @@ POSITIONS = ("absolute", "reindex", "interpolate")
 @dataclass
 class BlockKV:
     """Per-layer K/V of one cached block (or of a compressed stand-in for one).
+
+    A block made under a KV codec (``toolkit.core.codecs.storing``: the rollout's ``kv.codec``)
+    holds its K/V in the codec's stored form for life: ``keys`` / ``values`` decode a new
+    tensor, ``layer_kv`` / ``stored_layer`` one layer, assigning them stores them encoded, and
+    ``nbytes`` counts the stored tensors. Without a codec the tensors are held as made.
 
     Attributes:
         index: the block's number in the video.
@@ -75,30 +81,72 @@ class BlockKV:
             self.rotated_at = self.t0
 
     def __setattr__(self, name: str, value: Any) -> None:
-        if name in ("keys", "values"):  # new tensors: forget the old ones' layer views
-            self.__dict__.pop("_views", None)
+        if name in _KV:  # new tensors: forget the old ones' layer views
+            state = self.__dict__
+            state.pop("_views", None)
+            if "_codec" not in state:  # the codec of the block's first tensors, for life
+                state["_codec"] = active_codec()
+            if state["_codec"] is not None:
+                state.pop(name, None)
+                state[_KV[name]] = state["_codec"].encode(value)
+                return
         super().__setattr__(name, value)
+
+    def __getattr__(self, name: str) -> Any:  # only reached for attributes not held as made
+        coded = self.__dict__.get(_KV.get(name, ""))
+        if coded is None:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        return self.__dict__["_codec"].decode(coded)
+
+    def _coded(self, name: str) -> Coded | None:  # the stored form, None when held as made
+        return self.__dict__.get(_KV[name])
 
     @property
     def tokens(self) -> int:
-        return self.keys.shape[-2]
+        coded = self._coded("keys")
+        return coded.shape[-2] if coded is not None else self.keys.shape[-2]
 
     @property
     def nbytes(self) -> int:
+        """Bytes held: the tensors', or their stored form's (codes, steps, shared parts)."""
+        ck, cv = self._coded("keys"), self._coded("values")
+        if ck is not None:
+            return ck.nbytes + cv.nbytes
         return self.keys.nbytes + self.values.nbytes
+
+    @property
+    def is_meta(self) -> bool:
+        """Whether the block is sizes only (memory accounting on meta tensors)."""
+        coded = self._coded("keys")
+        return coded.is_meta if coded is not None else self.keys.is_meta
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the K/V (as read; the stored form may be narrower)."""
+        coded = self._coded("keys")
+        return coded.dtype if coded is not None else self.keys.dtype
 
     def move_to(self, t0: float, rope: Rope | None = None) -> None:
         """Place the block at temporal start t0 (keys are rotated there when read)."""
         self.t0 = float(t0)
 
+    def stored_layer(self, layer: int) -> tuple[Tensor, Tensor]:
+        """Keys (rotated at ``rotated_at``, as stored) and values (B, H, N, D) of one layer:
+        views of the held tensors, or that layer decoded from the stored form."""
+        ck = self._coded("keys")
+        if ck is not None:
+            codec = self.__dict__["_codec"]
+            return codec.decode(ck, layer), codec.decode(self._coded("values"), layer)
+        views = self.__dict__.get("_views")
+        if views is None:
+            views = self.__dict__["_views"] = _LayerViews(self.keys, self.values)
+        return views.layers[layer]
+
     def layer_kv(self, layer: int, rope: Rope) -> tuple[Tensor, Tensor]:
         """Keys (rotated at ``t0``) and values (B, H, N, D) of one layer."""
         from toolkit.core.rope import shift_time
 
-        views = self.__dict__.get("_views")
-        if views is None:
-            views = self.__dict__["_views"] = _LayerViews(self.keys, self.values)
-        k, v = views.layers[layer]
+        k, v = self.stored_layer(layer)
         return shift_time(k, rope, self.t0 - self.rotated_at), v
 
     def keys_at_t0(self, rope: Rope) -> Tensor:
@@ -112,10 +160,19 @@ class BlockKV:
         if frames <= 0:
             return
         cut = frames * tokens_per_frame
-        self.keys = self.keys[..., cut:, :].clone()
-        self.values = self.values[..., cut:, :].clone()
+        ck = self._coded("keys")
+        if ck is not None:
+            codec = self.__dict__["_codec"]
+            self.__dict__["_coded_keys"] = codec.drop_tokens(ck, cut)
+            self.__dict__["_coded_values"] = codec.drop_tokens(self._coded("values"), cut)
+        else:
+            self.keys = self.keys[..., cut:, :].clone()
+            self.values = self.values[..., cut:, :].clone()
         self.t0 += frames
         self.rotated_at += frames
+
+
+_KV = {"keys": "_coded_keys", "values": "_coded_values"}  # attribute -> its stored form
 
 
 class _LayerViews:

@@ -17,6 +17,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from toolkit.core.cache import BlockKV, CacheStrategy, FinishedBlock
+from toolkit.core.codecs import KVCodec, storing
 from toolkit.core.contract import ask_context
 from toolkit.core.recache import check_mode
 from toolkit.core.recache import recache as rebuild
@@ -167,7 +168,8 @@ BlockCallback = Callable[[BlockRecord], None]
 @torch.no_grad()
 def rollout(model: Any, strategy: CacheStrategy, prompts: Sequence[Any], latent_frames: int,
             seed: int = 0, progress: bool = False, decode: bool = True,
-            callbacks: Sequence[BlockCallback] = (), recache: str = "none") -> Rollout:
+            callbacks: Sequence[BlockCallback] = (), recache: str = "none",
+            codec: Any = None) -> Rollout:
     """Generate ``latent_frames`` latent frames block by block under a cache strategy.
 
     Args:
@@ -183,6 +185,8 @@ def rollout(model: Any, strategy: CacheStrategy, prompts: Sequence[Any], latent_
         recache: ``none`` (the cache is kept across prompt switches) or ``switch``: at each
             switch the K/V of every block the strategy holds are rebuilt under the new prompt
             (``toolkit.core.recache``; each rebuild recorded in ``trace.meta["recache"]``).
+        codec: how cached blocks are stored (``toolkit.core.codecs``: a ``KVCodec``, a name
+            such as ``int4``, a run config's ``kv`` options); None / ``none``: as made.
     """
     # 1. sizes, noise, prompt conditioning (each distinct prompt encoded once, up front)
     spec, device = model.spec, model.device
@@ -205,8 +209,12 @@ def rollout(model: Any, strategy: CacheStrategy, prompts: Sequence[Any], latent_
         trace.meta["schedule"] = conditioning.describe()
     if rebuild_at:
         trace.meta["recache"] = []
+    store = KVCodec.of(codec)
+    if store is not None:
+        store.check(spec.head_dim)
+        trace.meta["kv_codec"] = store.label()
     out: list[Tensor] = []
-    with model.attach() as slot:
+    with model.attach() as slot, storing(store):
         slot.plan = driver.plan
         for index in tqdm(range(blocks), disable=not progress, desc=trace.strategy,
                           unit="block"):

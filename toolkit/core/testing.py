@@ -7,6 +7,9 @@ Use it from pytest by subclassing and saying how to build your strategy::
     class TestMyStrategy(StrategyContract):
         def make_strategy(self):
             return MyStrategy(budget_frames=8)
+
+Set ``codec`` (a ``toolkit.core.codecs`` name or ``KVCodec``) to run every check with the
+cache stored in that codec's form, e.g. one subclass per codec.
 """
 
 from __future__ import annotations
@@ -157,6 +160,7 @@ class StrategyContract:
     """Checks any ``CacheStrategy`` must pass. Subclass and implement ``make_strategy``."""
 
     latent_frames = 24
+    codec: Any = None  # the KV storage codec every check runs with (None: as made)
 
     def make_strategy(self) -> CacheStrategy:
         raise NotImplementedError
@@ -165,7 +169,7 @@ class StrategyContract:
         model = tiny_model()
         strategy = self.make_strategy()
         return model, strategy, rollout(model, strategy, ["contract"], self.latent_frames,
-                                        seed=seed, decode=False)
+                                        seed=seed, decode=False, codec=self.codec)
 
     def test_is_a_cache_strategy(self) -> None:
         assert isinstance(self.make_strategy(), CacheStrategy)
@@ -194,21 +198,23 @@ class StrategyContract:
             checked.append(record.index)
 
         rollout(model, strategy, ["contract"], self.latent_frames, decode=False,
-                callbacks=[check])
+                callbacks=[check], codec=self.codec)
         assert len(checked) == model.spec.blocks_of(self.latent_frames)
 
     def test_processors_restored(self) -> None:
         model = tiny_model()
         before = [type(b.attn1.processor) for b in model.transformer.blocks]
         rollout(model, self.make_strategy(), ["contract"], 2 * model.spec.block_frames,
-                decode=False)
+                decode=False, codec=self.codec)
         assert [type(b.attn1.processor) for b in model.transformer.blocks] == before
 
     def test_rebind_forgets_previous_rollout(self) -> None:
         model = tiny_model()
         strategy = self.make_strategy()
-        first = rollout(model, strategy, ["contract"], self.latent_frames, decode=False)
-        second = rollout(model, strategy, ["contract"], self.latent_frames, decode=False)
+        first = rollout(model, strategy, ["contract"], self.latent_frames, decode=False,
+                        codec=self.codec)
+        second = rollout(model, strategy, ["contract"], self.latent_frames, decode=False,
+                         codec=self.codec)
         assert torch.equal(first.latents, second.latents)
 
 

@@ -371,6 +371,31 @@ def _check_type(target: str, key: str, value: Any, default: Any) -> None:
                           f"(default {default!r})")
 
 
+def build_codec(cfg: DictConfig | dict[str, Any]) -> Any:
+    """The KV storage codec of a run config's ``kv`` node (``toolkit.core.codecs.KVCodec``),
+    or None for ``kv.codec=none`` / no node (ConfigError naming a bad value)."""
+    node = cfg.get("kv")
+    if node is None:
+        return None
+    data = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) \
+        else dict(node)
+    from toolkit.core.codecs import KVCodec
+
+    try:
+        return KVCodec.of(data)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(str(err)) from None
+
+
+def run_label(cfg: DictConfig) -> str:
+    """A run's default report label: its strategy's, with its KV codec when it has one
+    (``sink + int2/g64``)."""
+    label = strategy_label(cfg.strategy)
+    kv = cfg.get("kv") or {}
+    return label if str(kv.get("codec") or "none") == "none" else \
+        f"{label} + {build_codec(cfg).label()}"
+
+
 def strategy_label(node: DictConfig | dict[str, Any]) -> str:
     """The name a strategy config is reported under: its ``label``, else its target."""
     label = node.get("label")
@@ -387,7 +412,8 @@ def build_model(node: DictConfig, device: str = "cpu") -> Any:
 
 
 def build(cfg: DictConfig) -> tuple[Any, Any]:
-    """Model and strategy of a composed run config, checked against each other.
+    """Model and strategy of a composed run config, checked against each other (and the KV
+    codec, ``kv``, against the model).
 
     ``video.latent_frames`` is set from ``video.seconds`` when that is given
     (:func:`video_frames`).
@@ -396,7 +422,13 @@ def build(cfg: DictConfig) -> tuple[Any, Any]:
 
     torch.set_num_threads(int(cfg.threads))
     strategy = build_strategy(cfg.strategy)
+    codec = build_codec(cfg)
     model = build_model(cfg.model, cfg.device)
     strategy.check(model.spec)
+    if codec is not None:
+        try:
+            codec.check(model.spec.head_dim)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
     cfg.video.latent_frames = video_frames(cfg, model.spec)
     return model, strategy

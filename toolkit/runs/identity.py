@@ -34,11 +34,24 @@ MEASURED_BY = ("metrics", "options", "feature", "segment_frames")
 
 
 def canonical_config(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
-    """The resolved config without the keys that do not change a rollout."""
+    """The resolved config without the keys that do not change a rollout.
+
+    The KV codec (``kv``) is left out when it is ``none`` (runs keep the keys they had before
+    codecs existed) and otherwise written with its options resolved (an option left at its
+    default and one given as the default are one key)."""
     data = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) \
         else json.loads(json.dumps(cfg, default=str))
-    return {k: v for k, v in data.items() if k not in EXCLUDED_KEYS
-            and not (k in DEFAULT_ONLY and v == DEFAULT_ONLY[k])}
+    out = {k: v for k, v in data.items() if k not in EXCLUDED_KEYS
+           and not (k in DEFAULT_ONLY and v == DEFAULT_ONLY[k])}
+    kv = out.pop("kv", None)
+    if isinstance(kv, Mapping) and str(kv.get("codec") or "none") != "none":
+        from toolkit.core.codecs import KVCodec
+
+        codec = KVCodec.of(kv)
+        out["kv"] = {"codec": codec.name, "group": codec.group}
+        if codec.smooth:
+            out["kv"] |= {"token_group": codec.token_group, "stages": list(codec.stages)}
+    return out
 
 
 def run_key(cfg: DictConfig | Mapping[str, Any]) -> str:

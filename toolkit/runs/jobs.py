@@ -155,13 +155,13 @@ def scalars_of(run_dir: Path) -> dict[str, float]:
 
 def record_failure(cfg: DictConfig, key: str, error: str, parent: str | None = None) -> str:
     """A FAILED MLflow run holding the error, so a grid's record shows the failure."""
-    from toolkit.runs.config import strategy_label
+    from toolkit.runs.config import run_label, strategy_label
     from toolkit.runs.tracking import experiment_id, open_client, target
 
     uri, experiment = target(cfg)
     client = open_client(uri)
     tags = {"run_key": key, "strategy": strategy_label(cfg.strategy),
-            "variant": str(cfg.get("variant") or strategy_label(cfg.strategy)),
+            "variant": str(cfg.get("variant") or run_label(cfg)),
             "error": error[-4000:]}
     if parent:
         tags["mlflow.parentRunId"] = parent
@@ -266,7 +266,7 @@ def _run_claimed(cfg: DictConfig, key: str, verbose: bool, parent: str | None,
     """Roll out, save and record a claimed key; ``done``: a finished run of the key measured
     otherwise whose rollout is not on this machine (deleted once the new run is recorded)."""
     from toolkit.core.rollout import RolloutError, rollout
-    from toolkit.runs.config import build
+    from toolkit.runs.config import build, build_codec
     from toolkit.runs.stores import mask
     from toolkit.runs.tracking import open_client, record_run, target
 
@@ -276,13 +276,15 @@ def _run_claimed(cfg: DictConfig, key: str, verbose: bool, parent: str | None,
         model, strategy = built or build(cfg)
         prompts = default_prompts(model, cfg)
         start = time.perf_counter()
+        codec = build_codec(cfg)
         out = rollout(model, strategy, prompts, cfg.video.latent_frames, seed=cfg.seed,
                       progress=cfg.progress, callbacks=callbacks,
-                      recache=str(cfg.get("recache") or "none"))
+                      recache=str(cfg.get("recache") or "none"), codec=codec)
         save_rollout(out, cfg, run_dir)
         if verbose:
-            print_summaries(f"rollout: {out.trace.strategy}", [
-                (out.trace.strategy, summarise(out, time.perf_counter() - start))])
+            label = out.trace.strategy + (f" + {codec.label()}" if codec else "")
+            print_summaries(f"rollout: {label}", [
+                (label, summarise(out, time.perf_counter() - start))])
         run_id = record_run(out, cfg, run_dir, model=model, prompt=prompts[0], parent=parent)
         if done is not None and run_id is not None:  # measured otherwise, its rollout not here
             open_client(uri).delete_run(done.info.run_id)

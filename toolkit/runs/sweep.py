@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
 SWEEPS = Path(__file__).resolve().parents[2] / "ablations" / "sweep"
 KINDS = ("int", "float", "categorical")
+SAMPLERS = ("tpe", "grid")
 
 
 @dataclass
@@ -45,6 +46,7 @@ class SweepSpec:
     seed: int = 0
     pruner: str | None = None
     seeds: list[int] | None = None  # seeds per trial (objective: their mean); None: base's
+    sampler: str = "tpe"  # tpe, or grid: every combination of categorical params once
     overrides: list[str] = field(default_factory=list)
     workers: int = 1  # processes on the study on this machine (set by ``cmd_sweep``)
 
@@ -76,7 +78,7 @@ def load_sweep(name: str, overrides: Sequence[str] = ()) -> SweepSpec:
     data = OmegaConf.to_container(OmegaConf.load(path))
     question = next((ln.lstrip("# ").strip() for ln in path.read_text().splitlines()
                      if ln.startswith("#")), "")
-    allowed = {"base", "objectives", "params", "n_trials", "seed", "pruner", "seeds"}
+    allowed = {"base", "objectives", "params", "n_trials", "seed", "pruner", "seeds", "sampler"}
     unknown = sorted(set(data) - allowed)
     if unknown:
         raise ConfigError(f"sweep {name!r}: unknown keys {unknown}; allowed {sorted(allowed)}")
@@ -91,6 +93,13 @@ def load_sweep(name: str, overrides: Sequence[str] = ()) -> SweepSpec:
         raise ConfigError(f"sweep {name!r}: seeds={spec.seeds!r}; allowed a non-empty list "
                           "of whole numbers, e.g. [0, 1, 2]")
     _ = spec.directions  # unknown objective metrics fail here, with "did you mean"
+    if spec.sampler not in SAMPLERS:
+        raise ConfigError(f"sweep {name!r}: sampler={spec.sampler!r}; allowed {list(SAMPLERS)}")
+    if spec.sampler == "grid":
+        loose = [k for k, s in spec.params.items() if s["type"] != "categorical"]
+        if loose:
+            raise ConfigError(f"sweep {name!r}: sampler=grid needs categorical params; "
+                              f"{loose} are not (give them choices: [...])")
     if spec.pruner not in (None, "median"):
         raise ConfigError(f"sweep {name!r}: pruner={spec.pruner!r}; allowed null, median")
     if spec.pruner and len(spec.objectives) > 1:
@@ -221,13 +230,32 @@ def _worker(name: str, url: str, overrides: list[str], parent: str | None, total
 
     spec = load_sweep(name, overrides)
     spec.overrides, spec.workers = overrides, workers
-    sampler = optuna.samplers.TPESampler(seed=spec.seed + rank)  # distinct, reproducible
+    sampler = make_sampler(spec, rank)
     study = optuna.load_study(study_name=spec.name, storage=open_storage(url), sampler=sampler)
     states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED,
               optuna.trial.TrialState.FAIL)
     stop = optuna.study.MaxTrialsCallback(total, states=states)
     study.optimize(Objective(spec, parent), n_trials=share, catch=(Exception,),
                    callbacks=[stop])
+
+
+def make_sampler(spec: SweepSpec, rank: int = 0) -> Any:
+    """The study's sampler: TPE seeded per worker (distinct, reproducible), or the grid of the
+    categorical params (each combination once, shared by the workers)."""
+    import optuna
+
+    if spec.sampler == "grid":
+        space = {k: list(s["choices"]) for k, s in spec.params.items()}
+        return optuna.samplers.GridSampler(space, seed=spec.seed)
+    return optuna.samplers.TPESampler(seed=spec.seed + rank)
+
+
+def grid_size(spec: SweepSpec) -> int:
+    """Combinations of a grid sweep's params."""
+    size = 1
+    for s in spec.params.values():
+        size *= len(s["choices"])
+    return size
 
 
 def parse(args: list[str]) -> tuple[str, dict[str, str], list[str]]:
@@ -293,10 +321,12 @@ def cmd_sweep(args: list[str]) -> int:
     url = storage_url(opts.get("storage"), cfg.run_root, name)
     total, workers = _whole("n_trials", opts.get("n_trials", spec.n_trials)), \
         _whole("workers", opts.get("workers", 1))
+    if spec.sampler == "grid":  # each combination once
+        total = min(total, grid_size(spec))
     pruner = optuna.pruners.MedianPruner(n_warmup_steps=4) if spec.pruner else None
     study = optuna.create_study(study_name=name, storage=open_storage(url),
                                 directions=spec.directions, load_if_exists=True,
-                                sampler=optuna.samplers.TPESampler(seed=spec.seed),
+                                sampler=make_sampler(spec),
                                 pruner=pruner)
     parent = study_run(spec, url, cfg)
     console.print(f"sweep {name}: {spec.question}\nstorage {mask(url)}; {total} trials, "

@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from omegaconf import DictConfig
 
-from toolkit.runs.config import strategy_label
+from toolkit.runs.config import run_label, strategy_label
 from toolkit.runs.identity import (
     canonical_config,
     flatten,
@@ -168,7 +168,7 @@ def record_run(out: Any, cfg: DictConfig, run_dir: str | Path, model: Any = None
         filmstrip([frames[idx]], run_dir / "marks.png")
     config = canonical_config(cfg)
     tags = {"strategy": strategy_label(cfg.strategy),
-            "variant": str(cfg.get("variant") or strategy_label(cfg.strategy)),
+            "variant": str(cfg.get("variant") or run_label(cfg)),
             **({"parallel": str(cfg.parallel)} if (cfg.get("parallel") or 1) > 1 else {}),
             "model": str(cfg.model.get("_target_", "")).rsplit(".", 1)[-1],
             "prompt": _prompt_text(prompt), "run_key": run_key(cfg),
