@@ -77,9 +77,10 @@ def _question(name: str, experiments_dir: str | None = None) -> str:
 def _legend(baseline: str | None, requested: str | None, test: str, summary: pd.DataFrame) -> str:
     parts = ["Columns: multiples of the training length (in latent frames). Cells: the mean "
              "over seeds with its 95% CI [low, high]; **bold**: the best in its column; "
-             "(n=k): only k of the variant's runs (seeds x prompts) have the value, or fewer "
-             f"than {MIN_CI} runs: then no interval is given; —: missing. Intervals stay in the "
-             "measure's range (a fraction's in [0, 1])."]
+             "(n=k): only k of the variant's runs (seeds x prompts) have the value; a value "
+             f"from fewer than {MIN_CI} runs has no interval (the runs table gives each "
+             "variant's runs); —: missing. Intervals stay in the measure's range (a fraction's "
+             "in [0, 1])."]
     if baseline:
         parts.append(f"▲ / ▼: significantly better / worse than `{baseline}` (paired {test} "
                      "test over seeds and prompts, p < 0.05).")

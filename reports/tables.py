@@ -28,7 +28,7 @@ import pandas as pd
 
 from reports.data import Experiment
 from toolkit.metrics import METRICS
-from toolkit.runs.aggregate import MIN_CI, direction, summarise
+from toolkit.runs.aggregate import direction, summarise
 from toolkit.runs.tracking import MARKS
 
 ARROWS = {"higher": "↑", "lower": "↓"}
@@ -157,15 +157,15 @@ def num(x: float) -> str:
 
 
 def cell(row: pd.Series | None, scale: float, expected: int) -> str:
-    """``mean [low, high]`` (scaled), ``(n=k)`` when runs lack it or k < ``MIN_CI`` (no
-    interval then), ▲/▼ vs the baseline."""
+    """``mean [low, high]`` (scaled; no interval under ``MIN_CI`` runs), ``(n=k)`` when some of
+    the variant's runs lack the value, ▲/▼ vs the baseline."""
     if row is None or not np.isfinite(row["mean"]):
         return "—"
     mean, low, high = (row[k] * scale for k in ("mean", "ci_low", "ci_high"))
     text = num(mean)
     if np.isfinite(low) and np.isfinite(high) and num(low) != num(high):
         text += f" [{num(low)}, {num(high)}]"
-    if row["n"] < expected or row["n"] < MIN_CI:  # fewer than MIN_CI: no interval, say why
+    if row["n"] < expected:  # some runs lack it (a variant with few runs: the legend says)
         text += f" (n={int(row['n'])})"
     if bool(row.get("significant", False)):
         text += " ▲" if bool(row["better"]) else " ▼"
