@@ -41,7 +41,7 @@ from toolkit.core.cache import (
     require_non_negative,
     usage,
 )
-from toolkit.core.rope import Rope, rotate
+from toolkit.core.rope import rotate_at
 from toolkit.core.spec import ModelSpec
 from toolkit.registry import STRATEGIES
 
@@ -78,12 +78,6 @@ def positions(spec: ModelSpec, t0: float, frames: int, cell: int) -> Tensor:
         axes.append(torch.arange(n, dtype=torch.float64) * cell + (cell - 1) / 2)
     grid = torch.meshgrid(*axes, indexing="ij")
     return torch.stack(grid, dim=-1).reshape(-1, 3)
-
-
-def _rotate(x: Tensor, rope: Rope, pos: Tensor, inverse: bool = False) -> Tensor:
-    """Rotate x (B, H, N, D) at positions pos (N, 3); ``inverse`` removes that rotation."""
-    table = rope.table(pos)[0].transpose(0, 1).to(x.device)  # (1, N, D / 2)
-    return rotate(x, table.conj() if inverse else table)
 
 
 @STRATEGIES.register("fade")
@@ -229,11 +223,11 @@ class Fade(CacheStrategy):
             ks, vs = [], []
             for e in entries:
                 k, v = e.kv.stored_layer(layer)  # (B, H, frames * rows * cols, D)
-                k = _rotate(k, self.rope, positions(self.spec, e.kv.rotated_at, e.frames,
+                k = rotate_at(k, self.rope, positions(self.spec, e.kv.rotated_at, e.frames,
                                                     e.cell), inverse=True)
                 ks.append(self._cells(k.float(), e))
                 vs.append(self._cells(v.float(), e))
-            keys.append(_rotate(_pool_time(torch.cat(ks, 2), weights), self.rope, pos))
+            keys.append(rotate_at(_pool_time(torch.cat(ks, 2), weights), self.rope, pos))
             values.append(_pool_time(torch.cat(vs, 2), weights))
         dtype = first.kv.dtype
         kv = BlockKV(first.first, torch.stack(keys).to(dtype), torch.stack(values).to(dtype),

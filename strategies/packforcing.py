@@ -75,7 +75,7 @@ from toolkit.core.cache import (
     require_non_negative,
     usage,
 )
-from toolkit.core.rope import grid_positions, rotate, shift_time
+from toolkit.core.rope import grid_positions, rotate_at, shift_time
 from toolkit.core.spec import ModelSpec
 from toolkit.core.timing import Timer
 from toolkit.registry import STRATEGIES
@@ -84,12 +84,6 @@ SELECTIONS = ("topk", "recency", "all", "truth")
 POSITIONS = ("shift", "repack", "absolute")
 SCORE_POSITIONS = ("common", "stored")
 SCOPES = ("per_layer", "shared")
-
-
-def _rotate(x: Tensor, rope: Any, pos: Tensor, inverse: bool = False) -> Tensor:
-    """Rotate x (..., N, D) at positions pos (N, 3); ``inverse`` removes that rotation."""
-    table = rope.table(pos)[0].transpose(0, 1).to(x.device)  # (1, N, D / 2)
-    return rotate(x, table.conj() if inverse else table)
 
 
 @STRATEGIES.register("packforcing")
@@ -426,9 +420,9 @@ class PackForcing(CacheStrategy):
         keys, values = [], []
         for layer in range(self.spec.num_layers):
             k, v = (t.unsqueeze(0) for t in kv.stored_layer(layer))  # (1, B, H, N, D)
-            raw = _rotate(k, self.rope, full, inverse=True)
+            raw = rotate_at(k, self.rope, full, inverse=True)
             k, v = module.compress_kv(raw, v)
-            keys.append(_rotate(k, self.rope, pos).to(kv.dtype))
+            keys.append(rotate_at(k, self.rope, pos).to(kv.dtype))
             values.append(v.to(kv.dtype))
         return torch.cat(keys), torch.cat(values)
 

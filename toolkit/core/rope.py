@@ -81,6 +81,13 @@ def rotate(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     return out if x.dtype == torch.float32 else out.to(x.dtype)
 
 
+def rotate_at(x: torch.Tensor, rope: Rope, pos: torch.Tensor, inverse: bool = False
+              ) -> torch.Tensor:
+    """Rotate x (..., N, D) at positions pos (N, 3); ``inverse`` removes that rotation."""
+    table = rope.table(pos)[0].transpose(0, 1).to(x.device)  # (1, N, D / 2)
+    return rotate(x, table.conj() if inverse else table)
+
+
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate channel pairs of ``x`` (..., N, D) by tables broadcastable to it (diffusers' rule)."""
     return rotate(x, torch.complex(cos[..., 0::2], sin[..., 1::2]))
