@@ -53,7 +53,6 @@ from __future__ import annotations
 
 import copy
 import json
-import platform
 import shlex
 import time
 from dataclasses import asdict, dataclass, fields
@@ -88,15 +87,18 @@ from toolkit.worlds.sprites.model import (
     WorldConfig,
     WorldModel,
     load_world,
-    save_world,
-    sha256,
 )
-from toolkit.worlds.sprites.sim import FRAME_SIZE, sample_batch
+from toolkit.worlds.sprites.pf_export import (  # noqa: F401 (file names: part of this API)
+    COMPRESSOR_FILE,
+    WORLD_FILE,
+    _shown,
+    export,
+    file_names,
+)
+from toolkit.worlds.sprites.sim import sample_batch
 from toolkit.worlds.sprites.train import cosine_factor, loss_weights, noise_blocks
 
 CLEAN_CONTEXTS = ("strategy", "causal")
-WORLD_FILE = "world-model-pf.safetensors"
-COMPRESSOR_FILE = "compressor-hr.safetensors"
 RUN_ONLY = ("steps", "ckpt_every", "log_every", "eval_every", "out", "export", "threads",
             "device")  # settings a resumed run may change without a warning
 
@@ -328,21 +330,6 @@ def command(cfg: PFTrainConfig) -> str:
     return shlex.join(parts)
 
 
-def _shown(path: Path) -> str:
-    """A path relative to the repository when it lies inside it."""
-    root = WEIGHTS_DIR.parents[3]
-    try:
-        return str(path.resolve().relative_to(root))
-    except ValueError:
-        return str(path)
-
-
-def _device_name(device: torch.device, threads: int) -> str:
-    if device.type == "cuda":
-        return f"cuda: {torch.cuda.get_device_name(device)}"
-    return f"cpu: {platform.processor() or platform.machine()}, {threads} thread(s)"
-
-
 def build_modules(cfg: PFTrainConfig) -> tuple[WorldModel, Compressor]:
     """The world model to fine-tune (``init`` or the shipped weights) and a seeded compressor."""
     model = load_world(cfg.init or None, device=cfg.device)
@@ -453,72 +440,5 @@ def train_packforcing(cfg: PFTrainConfig, log=print) -> Path:
                             "config": asdict(cfg), "init_sha256": init_card.get("sha256")},
                            ckpt)
     final_model, final_comp = (ema_model, ema_comp) if cfg.ema > 0 else (model, compressor)
-    return export(cfg, final_model.eval(), final_comp.eval(), world_cfg, history, init_path,
-                  init_card)
-
-
-def file_names(cfg: PFTrainConfig, world_cfg: WorldConfig) -> tuple[str, str | None]:
-    """Exported world weights and compressor weights (None: the compressor has no parameters).
-
-    Sprite world: world-model-pf / compressor-hr; memory world: world-memory<tag>-pf-<compressor>
-    / compressor-memory<tag>-<compressor>, one pair per trained variant, ``<tag>`` the initial
-    weights' (``init=world-memory-v2.safetensors``: ``-v2``); ``-select`` ends the names of a
-    run with the selection loss, ``-mixed`` of one mixing in in-clip steps.
-    """
-    learned = compressor_class(cfg.compressor).learned
-    if world_cfg.world == "sprites":
-        return WORLD_FILE, COMPRESSOR_FILE if learned else None
-    name = cfg.compressor + ("-select" if cfg.candidates and cfg.select_weight > 0 else "") + (
-        "-mixed" if cfg.candidates and cfg.packed_share < 1.0 else "")
-    stem = Path(cfg.init).name.removesuffix(".safetensors")
-    tag = stem.removeprefix("world-memory") if stem.startswith("world-memory") else ""
-    return (f"world-memory{tag}-pf-{name}.safetensors",
-            f"compressor-memory{tag}-{name}.safetensors" if learned else None)
-
-
-def export(cfg: PFTrainConfig, model: WorldModel, compressor: Compressor, world_cfg: WorldConfig,
-           history: list[dict[str, Any]], init_path: Path, init_card: dict[str, Any]) -> Path:
-    """Write the fine-tuned world weights and the compressor's learned (hr) branch, with cards
-    (names from ``file_names``)."""
-    folder = Path(cfg.export) if cfg.export else Path(cfg.out) / "final"
-    folder.mkdir(parents=True, exist_ok=True)
-    world_file, comp_file = file_names(cfg, world_cfg)
-    comp_path = compressor.save(folder / comp_file) if comp_file else None
-    strategy = {"_target_": "packforcing", "sink_frames": cfg.sink_frames,
-                "recent_frames": cfg.recent_frames, "compressor": cfg.compressor,
-                "compress_time": cfg.compress_time, "compress_space": cfg.compress_space,
-                "hr_channels": cfg.hr_channels, "kv": cfg.kv, "spatial": cfg.spatial,
-                "compressor_weights": comp_file}
-    last = history[-1] if history else {}
-    evals = [r for r in history if "mid_use" in r or "return_ratio" in r]
-    keys = ("gap_mid", "gap_nomid", "mid_use", "return_ratio", "colour_shown", "colour_hidden",
-            "topk_hit", "chance_hit")
-    card = {
-        "recipe": "packforcing",
-        "command": command(cfg),
-        "seed": cfg.seed,
-        "steps": cfg.steps,
-        "train": asdict(cfg),
-        "final_losses": {k: last.get(k) for k in ("loss", "err_mid", "err_nomid")},
-        "context_use": {k: evals[-1][k] for k in keys if evals and k in evals[-1]},
-        "history": history[-20:],
-        "wall_seconds": last.get("elapsed"),
-        "device": _device_name(next(model.parameters()).device, cfg.threads),
-        "exported": "EMA weights" if cfg.ema > 0 else "raw weights",
-        "init": {"file": _shown(init_path), "sha256": init_card.get("sha256"),
-                 "steps": init_card.get("steps"),
-                 "provisional": init_card.get("provisional", False)},
-        "strategy": strategy,
-        "frame_size": FRAME_SIZE,
-    }
-    if comp_path is not None:
-        card["compressor"] = {"file": comp_file, "sha256": sha256(comp_path),
-                              "name": cfg.compressor, "saved_branch": "hr"}
-    world_path = save_world(model, world_cfg, folder / world_file, card)
-    if comp_path is not None:
-        world_card = json.loads(world_path.with_suffix(".json").read_text())
-        comp_card = {**{k: v for k, v in card.items() if k != "compressor"},
-                     "file": comp_file, "sha256": card["compressor"]["sha256"],
-                     "world": {"file": world_file, "sha256": world_card["sha256"]}}
-        comp_path.with_suffix(".json").write_text(json.dumps(comp_card, indent=1))
-    return world_path
+    return export(cfg, command(cfg), final_model.eval(), final_comp.eval(), world_cfg, history,
+                  init_path, init_card)
