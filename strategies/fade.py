@@ -157,15 +157,6 @@ class Fade(CacheStrategy):
         held = [*self._sink, *(e.kv for e in self._mid), *self._recent]
         return [b.layer_kv(layer, self.rope) for b in held]
 
-    def context(self, layer: int, q: Tensor, step: int, fill: bool = False
-                ) -> tuple[Tensor, Tensor]:
-        """The context of one layer concatenated (a copy; the harness reads the parts)."""
-        parts = self.context_parts(layer, q, step, fill)
-        if not parts:
-            empty = q.new_zeros((q.shape[0], q.shape[1], 0, q.shape[3]))
-            return empty, empty
-        return torch.cat([k for k, _ in parts], dim=2), torch.cat([v for _, v in parts], dim=2)
-
     def commit(self, block: FinishedBlock) -> None:
         kv, bf = block.kv, self.spec.block_frames
         if block.index < self.blocks_of(self.sink_frames):

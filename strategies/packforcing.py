@@ -267,15 +267,6 @@ class PackForcing(CacheStrategy):
         with self.timer.section("positions"):
             return self._parts(layer, self._chosen[layer])
 
-    def context(self, layer: int, q: Tensor, step: int, fill: bool = False
-                ) -> tuple[Tensor, Tensor]:
-        """The context of one layer concatenated (a copy; the harness reads the parts)."""
-        parts = self.context_parts(layer, q, step, fill)
-        if not parts:
-            empty = q.new_zeros((q.shape[0], q.shape[1], 0, q.shape[3]))
-            return empty, empty
-        return torch.cat([k for k, _ in parts], dim=2), torch.cat([v for _, v in parts], dim=2)
-
     def _heads(self, q: Tensor) -> list[int]:
         return scored_heads(q.shape[1], self.score_heads)
 

@@ -43,6 +43,30 @@ class _History(CacheStrategy):
         return usage(self.blocks, ("cache",))
 
 
+# -- one of context / context_parts ---------------------------------------------------------
+def test_a_strategy_writes_context_or_its_parts(tiny):
+    """``context`` defaults to the parts concatenated; ``context_parts`` to ``[context]``; a
+    strategy writing neither is told so at its first request."""
+    class Parts(_History):
+        def context_parts(self, layer, q, step, fill=False):
+            return [b.layer_kv(layer, self.rope) for b in self.blocks]
+
+    class Whole(_History):
+        def context(self, layer, q, step, fill=False):
+            return _history(self, layer, q)
+
+    full = rollout(tiny, Full(), ["x"], FRAMES, seed=1).latents
+    for cls in (Parts, Whole):
+        strategy = cls()
+        assert torch.equal(rollout(tiny, strategy, ["x"], FRAMES, seed=1).latents, full)
+        q = torch.randn(1, tiny.spec.num_heads, 3, tiny.spec.head_dim)
+        k, v = strategy.context(0, q, 0)
+        ref_k, ref_v = _history(strategy, 0, q)
+        assert torch.equal(k, ref_k) and torch.equal(v, ref_v)
+    with pytest.raises(NotImplementedError, match="Neither writes neither context nor"):
+        type("Neither", (_History,), {})().context(0, q, 0)
+
+
 # -- the fill flag ---------------------------------------------------------------------------
 def test_context_is_told_which_pass_is_the_cache_fill(tiny):
     class Logged(_History):

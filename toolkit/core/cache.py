@@ -264,10 +264,12 @@ class CacheStrategy(ABC, metaclass=StrategyType):
         """The ``step`` the cache-fill pass carries (``steps``); tell that pass by ``fill``."""
         return self.model.sampler.steps
 
-    @abstractmethod
     def context(self, layer: int, q: Tensor, step: int, fill: bool = False
                 ) -> tuple[Tensor, Tensor]:
         """K and V (B, H, M, D) attended by layer ``layer``.
+
+        Default: the parts of ``context_parts`` concatenated (a copy; the harness reads the
+        parts). A strategy writes one of the two.
 
         Args:
             layer: the transformer layer asking.
@@ -276,6 +278,14 @@ class CacheStrategy(ABC, metaclass=StrategyType):
             fill: True in the cache-fill pass (the clean block at timestep 0; its K/V are
                 recorded and handed to ``commit``), False in the denoising steps.
         """
+        if type(self).context_parts is CacheStrategy.context_parts:
+            raise NotImplementedError(f"{type(self).__name__} writes neither context nor "
+                                      "context_parts: a strategy writes one of the two")
+        parts = self.context_parts(layer, q, step, fill)
+        if not parts:
+            empty = q.new_zeros((q.shape[0], q.shape[1], 0, q.shape[3]))
+            return empty, empty
+        return torch.cat([k for k, _ in parts], dim=2), torch.cat([v for _, v in parts], dim=2)
 
     def context_parts(self, layer: int, q: Tensor, step: int, fill: bool = False
                       ) -> list[tuple[Tensor, Tensor]]:
