@@ -163,8 +163,8 @@ class BlockKV:
         ck = self._coded("keys")
         if ck is not None:
             codec = self.__dict__["_codec"]
-            self.__dict__["_coded_keys"] = codec.drop_tokens(ck, cut)
-            self.__dict__["_coded_values"] = codec.drop_tokens(self._coded("values"), cut)
+            self.__dict__[_KV["keys"]] = codec.drop_tokens(ck, cut)
+            self.__dict__[_KV["values"]] = codec.drop_tokens(self._coded("values"), cut)
         else:
             self.keys = self.keys[..., cut:, :].clone()
             self.values = self.values[..., cut:, :].clone()

@@ -155,10 +155,10 @@ def memory_pf_v2_val() -> str:
     """The compressor fine-tunes of world-memory-v2 on validation schedules at 24x (the numbers
     the shipped two were chosen on), from ``docs/artifacts/memory-pf-v2-val.json``."""
     import json
-    from pathlib import Path
 
-    data = json.loads((Path(__file__).resolve().parents[3] / "docs" / "artifacts"
-                       / "memory-pf-v2-val.json").read_text())
+    from toolkit.worlds.memory.hits import ARTIFACT
+
+    data = json.loads((ARTIFACT.parent / "memory-pf-v2-val.json").read_text())
     runs = {f.removeprefix("world-memory-v2-pf-").removesuffix(".safetensors"): r
             for f, r in data["runs"].items()}
     out = ["", "| fine-tune | steps, selection loss, in-clip share | training (CPU) | top-k "

@@ -45,8 +45,8 @@ from strategies.packforcing_select import query_sum, scored_heads
 from toolkit.core.rope import grid_positions, shift_time
 from toolkit.core.sampling import BlockSampler
 from toolkit.worlds.memory.packed import Context, PackedMix, packed_context
-from toolkit.worlds.memory.scenes import SCENE_BACKGROUNDS
-from toolkit.worlds.sprites.sim import PALETTE, SPLIT_SEEDS, split_seed
+from toolkit.worlds.memory.train import colour_hits
+from toolkit.worlds.sprites.sim import SPLIT_SEEDS, split_seed
 
 
 @dataclass(frozen=True)
@@ -95,10 +95,14 @@ def make_topk_batch(model, contexts: list[Context], encode_shots) -> TopkBatch:
     return TopkBatch(x0, cond, torch.tensor(shown, device=x0.device), contexts)
 
 
+def _returning(ctx: Context):
+    """The sprite instance the context's last block returns to."""
+    return ctx.sched.instances[ctx.sched.instance[ctx.slots[-1]]]
+
+
 def _shown_blocks(ctx: Context) -> set[int]:
     """Blocks of the schedule that showed the sprite the context's last block returns to."""
-    s, last = ctx.sched, ctx.slots[-1]
-    return {b for b in s.instances[s.instance[last]].blocks if b < last}
+    return {b for b in _returning(ctx).blocks if b < ctx.slots[-1]}
 
 
 class TopkPlan:
@@ -233,22 +237,11 @@ def selection_loss(scores: Tensor, needed: Tensor) -> Tensor:
     return -mass.mean()
 
 
-def colour_hits(model, pred: Tensor, contexts: list[Context]) -> list[bool]:
-    """Whether the return's predicted first frame shows its sprite's colour (the palette
-    colour nearest the mean of the pixels off the scene's background)."""
+def return_colours(model, pred: Tensor, contexts: list[Context]) -> float:
+    """Share of contexts whose return's predicted first frame shows its sprite's colour
+    (``toolkit.worlds.memory.train.colour_hits``)."""
     frames = model.vae.decode(pred[:, :, :1])[:, 0]  # (B, 3, H, W)
-    palette = torch.tensor(list(PALETTE.values()))
-    hits = []
-    for i, c in enumerate(contexts):
-        inst = c.sched.instances[c.sched.instance[c.slots[-1]]]
-        px = frames[i].flatten(1).T.cpu()
-        fg = px[(px - torch.tensor(SCENE_BACKGROUNDS[inst.scene])).norm(dim=1) > 0.15]
-        if len(fg) == 0:
-            hits.append(False)
-            continue
-        near = (fg.mean(0) - palette).norm(dim=1).argmin().item()
-        hits.append(list(PALETTE)[near] == inst.sprite.colour)
-    return hits
+    return float(np.mean(colour_hits(frames, [_returning(c) for c in contexts])))
 
 
 def topk_use(model, compressor: Compressor, setup: TopkSetup, encode_shots, n: int = 32,
@@ -266,12 +259,10 @@ def topk_use(model, compressor: Compressor, setup: TopkSetup, encode_shots, n: i
                           1.0, sigma=full)
         hidden = topk_step(model, compressor, setup, batch, torch.Generator().manual_seed(seed),
                            1.0, hide=True, sigma=full)
-    needed = batch.needed.float().sum(1)
     m, k = setup.candidates, setup.top_k
-    miss = torch.stack([torch.tensor(math.comb(m - int(c), k) / math.comb(m, k))
-                        for c in needed.tolist()])
+    miss = [math.comb(m - int(c), k) / math.comb(m, k) for c in batch.needed.sum(1).tolist()]
     return {"topk_hit": shown["hit"].float().mean().item(),
-            "chance_hit": 1 - miss.mean().item(),
+            "chance_hit": 1 - float(np.mean(miss)),
             "return_ratio": (hidden["err"].mean() / shown["err"].mean()).item(),
-            "colour_shown": float(np.mean(colour_hits(model, shown["pred"], contexts))),
-            "colour_hidden": float(np.mean(colour_hits(model, hidden["pred"], contexts)))}
+            "colour_shown": return_colours(model, shown["pred"], contexts),
+            "colour_hidden": return_colours(model, hidden["pred"], contexts)}

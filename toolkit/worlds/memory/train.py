@@ -210,26 +210,30 @@ def hide_mask(mask: torch.Tensor, scheds, spec, frames: int) -> torch.Tensor:
     return out
 
 
-def colour_recall(model: MemoryWorldModel, pred: torch.Tensor, scheds, block_frames: int) -> float:
-    """Share of clips whose last block's predicted first frame shows the sprite's colour: the
-    nearest palette colour to the mean of the pixels that are not the scene's background (a
-    one-step prediction at full noise is blurred, so the analysers' strict reading would miss
-    sprites that are there)."""
-    last = pred.shape[2] // block_frames - 1
-    frames = model.vae.decode(pred[:, :, last * block_frames][:, :, None])[:, 0]  # (B, 3, H, W)
+def colour_hits(frames: torch.Tensor, instances) -> list[bool]:
+    """Whether each frame (B, 3, H, W) shows its sprite instance's colour: the nearest palette
+    colour to the mean of the pixels that are not the scene's background (a one-step
+    prediction at full noise is blurred, so the analysers' strict reading would miss sprites
+    that are there)."""
     palette = torch.tensor(list(PALETTE.values()))
     hits = []
-    for i, s in enumerate(scheds):
-        inst = s.instances[s.instance[last]]
-        px = frames[i].flatten(1).T  # (H*W, 3)
-        bg = torch.tensor(SCENE_BACKGROUNDS[inst.scene])
-        fg = px[(px - bg).norm(dim=1) > 0.15]
+    for frame, inst in zip(frames, instances, strict=True):
+        px = frame.flatten(1).T.cpu()  # (H*W, 3)
+        fg = px[(px - torch.tensor(SCENE_BACKGROUNDS[inst.scene])).norm(dim=1) > 0.15]
         if len(fg) == 0:
             hits.append(False)
             continue
         near = (fg.mean(0) - palette).norm(dim=1).argmin().item()
         hits.append(list(PALETTE)[near] == inst.sprite.colour)
-    return float(np.mean(hits))
+    return hits
+
+
+def colour_recall(model: MemoryWorldModel, pred: torch.Tensor, scheds, block_frames: int) -> float:
+    """Share of clips whose last block's predicted first frame shows the sprite's colour
+    (``colour_hits``)."""
+    last = pred.shape[2] // block_frames - 1
+    frames = model.vae.decode(pred[:, :, last * block_frames][:, :, None])[:, 0]  # (B, 3, H, W)
+    return float(np.mean(colour_hits(frames, [s.instances[s.instance[last]] for s in scheds])))
 
 
 def context_use(model: MemoryWorldModel, cfg: MemoryTrainConfig, pos, mask,
