@@ -39,6 +39,7 @@ from toolkit.findings import (
     NOT_TESTABLE,
     OPPOSITE,
     SMALL,
+    Check,
     Claim,
     Result,
     Spec,
@@ -48,6 +49,8 @@ from toolkit.findings import (
     evaluate_spec,
     measure_runs,
     method_notes,
+    paired_counts,
+    pairs_of,
     parse_measure,
     values_of,
 )
@@ -365,7 +368,7 @@ def _arm_interval(spec: Spec, measure: str) -> str:
 
 
 def arms_table(f: Findings) -> list[str]:
-    cols = [c for c in ARM_COLUMNS if c in f.table]
+    cols = [c for c in (f.spec.columns or ARM_COLUMNS) if c in f.table]
     lines = ["| arm | config | n | " + " | ".join(f"`{c}`" for c in cols) + " |",
              "|---|---|---|" + "---|" * len(cols)]
     for arm in f.spec.arms_used():
@@ -377,13 +380,26 @@ def arms_table(f: Findings) -> list[str]:
     return lines
 
 
+def _moments(f: Findings, t: Check) -> str:
+    """A paired measure's moments: how many both runs could read, and each arm's pooled
+    value on them (the two terms of the moment-weighted difference)."""
+    if parse_measure(t.measure).kind != "paired":
+        return ""
+    a, b = pairs_of(t, f.table)
+    arm = f.table[f.table["arm"] == t.arm].set_index("seed")[t.measure]
+    base = f.table[f.table["arm"] == t.baseline].set_index("seed")[t.measure]
+    n = int(paired_counts(arm, base).sum())
+    return (f" seeds; {n} moments readable in both; pooled `{t.arm}` {num(float(a.mean()))}, "
+            f"`{t.baseline}` {num(float(b.mean()))}")
+
+
 def bullet(f: Findings, r: Result) -> str:
     """One test of a claim in words: its effect, statistics, power, rule and verdict."""
     t = r.test
     span = measure_range(t.measure, bool(t.baseline))
     one = _one_x(f, r, span)
     head = (f"- {t.name}: `{_effect(t)}` on `{t.measure}` = {_value(r, span)} "
-            f"(n={len(r.values)}" + (f"; at 1x {one}" if one else "") + ")")
+            f"(n={len(r.values)}" + (f"; at 1x {one}" if one else "") + _moments(f, t) + ")")
     if r.exact:
         head += "; set by the arms' configs alone, so reported as exact values, not tested"
     elif r.verdict == NOT_TESTABLE:

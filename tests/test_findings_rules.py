@@ -297,7 +297,7 @@ def test_smaller_than_the_margin_is_one_sided_at_the_alpha_faced():
 
 
 def test_tests_that_cannot_reach_their_alpha_are_flagged_before_the_runs(tmp_path):
-    from toolkit.findings.run import reach_lines
+    from toolkit.findings.power import reach_lines
 
     seven = reach_lines(_spec(tmp_path, claims=7), 8)
     assert len(seven) == 7 and "with 8 seeds no p falls below 0.0078, not below its alpha " \

@@ -91,6 +91,8 @@ def cmd_findings(args: list[str]) -> int:
                       f"{inv.workers} worker(s); tracking {mask(inv.uri)}")
         execute(inv, head, start)
     findings = analyse(inv.spec, keys_of(inv.jobs), inv.uri)
+    if inv.pilot:
+        return _pilot(inv, findings)
     wall = time.perf_counter() - start
     last = json.loads(inv.timing.read_text()) if inv.timing.exists() else None
     header = [f"- Command: `{inv.command}`", f"- Git revision: `{head}`",
@@ -102,6 +104,33 @@ def cmd_findings(args: list[str]) -> int:
     console.print(f"findings: {out} ({wall / 60:.1f} min)")
     for claim in inv.spec.claims:
         console.print(f"  {claim.id}: {claim_verdict(findings.results[claim.id])}")
+    return 0 if not findings.missing else 1
+
+
+def _pilot(inv, findings) -> int:
+    """The pilot's seed count per gate and primary test (a table, and JSON at ``out=``)."""
+    import json
+
+    from rich.table import Table
+
+    from toolkit.findings.power import pilot_rows
+
+    rows = pilot_rows(inv.spec, findings.table)
+    table = Table(title=f"pilot: {inv.seeds} seeds, detecting {inv.spec.pilot.effect:g} with "
+                        "80% power")
+    for col in ("claim", "role", "measure", "n", "mean", "sd", "sd 80% upper", "alpha", "seeds"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["claim"], r["role"], r["measure"], str(r["n"]), f"{r['mean']:.3f}",
+                      f"{r['sd']:.3f}", f"{r['sd_upper']:.3f}", f"{r['alpha']:.3g}",
+                      str(r["seeds"]))
+    console.print(table)
+    if inv.out.suffix == ".json":
+        inv.out.parent.mkdir(parents=True, exist_ok=True)
+        inv.out.write_text(json.dumps({"command": inv.command, "prompts": [
+            inv.spec.pilot.prompts()[0], inv.spec.pilot.prompts()[-1]], "rows": rows},
+            indent=1) + "\n")
+        console.print(f"findings: pilot written to {inv.out}")
     return 0 if not findings.missing else 1
 
 

@@ -37,6 +37,8 @@ from toolkit.findings.measures import (
     measure_runs,
     measure_value,
     measures_needed,
+    paired_counts,
+    paired_values,
     whole_measure,
     window_mean,
 )
@@ -72,6 +74,7 @@ from toolkit.findings.stats import (
     evaluate,
     evaluate_spec,
     margin_verdict,
+    pairs_of,
     roles,
     saturation_reason,
     untestable_reason,
@@ -86,7 +89,8 @@ __all__ = ["ALPHA", "DERIVED", "EXACT", "EXACT_MAX", "EXPECT", "EXPERIMENT", "HO
            "check_measure", "claim_summary", "claim_verdict", "correction_note",
            "detectable_effect", "evaluate", "evaluate_spec", "holm", "keys_of", "load_spec",
            "margin_verdict", "measure_curve", "measure_runs", "measure_value",
-           "measures_needed", "method_notes", "p_floor", "parse_measure", "plan", "roles",
+           "measures_needed", "method_notes", "p_floor", "paired_counts", "paired_values",
+           "pairs_of", "parse_measure", "plan", "roles",
            "run_jobs", "saturation_reason", "score_p", "sd_upper", "seeds_for", "sign_flip_p",
            "t_interval", "untestable_reason", "values_of", "verdict", "whole_measure",
            "wilcoxon", "wilcoxon_method", "wilson_cluster", "window_mean"]

@@ -1,5 +1,8 @@
 """Per-run measures of the findings, from logged curves and scalars (syntax: ``spec.py``).
 
+A ``paired`` measure (``CURVE@paired``) is kept per run as its (steps, values) and compared
+between two arms by :func:`paired_values`.
+
 Windows of latent frames, for a run of ``frames`` frames and a 1x ``window``: ``first`` =
 [0, window), ``last`` = [frames - window, frames), ``whole`` and ``binsK`` = [window, frames).
 A curve's value at step s belongs to a window when s lies in it. A derived ratio
@@ -120,8 +123,8 @@ def measure_curve(measure: str, steps: np.ndarray, values: np.ndarray, frames: i
 
 
 def measures_needed(spec: Spec) -> list[str]:
-    """Every measure a test needs, with its 1x / 24x twins."""
-    out: list[str] = []
+    """Every measure a test needs, with its 1x / 24x twins, and the arms table's columns."""
+    out: list[str] = [c for c in dict.fromkeys(spec.columns)]
     for claim in spec.claims:
         for t in claim.tests:
             for m in (t.measure, t.at("first"), t.at("last")):
@@ -145,6 +148,46 @@ def measure_runs(spec: Spec, runs: pd.DataFrame, uri: str) -> pd.DataFrame:
         row = {"arm": run.arm, "seed": int(run.seed), "run_id": run.run_id}
         series = {name: logged[name][run.run_id] for name in names}
         for m in needed:
-            row[m.text] = measure_value(m, series, spec.latent_frames, spec.window)
+            row[m.text] = (series[m.curves[0]] if m.kind == "paired"
+                           else measure_value(m, series, spec.latent_frames, spec.window))
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def paired_values(arm: pd.Series, base: pd.Series) -> tuple[pd.Series, pd.Series]:
+    """The moment-weighted comparison of two arms' sparse 0 / 1 curves, by seed.
+
+    ``arm`` / ``base``: (steps, values) per seed (index). On each seed only the steps finite in
+    BOTH runs count (a return readable in both videos); with ``n_s`` such steps, ``N`` their
+    total and ``S`` the seeds having any, seed s gives ``sum(values at those steps) * S / N``
+    for each arm. The means over seeds are then the pooled (moment-weighted) recalls and their
+    difference the moment-weighted difference; the seed stays the unit of the tests (a
+    sign-flip of a seed's value flips its moments together). Seeds with no common step: NaN.
+    """
+    sums: dict[int, tuple[float, float, int]] = {}
+    for seed in arm.index.intersection(base.index):
+        (sa, va), (sb, vb) = arm[seed], base[seed]
+        a = dict(zip(np.asarray(sa).tolist(), np.asarray(va, float), strict=True))
+        b = dict(zip(np.asarray(sb).tolist(), np.asarray(vb, float), strict=True))
+        common = [s for s in a if s in b and np.isfinite(a[s]) and np.isfinite(b[s])]
+        sums[seed] = (sum(a[s] for s in common), sum(b[s] for s in common), len(common))
+    total = sum(n for _, _, n in sums.values())
+    seeds = sum(n > 0 for _, _, n in sums.values())
+    scale = seeds / total if total else float("nan")
+
+    def weighted(k: int) -> pd.Series:
+        return pd.Series({s: (v[k] * scale if v[2] else float("nan")) for s, v in sums.items()},
+                         dtype=float)
+
+    return weighted(0), weighted(1)
+
+
+def paired_counts(arm: pd.Series, base: pd.Series) -> pd.Series:
+    """Per seed: how many steps both runs have finite (the moments a paired measure reads)."""
+    out = {}
+    for seed in arm.index.intersection(base.index):
+        (sa, va), (sb, vb) = arm[seed], base[seed]
+        fa = set(np.asarray(sa)[np.isfinite(np.asarray(va, float))].tolist())
+        fb = set(np.asarray(sb)[np.isfinite(np.asarray(vb, float))].tolist())
+        out[seed] = len(fa & fb)
+    return pd.Series(out, dtype=int)

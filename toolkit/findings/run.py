@@ -119,15 +119,20 @@ class Job:
     key: str = ""
 
 
-def plan(spec: Spec, seeds: int, overrides: list[str] = (), quick: bool = False) -> list[Job]:
+def plan(spec: Spec, seeds: int, overrides: list[str] = (), quick: bool = False,
+         pilot: bool = False) -> list[Job]:
     """One composed run config per (arm, seed); arms no test uses are left out. ``quick``: the
-    file's quick prompts, disjoint from the confirmatory ones."""
+    file's quick prompts, ``pilot``: its pilot's, each disjoint from the confirmatory ones."""
     from toolkit.runs.config import compose_config
     from toolkit.runs.tracking import run_key
 
+    if pilot and spec.pilot is None:
+        raise ConfigError(f"pilot=true: {spec.path.name} has no pilot block (first_seed, seeds, "
+                          "sd, effect)")
+    prompts = spec.pilot.prompts() if pilot else spec.prompts(seeds, quick)
     jobs = []
     # seed-major: a partial run still has complete pairs
-    for seed in spec.prompts(seeds, quick):
+    for seed in prompts:
         for arm in spec.arms_used():
             cfg = compose_config([*spec.arms[arm], *overrides, f"seed={seed}",
                                   f"video.latent_frames={spec.latent_frames}",
@@ -217,7 +222,9 @@ OPTIONS = {"seeds": "held-out prompts per arm (default: the file's)",
            "out": "the page to write (default reports/FINDINGS.md)",
            "spec": "the findings file (default ablations/findings.yaml)",
            "render_only": "true: only re-render from the stored runs",
-           "draft": "true: allow a findings file with uncommitted changes (a draft page)"}
+           "draft": "true: allow a findings file with uncommitted changes (a draft page)",
+           "pilot": "true: run the file's pilot prompts and print the seeds its gate and "
+                    "primary tests need (no page; out= a JSON of it)"}
 
 
 @dataclass
@@ -235,6 +242,7 @@ class Invocation:
     jobs: list[Job] = field(default_factory=list)
     quick: bool = False
     draft: bool = False
+    pilot: bool = False
 
     @property
     def timing(self) -> Path:
@@ -273,8 +281,13 @@ def prepare(args: list[str]) -> Invocation:
     draft = _truth("draft", opts.get("draft", "false"))
     spec = committed_spec(opts.get("spec", SPEC), draft)
     quick = _truth("quick", opts.get("quick", "false"))
+    pilot = _truth("pilot", opts.get("pilot", "false"))
+    if pilot and (quick or "seeds" in opts):
+        raise ConfigError("pilot=true runs the file's pilot block (its first_seed and seeds); "
+                          "drop quick= and seeds=")
     seeds = _whole("seeds", opts["seeds"]) if "seeds" in opts else (
-        spec.quick_seeds if quick else spec.seeds)
+        spec.quick_seeds if quick else spec.pilot.seeds if pilot and spec.pilot
+        else spec.seeds)
     if seeds < 2:
         raise ConfigError(f"seeds={seeds}: paired tests need at least 2")
     workers = _whole("workers", opts.get("workers", "1"))
@@ -285,8 +298,9 @@ def prepare(args: list[str]) -> Invocation:
                      Path(opts.get("out", "reports/FINDINGS.md")),
                      _truth("render_only", opts.get("render_only", "false")),
                      resolve_uri(base.tracking.uri, base.run_root), Path(base.run_root),
-                     plan(spec, seeds, overrides, quick), quick, draft)
+                     plan(spec, seeds, overrides, quick, pilot), quick, draft, pilot)
     if spec.statistics.rules == "margin":
+        from toolkit.findings.power import reach_lines
         from toolkit.terminal import console
 
         for line in reach_lines(spec, seeds):
@@ -316,43 +330,6 @@ def committed_spec(path: str | Path, draft: bool = False) -> Spec:
     if text is None or text.returncode:
         raise ConfigError(f"cannot read {rel} as committed in {got[0][:12]} (git show failed)")
     return load_spec(path, text.stdout)
-
-
-def reach_lines(spec: Spec, seeds: int) -> list[str]:
-    """Before the runs: the tests no p of ``seeds`` values (even with no zero difference) can
-    bring below the alpha they face (the margin rules' roles), and the pilot's seed count."""
-    from toolkit.findings.stats import alphas, roles
-
-    alpha, floor = alphas(spec), 2.0 ** (1 - seeds)
-    out = []
-    for claim in spec.claims:
-        for test, role in zip(claim.tests, roles(claim), strict=True):
-            if test.parsed.exact and spec.statistics.exact:
-                continue
-            if not floor < alpha[role]:
-                out.append(f"⚠ `{claim.id}` / {test.name} ({role}): with {seeds} seeds no p "
-                           f"falls below {floor:.2g}, not below its alpha {alpha[role]:.2g}: "
-                           "it cannot hold")
-    if spec.pilot:
-        out.append(pilot_line(spec, seeds))
-    return out
-
-
-def pilot_line(spec: Spec, seeds: int) -> str:
-    """How the seed count follows from the pilot (its SD inflated to the 80% upper limit)."""
-    from toolkit.findings.inference import sd_upper, seeds_for
-    from toolkit.findings.stats import alphas
-
-    p = spec.pilot
-    alpha = alphas(spec)["primary"]
-    upper = sd_upper(p.sd, p.seeds)
-    need = seeds_for(upper, p.effect, alpha)
-    enough = ("enough" if seeds >= need else f"⚠ {seeds} are fewer: the effect may well be "
-              "missed")
-    return (f"Pilot: {p.seeds} seeds on prompts {p.prompts()[0]}..{p.prompts()[-1]}, SD "
-            f"{p.sd:g}, inflated to its 80% upper limit {upper:.3g}; detecting {p.effect:g} "
-            f"with 80% power at alpha {alpha:.2g} (Holm's strictest step) needs {need} seeds "
-            f"({enough}).")
 
 
 def execute(inv: Invocation, revision: str, started: float) -> list[dict[str, Any]]:
@@ -397,6 +374,8 @@ def seeds_line(inv: Invocation) -> str:
                else " (fewer than the file's)" if inv.seeds < inv.spec.seeds else "")
             + f"; {inv.spec.latent_frames} latent frames per run")
     if inv.spec.pilot:
+        from toolkit.findings.power import pilot_line
+
         line += ". " + pilot_line(inv.spec, inv.seeds)
     if inv.draft:
         line += ("\n- ⚠ DRAFT: rendered from a findings file with uncommitted changes "

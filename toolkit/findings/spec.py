@@ -11,7 +11,11 @@ Measures (``parse_measure``):
 - ``DERIVED@W``: a ratio of logged curves over the same window (:data:`DERIVED`), e.g.
   ``boundary_ratio@last`` = mean block-boundary jump / mean within-block change, both inside W;
 - ``SCALAR``: a logged scalar metric (``recall``, ``recall/mid``, ``rope_power/f1``...);
-- ``kv_linearity``, ``kv_growth``: summaries of the whole KV-bytes curve (:data:`WHOLE`).
+- ``kv_linearity``, ``kv_growth``: summaries of the whole KV-bytes curve (:data:`WHOLE`);
+- ``CURVE@paired``: a sparse 0 / 1 curve whose steps are events set by the prompt (the memory
+  world's return moments, ``recall_curve/beyond_colour``), compared between a test's arm and
+  baseline on the same seed at the steps finite in both: the moment-weighted difference
+  (``toolkit.findings.measures.paired_values``). Only for tests with a baseline.
 
 A measure is *exact* when it depends on the arm's config only, not on the seed (the cache's
 accounting, :data:`EXACT`): with ``statistics.exact`` it is reported as its value, not tested.
@@ -34,7 +38,7 @@ SPEC = Path(__file__).resolve().parents[2] / "ablations" / "findings.yaml"
 EXPECT = ("greater", "less", "within", "at_most", "at_least")
 #: Quick runs' first prompt when the file names none: far from any confirmatory range.
 QUICK_FIRST = 1000
-WINDOWS = ("first", "last", "drop", "whole")  # and binsK (K latent frames per bin)
+WINDOWS = ("first", "last", "drop", "whole", "paired")  # and binsK (K latent frames per bin)
 BINS = re.compile(r"bins([1-9][0-9]*)")
 #: Measures computed from a whole curve rather than a window of it.
 WHOLE = {"kv_linearity": "kv_bytes", "kv_growth": "kv_bytes"}
@@ -60,7 +64,8 @@ class Measure:
     Attributes:
         text: the measure as written.
         kind: ``curve`` (a logged curve over a window), ``derived`` (a ratio of curves over a
-            window), ``scalar`` (a logged scalar) or ``whole`` (a KV-curve summary).
+            window), ``scalar`` (a logged scalar), ``whole`` (a KV-curve summary) or ``paired``
+            (a sparse curve compared event by event with the baseline's).
         name: the part before ``@``.
         window: ``first``, ``last``, ``drop``, ``whole``, ``binsK``, or None.
         curves: the logged series it reads (numerator, denominator, filter for derived ones).
@@ -85,7 +90,7 @@ class Measure:
 
     def at(self, window: str) -> str | None:
         """The same measure in another window (None for scalars, KV summaries and drops)."""
-        if self.window is None or self.window == "drop":
+        if self.window in (None, "drop", "paired"):
             return None
         return f"{self.name}@{window}"
 
@@ -127,6 +132,13 @@ def parse_measure(text: str, where: str = "measure") -> Measure:
         exact, bounds = name.split("/", 1)[0] in EXACT, value_range(name)
     if window == "drop":
         bounds = (bounds[0] - bounds[1], bounds[1] - bounds[0])
+    if window == "paired":
+        if kind != "curve" or bounds != (0.0, 1.0):
+            raise ConfigError(f"{where}: {text!r}: @paired compares a 0 / 1 curve (e.g. "
+                              "recall_curve/beyond_colour) event by event; "
+                              f"{name!r} is not one")
+        # per-seed values are moment-weighted sums: the floor stays, the ceiling does not
+        kind, bounds = "paired", (0.0, math.inf)
     return Measure(text, kind, name, window, curves, exact, bounds)
 
 
@@ -319,6 +331,7 @@ class Spec:
     statistics: Statistics = field(default_factory=Statistics)
     quick_first_seed: int = QUICK_FIRST  # quick runs' prompts: their own range
     pilot: Pilot | None = None
+    columns: tuple[str, ...] = ()  # measures of the page's arms table (default: the report's)
 
     def prompts(self, seeds: int, quick: bool = False) -> range:
         """The held-out prompts (= run seeds) of a run with ``seeds`` seeds; quick runs use
@@ -351,7 +364,7 @@ def load_spec(path: str | Path = SPEC, text: str | None = None) -> Spec:
     loaded = OmegaConf.create(text) if text is not None else OmegaConf.load(path)
     raw = OmegaConf.to_container(loaded, resolve=True)
     keys = ("title", "about", "seeds", "first_seed", "latent_frames", "window", "quick",
-            "record", "statistics", "arms", "claims", "pilot")
+            "record", "statistics", "arms", "claims", "pilot", "columns")
     unknown = set(raw) - set(keys)
     if unknown:
         raise ConfigError(f"{path.name}: unknown keys {sorted(unknown)}; allowed: "
@@ -373,6 +386,9 @@ def load_spec(path: str | Path = SPEC, text: str | None = None) -> Spec:
                 if getattr(test, role) is not None:
                     _choice(f"{where}: {role}", getattr(test, role), list(arms))
             check_measure(test.measure, where)
+            if test.parsed.kind == "paired" and not test.baseline:
+                raise ConfigError(f"{where}: {test.measure!r} pairs the arm with a baseline "
+                                  "moment by moment: name a baseline")
             if test.margin < 0 or (test.expect == "within" and test.margin <= 0):
                 raise ConfigError(f"{where}: margin={test.margin} must be >= 0 (> 0 for within)")
             if test.expect in ("at_most", "at_least") and test.margin <= 0:
@@ -402,7 +418,12 @@ def load_spec(path: str | Path = SPEC, text: str | None = None) -> Spec:
                 about=str(raw.get("about", "")), first_seed=int(raw.get("first_seed", 0)),
                 statistics=Statistics.from_dict(raw.get("statistics"), path.name),
                 quick_first_seed=int(quick.get("first_seed", QUICK_FIRST)),
-                pilot=_pilot(raw.get("pilot"), path.name))
+                pilot=_pilot(raw.get("pilot"), path.name),
+                columns=tuple(str(c) for c in raw.get("columns") or ()))
+    for column in spec.columns:
+        if parse_measure(column, f"{path.name}: columns").kind == "paired":
+            raise ConfigError(f"{path.name}: columns: {column!r} compares two arms; the arms "
+                              "table shows one arm's measures")
     for name, first in (("first_seed", spec.first_seed), ("quick.first_seed",
                                                          spec.quick_first_seed)):
         if first < 0:

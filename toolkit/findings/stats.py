@@ -28,10 +28,11 @@ from toolkit.findings.measures import (  # noqa: F401  (the measures' API, re-ex
     measure_curve,
     measure_runs,
     measures_needed,
+    paired_values,
     whole_measure,
     window_mean,
 )
-from toolkit.findings.spec import Check, Claim, Spec, Statistics
+from toolkit.findings.spec import Check, Claim, Spec, Statistics, parse_measure
 
 wilcoxon = inf.wilcoxon
 NOT_TESTABLE = "not testable"
@@ -124,6 +125,8 @@ def pairs_of(test: Check, table: pd.DataFrame, measure: str | None = None
     if not test.baseline:
         return arm, None
     base = table[table["arm"] == test.baseline].set_index("seed")[measure]
+    if parse_measure(measure).kind == "paired":
+        return paired_values(arm, base)
     both = arm.to_frame("a").join(base.to_frame("b"), how="inner")
     return both["a"], both["b"]
 

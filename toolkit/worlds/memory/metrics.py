@@ -165,13 +165,19 @@ def recall(inp: MetricInput) -> dict[str, float]:
 
 
 @metric("recall_curve", "higher", "fraction", "curve_block", needs=("frames", "world"),
-        series=("", "colour"))
+        series=("", "colour", "beyond_colour"))
 def recall_curve(inp: MetricInput) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Identity recall (1 / 0) of each return moment, at the returning block's first frame."""
+    """Identity recall (1 / 0) of each readable return moment, at the returning block's first
+    frame; ``colour``: its colour match; ``beyond_colour``: the colour match of the readable
+    returns only memory can answer (``is_beyond``). Moments are set by the schedule, so two
+    runs of one seed share their steps: a findings file pairs them moment by moment
+    (``recall_curve/beyond_colour@paired``, on the moments readable in both runs)."""
     rows = [r for r in moment_rows(inp) if "identity" in r]
     steps = np.array([r["block"] * inp.block_frames for r in rows], np.int64)
     colour = np.array([r["colour"] for r in rows])
-    return {"": (steps, np.array([r["identity"] for r in rows])), "colour": (steps, colour)}
+    beyond = np.array([is_beyond(r) for r in rows], bool)
+    return {"": (steps, np.array([r["identity"] for r in rows])), "colour": (steps, colour),
+            "beyond_colour": (steps[beyond], colour[beyond])}
 
 
 def _bin_name(lo: int, hi: int) -> str:
