@@ -360,21 +360,31 @@ ARM_COLUMNS = ("fidelity@first", "fidelity@last", "identity_drift@last", "moving
                "sprite_speed@last", "boundary_change@last", "kv_growth")
 
 
-def _arm_interval(spec: Spec, measure: str) -> str:
+def _arm_interval(spec: Spec, span: tuple[float, float]) -> str:
     """One arm's interval: Wilson (seed clusters) for fractions under the margin rules."""
-    if spec.statistics.rules == "margin" and measure_range(measure) == (0.0, 1.0):
+    if spec.statistics.rules == "margin" and span == (0.0, 1.0):
         return "wilson"
     return spec.statistics.interval
 
 
+def _column_range(table: pd.DataFrame, measure: str) -> tuple[float, float]:
+    """A column's range: its measure's, unless some value leaves it (a series whose unit
+    differs from its metric's, e.g. the count beside a metric's fractions): then unbounded."""
+    span = measure_range(measure)
+    x = table[measure].to_numpy(float)
+    x = x[np.isfinite(x)]
+    return span if ((x >= span[0]) & (x <= span[1])).all() else UNBOUNDED
+
+
 def arms_table(f: Findings) -> list[str]:
     cols = [c for c in (f.spec.columns or ARM_COLUMNS) if c in f.table]
+    spans = {c: _column_range(f.table, c) for c in cols}
     lines = ["| arm | config | n | " + " | ".join(f"`{c}`" for c in cols) + " |",
              "|---|---|---|" + "---|" * len(cols)]
     for arm in f.spec.arms_used():
         sub = f.table[f.table["arm"] == arm]
-        cells = [_ci(*interval(sub[c].to_numpy(float), _arm_interval(f.spec, c)),
-                     measure_range(c)) for c in cols]
+        cells = [_ci(*interval(sub[c].to_numpy(float), _arm_interval(f.spec, spans[c])),
+                     spans[c]) for c in cols]
         config = " ".join(f"`{o}`" for o in f.spec.arms[arm])
         lines.append(f"| {arm} | {config} | {len(sub)} | " + " | ".join(cells) + " |")
     return lines
@@ -450,16 +460,15 @@ def to_markdown(f: Findings, header: list[str], out: Path) -> tuple[str, dict[st
     link = Path(os.path.relpath(spec.path.resolve(), out.parent.resolve())).as_posix()
     lines = [f"# {spec.title}", "", *header, "",
              "Each claim of PackForcing (arXiv 2603.25730, summarised in ../shared/PAPER.md) is "
-             "tested on the built-in world model with paired runs (same held-out prompt, same "
-             f"noise) of {spec.latent_frames} latent frames: "
-             f"{spec.latent_frames / spec.window:g}x the {spec.window}-frame training clips. The "
-             "measures, comparisons, thresholds and verdict rules were written down before these "
-             f"runs, in [`{spec.path.name}`]({link}). The 1x column is the same effect in the "
-             f"first {spec.window} latent frames (a causal rollout's prefix is its 1x video); "
-             f"'24x' is the last {spec.window}.", "",
+             "tested on a built-in world's model with paired runs (same held-out prompt, same "
+             f"noise) of {spec.latent_frames} latent frames. The measures, comparisons, "
+             "thresholds and verdict rules were written down before these runs, in "
+             f"[`{spec.path.name}`]({link}). The 1x column is the same effect in the first "
+             f"{spec.window} latent frames and '24x' in the last {spec.window} (the file's "
+             "windows; a causal rollout's prefix is its shorter video).", "",
              *([spec.about, ""] if spec.about else []),
              *([f"**Record.** {' '.join(spec.record)}", ""] if spec.record else []),
-             "Claims: " + ", ".join(f"{n} {w}" for w, n in counts.items() if n) + ".", "",
+             "Claims: " + "; ".join(f"{n} {w}" for w, n in counts.items() if n) + ".", "",
              correction_note(spec.statistics, f.results), ""]
     if f.missing:
         lines += [f"**Missing runs** ({len(f.missing)}): " + ", ".join(

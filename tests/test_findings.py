@@ -261,7 +261,7 @@ def test_a_statistics_block_renders_holm_sde_exact_and_not_testable(toy):
                  "draft=true"]) == 0
     page = out.read_text()
     assert "| p | Holm p | SDE |" in page
-    assert "Claims: 1 inconclusive, 1 not testable." in page
+    assert "Claims: 1 inconclusive; 1 not testable." in page
     assert ("**Multiple tests.** 1 of the 3 tests were tested (2 not: exact values or not "
             "testable)") in page
     assert "Verdicts use Holm's adjusted p" in page
