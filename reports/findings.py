@@ -9,12 +9,7 @@ figures beside it. What the page says about its statistics (the correction at th
 under the verdict table) comes from ``toolkit.findings.notes``, written from what was computed.
 Per test the page shows p and Holm p, the smallest detectable effect at 80% power (flagged when
 larger than the test's margin), exact values for measures set by the config alone (no p), and
-"not testable" with its reason. Figures:
-
-- curves of each claim's figure measure over the rollout (mean over seeds, 95% t band kept in
-  the measure's range; a per-frame 0/1 measure as its mean in bins of whole blocks, the raw
-  per-frame means faint), with the training length marked;
-- per test, every seed's value, the mean and its 95% CI against the pre-stated threshold.
+"not testable" with its reason. Figures: ``reports.findings_figures``.
 """
 
 from __future__ import annotations
@@ -26,12 +21,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
-from reports import figures
-from reports.data import block_frames_of, block_of_curve
-from reports.tables import heading, num, unit_of
+from reports.data import block_frames_of
+from reports.findings_figures import curve_png, effects_png, measure_range
+from reports.tables import num
 from toolkit.findings import (
     ALPHA,
     EXPERIMENT,
@@ -55,7 +48,7 @@ from toolkit.findings import (
     values_of,
 )
 from toolkit.findings.inference import POWER, interval
-from toolkit.runs.aggregate import UNBOUNDED, value_range
+from toolkit.runs.aggregate import UNBOUNDED
 
 MARK = {"holds": "✅ holds", "fails": "❌ fails", "inconclusive": "❔ inconclusive",
         "partly holds": "◐ partly holds", NOT_TESTABLE: "⊘ not testable",
@@ -65,7 +58,6 @@ VERDICTS = ("holds", HOLDS_UNCLEAR, "partly holds", "fails", OPPOSITE, SMALL, "i
             NOT_TESTABLE)
 ROLE = {"gate": "gate (control, alpha 0.05 first)", "primary": "primary (Holm)",
         "secondary": "secondary (unadjusted)"}
-BIN = 10  # latent frames per point of the curve figures
 
 
 @dataclass
@@ -108,7 +100,7 @@ def collect(planned: Mapping[tuple[str, int], str],
 
 def code_tags(run: Mapping[str, object]) -> dict[str, str]:
     """The ``code.*`` tags a run recorded (path -> hash; ``toolkit.findings.run.code_hashes``)."""
-    from toolkit.findings.run import CODE_TAG
+    from toolkit.findings.registration import CODE_TAG
 
     head = "tags." + CODE_TAG
     return {k[len(head):]: str(v) for k, v in run.items()
@@ -130,7 +122,7 @@ def provenance(f: Findings, head: str) -> list[str]:
                  "reused by run key; use a fresh `run_root` to re-run them all.")
     if "code" not in f.runs:
         return [line]
-    from toolkit.findings.run import code_check, code_hashes, committed_hashes, file_commit
+    from toolkit.findings.registration import code_check, code_hashes, committed_hashes, file_commit
 
     now = code_hashes(f.spec)
     got = file_commit(f.spec.path)
@@ -150,98 +142,6 @@ def analyse(spec: Spec, planned: Mapping[tuple[str, int], str], uri: str) -> Fin
     table = measure_runs(spec, runs, uri)
     results = evaluate_spec(spec, table)
     return Findings(spec, table, results, missing, runs, uri)
-
-
-# --- figures ---------------------------------------------------------------------------------
-def _binned(steps: np.ndarray, values: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
-    df = pd.DataFrame({"bin": steps // size, "v": values})
-    g = df[np.isfinite(df["v"])].groupby("bin")["v"].mean()
-    return g.index.to_numpy() * size + size / 2, g.to_numpy()
-
-
-def measure_range(measure: str, paired: bool = False) -> tuple[float, float]:
-    """The values a findings measure (or a paired difference of it) can take.
-
-    A logged curve or scalar has its unit's range, a window of a curve the curve's
-    (``fidelity@last``: [0, 1]); a drop (first minus last) and a difference against a baseline
-    span [low - high, high - low] each; a derived ratio is >= 0 (``Measure.bounds``);
-    ``kv_growth`` is >= 0 and ``kv_linearity`` (an R²) <= 1.
-    """
-    if measure == "kv_growth":
-        low, high = 0.0, np.inf
-    elif measure == "kv_linearity":
-        low, high = -np.inf, 1.0
-    elif "@" in measure:
-        low, high = parse_measure(measure).bounds
-    else:
-        low, high = value_range(measure)
-    if paired and measure != "kv_linearity":
-        low, high = low - high, high - low
-    return low, high
-
-
-def block_of(f: Findings) -> int | None:
-    """Latent frames per block of the runs: as recorded, else read off the KV curve."""
-    recorded = set(f.runs["block_frames"].dropna()) if "block_frames" in f.runs else set()
-    if len(recorded) == 1:
-        return int(recorded.pop())
-    if f.runs.empty or recorded:
-        return None
-    from toolkit.runs.aggregate import curves
-
-    steps = next(iter(curves(f.runs["run_id"][:1], "kv_bytes", f.uri).values()))[0]
-    return block_of_curve(steps)
-
-
-def curve_png(f: Findings, measure: str, arms: list[str]) -> bytes:
-    """The figure of one measure over the rollout, one line and 95% band per arm."""
-    from toolkit.runs.aggregate import curves
-
-    log = measure.startswith("kv_")
-    raw = {arm: [c for c in curves(f.runs.loc[f.runs["arm"] == arm, "run_id"], measure,
-                                   f.uri).values() if len(c[0])] for arm in arms}
-    block = block_of(f)
-    zero_one = not log and all(figures.binary(s) for s in raw.values() if s)
-    if log or zero_one:  # per block as logged, or per frame smoothed over one block
-        per, how = raw, "mean over seeds" if log else (
-            f"mean in bins of whole {block}-frame blocks, mean over seeds, 95% band")
-    else:
-        per = {a: [_binned(s, v, BIN) for s, v in got] for a, got in raw.items()}
-        how = f"mean of {BIN}-frame bins over seeds, 95% band"
-    scale, _ = unit_of(measure)
-    label = heading(measure, "") + (" (log)" if log else "")
-    title = f"{measure} {'held per block' if log else 'over the rollout'}\n{how}"
-    bounds = measure_range(measure) if not log else UNBOUNDED
-    return figures.curve_figure(title, label, per, scale, f.spec.window, (), log, bounds,
-                                block if zero_one else None)
-
-
-def effects_png(f: Findings, claim: Claim) -> bytes:
-    """Per test: every seed's value (dots), the mean and 95% CI (bar), the rule's band."""
-    res = f.results[claim.id]
-    fig = Figure(figsize=(3.3 * len(res), 2.6))
-    FigureCanvasAgg(fig)
-    for i, r in enumerate(res):
-        ax = fig.add_subplot(1, len(res), i + 1)
-        t = r.test
-        if t.margin:
-            ax.axhspan(t.than - t.margin, t.than + t.margin, color="0.9", lw=0,
-                       label=f"±{t.margin:g}")
-        ax.axhline(t.than, color="k", lw=0.8, ls="--")
-        x = np.linspace(-0.15, 0.15, len(r.values))
-        ax.scatter(x, r.values, s=12, color="tab:blue", zorder=3)
-        if np.isfinite(r.low):
-            low, high = np.clip((r.low, r.high), *measure_range(t.measure, bool(t.baseline)))
-            ax.errorbar([0.45], [r.mean], yerr=[[r.mean - low], [high - r.mean]], fmt="o",
-                        color="tab:red", capsize=4, zorder=3)
-        ax.set_xlim(-0.5, 0.8)
-        ax.set_xticks([])
-        vs = f" − {t.baseline}" if t.baseline else ""
-        ax.set_title(f"{t.arm}{vs}\n{t.measure}: {r.verdict}", fontsize=8)
-        ax.tick_params(labelsize=7)
-        ax.grid(alpha=0.3, axis="y")
-    fig.tight_layout()
-    return figures.png(fig)
 
 
 # --- Markdown --------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ def test_runs_made_by_other_code_are_flagged():
 def test_the_page_checks_the_file_was_committed_before_its_runs(tmp_path):
     import subprocess
 
-    from toolkit.findings.run import registration
+    from toolkit.findings.registration import registration
 
     repo = tmp_path / "repo"
     repo.mkdir()
@@ -86,7 +86,7 @@ def test_the_page_renders_the_committed_file_and_refuses_a_dirty_one(tmp_path):
     import pytest
 
     from toolkit.errors import ConfigError
-    from toolkit.findings.run import committed_spec
+    from toolkit.findings.registration import committed_spec
 
     _, spec, git = _repo(tmp_path)
     assert committed_spec(spec).title == "Toy findings"
@@ -104,7 +104,7 @@ def test_the_page_renders_the_committed_file_and_refuses_a_dirty_one(tmp_path):
 
 def test_the_check_catches_a_change_to_the_verdict_code_after_the_runs():
     from toolkit.findings import load_spec
-    from toolkit.findings.run import VERDICT_CODE, code_check, code_hashes, metric_modules
+    from toolkit.findings.registration import VERDICT_CODE, code_check, code_hashes, metric_modules
 
     spec = load_spec()
     now = code_hashes(spec)
@@ -129,7 +129,7 @@ def test_runs_record_their_code_and_the_page_compares_it(tmp_path):
 
     from reports.findings import code_tags, provenance
     from toolkit.findings import load_spec
-    from toolkit.findings.run import code_hashes
+    from toolkit.findings.registration import code_hashes
 
     spec = load_spec()
     now = code_hashes(spec)

@@ -76,7 +76,8 @@ def cmd_findings(args: list[str]) -> int:
 
     from reports.findings import analyse, provenance, write
     from toolkit.findings import claim_verdict, keys_of
-    from toolkit.findings.run import execute, prepare, registration, seeds_line, wall_line
+    from toolkit.findings.registration import registration
+    from toolkit.findings.run import execute, prepare, seeds_line, wall_line
     from toolkit.runs.stores import mask
     from toolkit.runs.tracking import git_state
 
