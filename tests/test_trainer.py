@@ -234,3 +234,43 @@ def test_command_and_card_name_what_differs():
     card = base_card("toy", cfg, [{"step": 9, "loss": 0.5, "elapsed": 2.0}])
     assert card["command"] == "rollbench train toy steps=9" and card["final_loss"] == 0.5
     assert card["train"]["steps"] == 9 and card["wall_seconds"] == 2.0
+
+
+def _restated(node: dict, default: object, prefix: str = "") -> list[str]:
+    """Keys of a recipe yaml that restate their dataclass default (or name no field)."""
+    out = []
+    for key, value in node.items():
+        if not hasattr(default, key):
+            out.append(f"{prefix}{key} (no such setting)")
+        elif isinstance(value, dict):
+            out += _restated(value, getattr(default, key), f"{prefix}{key}.")
+        elif value == getattr(default, key):
+            out.append(f"{prefix}{key}={value}")
+    return out
+
+
+def test_recipe_yamls_hold_only_what_differs_from_their_defaults():
+    from omegaconf import OmegaConf
+
+    from toolkit.models.recipes import RECIPES
+
+    files = sorted((Path(__file__).resolve().parents[1] / "ablations" / "train").glob("*.yaml"))
+    assert len(files) >= 3
+    restated = {f.stem: _restated(OmegaConf.to_container(OmegaConf.load(f)) or {},
+                                  RECIPES.get(f.stem).config()) for f in files}
+    assert {name: keys for name, keys in restated.items() if keys} == {}
+
+
+def test_the_yaml_check_sees_a_restated_default():
+    @dataclass
+    class Inner:
+        depth: int = 2
+
+    @dataclass
+    class Outer:
+        steps: int = 3
+        inner: Inner = None  # type: ignore[assignment]
+
+    outer = Outer(inner=Inner())
+    assert _restated({"steps": 4, "inner": {"depth": 2}, "nope": 1}, outer) == \
+        ["inner.depth=2", "nope (no such setting)"]

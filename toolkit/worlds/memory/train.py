@@ -53,11 +53,16 @@ MEMORY_FILE = "world-memory.safetensors"
 
 @dataclass
 class MemoryTrainConfig:
-    """Hyperparameters of ``rollbench train world-memory`` (mirrored in ablations/train/).
+    """Hyperparameters of ``rollbench train world-memory`` (ablations/train/world-memory.yaml
+    holds only what differs from these defaults).
 
     Attributes:
         init: world weights to start from ("": the shipped sprite world; memory-world weights
             are trained further as they are).
+        steps: the shipped world-memory ran to 5000 (run D), resumed as run E to 6500
+            (docs/memory-world.md).
+        min_sigma_weight: loss weight floor of low-noise blocks (0.1 in pilots A-C; D, shipped,
+            0.5).
         memory_share: share of clips whose last block is a mid-only return (the rest are
             plain draws of the schedule process).
         return_weight: loss weight of returning blocks (cuts back to a scene) over the others.

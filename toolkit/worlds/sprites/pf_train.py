@@ -101,7 +101,8 @@ CLEAN_CONTEXTS = ("strategy", "causal")
 
 @dataclass
 class PFTrainConfig:
-    """Hyperparameters of ``rollbench train packforcing`` (mirrored in ablations/train/).
+    """Hyperparameters of ``rollbench train packforcing`` (ablations/train/packforcing.yaml
+    holds only what differs from these defaults).
 
     Attributes:
         init: world weights to start from ("": the shipped ones, via ``load_world``).
@@ -109,12 +110,14 @@ class PFTrainConfig:
             exist: sink + recent <= clip - 2 blocks.
         compressor: a token compressor: ``hr`` or ``dual`` (learned), or ``lr`` (no
             parameters: only the generator learns to read it); compress_time / compress_space /
-            hr_channels as the strategy's (the saved weights fit only that rate and width).
+            hr_channels as the strategy's (the saved weights fit only that rate and width;
+            compress_space None: the paper's 8, here 2 tokens per mid block).
         kv / spatial: as the strategy's (its defaults: transformer / centres).
         clean_context: ``strategy`` (clean blocks see what their cache-fill pass sees at
             inference) or ``causal`` (full clean history, as the world recipe).
-        lr / compressor_lr: peak learning rates of the generator and the compressor (AdamW,
-            linear warm-up, cosine to ``min_lr_ratio``).
+        lr / compressor_lr: peak learning rates of the generator (the world recipe's final
+            rate: its peak 5e-4 x 0.1) and of the compressor (randomly initialised, it learns
+            from scratch); AdamW, linear warm-up, cosine to ``min_lr_ratio``.
         ema: EMA decay of both modules (0: off); the EMA copies are exported.
         eval_every: steps between context-use diagnostics (0: only at the end).
         memory_share / return_weight: memory world only: share of clips ending in a mid-only
