@@ -15,6 +15,7 @@ from toolkit.models.trainer import (
     Eval,
     Hooks,
     Trainer,
+    TrainSettings,
     base_card,
     command,
     cosine_factor,
@@ -23,21 +24,15 @@ from toolkit.models.trainer import (
 
 
 @dataclass
-class ToyConfig:
+class ToyConfig(TrainSettings):
     steps: int = 6
     lr: float = 0.05
     warmup: int = 2
-    min_lr_ratio: float = 0.1
-    weight_decay: float = 0.01
-    grad_clip: float = 1.0
     ema: float = 0.5
-    seed: int = 0
     ckpt_every: int = 2
     log_every: int = 2
     eval_every: int = 4
     out: str = "runs/toy"
-    threads: int = 1
-    device: str = "cpu"
     width: int = 3
 
 

@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -45,22 +45,24 @@ RUN_ONLY = ("steps", "ckpt_every", "log_every", "eval_every", "out", "export", "
             "device")
 
 
-class Settings(Protocol):
-    """The fields of a recipe's config dataclass the trainer reads."""
+@dataclass
+class TrainSettings:
+    """What the trainer reads of a recipe's config: each recipe's config dataclass extends it,
+    redeclaring only the defaults it changes."""
 
-    steps: int
-    lr: float  # peak rate of the default parameter group
-    warmup: int
-    min_lr_ratio: float
-    weight_decay: float
-    grad_clip: float  # 0: no clipping
-    ema: float  # EMA decay per step; 0: off (the raw weights serve)
-    seed: int
-    ckpt_every: int
-    log_every: int
-    out: str
-    threads: int
-    device: str
+    steps: int = 1000
+    lr: float = 5e-4  # peak rate of the default parameter group
+    warmup: int = 100
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0  # 0: no clipping
+    ema: float = 0.999  # EMA decay per step; 0: off (the raw weights serve)
+    seed: int = 0
+    ckpt_every: int = 100
+    log_every: int = 50
+    out: str = "runs/train"
+    threads: int = 1
+    device: str = "cpu"
 
 
 @dataclass(frozen=True)
@@ -110,7 +112,7 @@ class EMA:
 class Hooks:
     """A training recipe over :class:`Trainer`: write ``build``, ``loss`` and ``export``.
 
-    ``cfg`` is the recipe's config dataclass (:class:`Settings` and the recipe's own fields).
+    ``cfg`` is the recipe's config dataclass (a :class:`TrainSettings`).
     """
 
     name = "train"  #: the recipe: progress bar, command line, card
@@ -118,8 +120,8 @@ class Hooks:
     log_last = False  #: log rows carry the last step's numbers, not the window's mean
     run_only: tuple[str, ...] = RUN_ONLY
 
-    def __init__(self, cfg: Any) -> None:
-        self.cfg = cfg
+    def __init__(self, cfg: TrainSettings) -> None:
+        self.cfg: Any = cfg
 
     def build(self) -> dict[str, nn.Module]:
         """The modules to train, by checkpoint key (seeded: the trainer has set the seed)."""

@@ -31,7 +31,7 @@ import torch
 
 from toolkit.core.attention import MaskedPlan
 from toolkit.models import trainer
-from toolkit.models.trainer import RUN_ONLY, Eval, Trainer, base_card
+from toolkit.models.trainer import RUN_ONLY, Eval, Trainer, TrainSettings, base_card
 from toolkit.worlds.memory.scenes import SCENE_BACKGROUNDS, ClipMix, Shot, sample_clips
 from toolkit.worlds.sprites.model import (
     MemoryWorldModel,
@@ -52,7 +52,7 @@ MEMORY_FILE = "world-memory.safetensors"
 
 
 @dataclass
-class MemoryTrainConfig:
+class MemoryTrainConfig(TrainSettings):
     """Hyperparameters of ``rollbench train world-memory`` (ablations/train/world-memory.yaml
     holds only what differs from these defaults).
 
@@ -83,23 +83,13 @@ class MemoryTrainConfig:
     clip_frames: int = 20
     memory_share: float = 0.9
     return_weight: float = 5.0
-    lr: float = 5e-4
-    warmup: int = 100
-    min_lr_ratio: float = 0.1
-    weight_decay: float = 0.01
-    grad_clip: float = 1.0
     ema: float = 0.998
     min_sigma_weight: float = 0.5
     sigma_shift: float = 2.0
-    seed: int = 0
-    ckpt_every: int = 100
-    log_every: int = 50
     eval_every: int = 250
     out: str = "runs/train/world-memory"
     export: str = ""  # directory of the final weights; empty: <out>/final
     export_from: str = "ema"  # ema | model
-    threads: int = 1
-    device: str = "cpu"
     packed_share: float = 0.0
     packed_two_needed: float = 0.3
     packed_window: float = 0.15

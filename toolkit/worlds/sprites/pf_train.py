@@ -68,7 +68,7 @@ from strategies.compressors import (
 from strategies.packforcing_layout import Layout, block_errors, contexts, pack_layout, predict
 from toolkit.compat import moved_names
 from toolkit.models import trainer
-from toolkit.models.trainer import CHECKPOINT, Eval, Trainer
+from toolkit.models.trainer import CHECKPOINT, Eval, Trainer, TrainSettings
 from toolkit.models.weights import find_weights
 from toolkit.worlds.memory.pf_topk import (
     TopkSetup,
@@ -100,7 +100,7 @@ CLEAN_CONTEXTS = ("strategy", "causal")
 
 
 @dataclass
-class PFTrainConfig:
+class PFTrainConfig(TrainSettings):
     """Hyperparameters of ``rollbench train packforcing`` (ablations/train/packforcing.yaml
     holds only what differs from these defaults).
 
@@ -131,7 +131,6 @@ class PFTrainConfig:
     """
 
     init: str = ""
-    steps: int = 1000
     batch: int = 8
     clip_frames: int = 20
     max_sprites: int = 1
@@ -146,21 +145,12 @@ class PFTrainConfig:
     clean_context: str = "strategy"
     lr: float = 5e-5
     compressor_lr: float = 1e-3
-    warmup: int = 100
-    min_lr_ratio: float = 0.1
-    weight_decay: float = 0.01
-    grad_clip: float = 1.0
     ema: float = 0.99
     min_sigma_weight: float = 0.1
     sigma_shift: float = 2.0
-    seed: int = 0
-    ckpt_every: int = 100
-    log_every: int = 50
     eval_every: int = 250
     out: str = "runs/train/packforcing"
     export: str = ""  # directory of the final weights; empty: <out>/final
-    threads: int = 1
-    device: str = "cpu"
     memory_share: float = 0.9
     return_weight: float = 5.0
     candidates: int = 0

@@ -19,13 +19,13 @@ import torch
 from toolkit.compat import moved_names
 from toolkit.core.attention import MaskedPlan
 from toolkit.core.rope import grid_positions
-from toolkit.models.trainer import Eval, Hooks, Trainer, base_card
+from toolkit.models.trainer import Eval, Hooks, Trainer, TrainSettings, base_card
 from toolkit.worlds.sprites.model import PixelVAE, WorldConfig, WorldModel, build_world, save_world
 from toolkit.worlds.sprites.sim import FRAME_SIZE, sample_batch
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(TrainSettings):
     """Hyperparameters of ``rollbench train world-model`` (ablations/train/world-model.yaml
     holds only what differs from these defaults).
 
@@ -39,22 +39,11 @@ class TrainConfig:
     batch: int = 16
     clip_frames: int = 20
     max_sprites: int = 1
-    lr: float = 5e-4
-    warmup: int = 100
-    min_lr_ratio: float = 0.1
-    weight_decay: float = 0.01
-    grad_clip: float = 1.0
-    ema: float = 0.999
     min_sigma_weight: float = 0.1
     sigma_shift: float = 2.0
-    seed: int = 0
-    ckpt_every: int = 100
-    log_every: int = 50
     out: str = "runs/train/world-model"
     export: str = ""  # where to write the final weights (.safetensors); empty: <out>/final
     export_from: str = "model"  # which weights to export: ema | model (the raw weights)
-    threads: int = 1
-    device: str = "cpu"
 
 
 def norm_stats(n: int = 512, seed: int = 1234) -> tuple[list[float], list[float]]:
