@@ -168,8 +168,8 @@ def test_train_checkpoints_resumes_and_exports(tmp_path):
     model = load_world(path=world_path)
     card = model.card
     assert card["steps"] == 2 and card["seed"] == 0 and card["recipe"] == "packforcing"
-    assert card["command"] == ("rollbench train packforcing steps=2 batch=2 ckpt_every=1 "
-                               f"log_every=1 eval_every=0 out={tmp_path / 'a'}")
+    assert card["command"] == ("rollbench train packforcing steps=2 ckpt_every=1 log_every=1 "
+                               f"out={tmp_path / 'a'} batch=2 eval_every=0")
     assert len(card["compressor"]["sha256"]) == 64 and card["final_losses"]["loss"] > 0
     comp_file = world_path.parent / COMPRESSOR_FILE
     build_compressor("hr", model.spec, weights=str(comp_file))

@@ -157,9 +157,14 @@ def test_memory_recipe_yaml_mirrors_its_defaults_and_resumes(tmp_path):
         train_memory(cfg, log=lambda _: None)
         rows: list[str] = []
         path = train_memory(cfg_2, log=rows.append)
+        straight = train_memory(dataclasses.replace(cfg_2, out=str(tmp_path / "b")),
+                                log=lambda _: None)
     finally:
         evaluation.record_gates = real
     assert any("resumed" in r and "step 1" in r for r in rows) and calls
+    # one step, then resumed for a second, equals two straight
+    resumed_state, straight_state = load_world(path).state_dict(), load_world(straight).state_dict()
+    assert all(torch.equal(straight_state[k], v) for k, v in resumed_state.items())
     model = load_world(path)
     assert isinstance(model, MemoryWorldModel) and "gates" in model.card
     assert model.card["steps"] == 2 and model.card["init"]["sha256"]

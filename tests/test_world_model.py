@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from dataclasses import replace
 
 import pytest
 import torch
@@ -71,14 +72,25 @@ def test_teacher_forcing_mask_is_block_causal():
 
 
 def test_a_few_training_steps_run_and_resume(tmp_path):
-    cfg = TrainConfig(steps=2, batch=2, clip_frames=8, out=str(tmp_path), ckpt_every=1,
-                      log_every=1, threads=1)
-    first = train(cfg, log=lambda _: None)
-    cfg.steps = 3
+    """Two steps, then resumed for a third, give the three-step run's weights and losses."""
+    from safetensors.torch import load_file
+
+    cfg = TrainConfig(steps=3, batch=2, clip_frames=8, out=str(tmp_path / "a"), ckpt_every=1,
+                      log_every=1)
+    straight = train(cfg, log=lambda _: None)
+    train(replace(cfg, steps=2, out=str(tmp_path / "b")), log=lambda _: None)
     logs = []
-    second = train(cfg, log=logs.append)
-    assert first.exists() and second.exists()
+    resumed = train(replace(cfg, out=str(tmp_path / "b")), log=logs.append)
     assert any("resumed" in line and "step 2" in line for line in logs)
+    a, b = load_file(straight), load_file(resumed)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    losses = [[r["loss"] for r in torch.load(tmp_path / run / "checkpoint.pt",
+                                             weights_only=False)["history"]] for run in "ab"]
+    assert losses[0] == losses[1] and len(losses[0]) == 3
+    card = json.loads(straight.with_suffix(".json").read_text())
+    assert card["recipe"] == "world-model" and card["steps"] == 3
+    assert card["command"] == ("rollbench train world-model steps=3 ckpt_every=1 log_every=1 "
+                               f"out={tmp_path / 'a'} batch=2 clip_frames=8")
 
 
 def test_shipped_packforcing_weights_drive_their_strategy():

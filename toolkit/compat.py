@@ -64,6 +64,9 @@ RENAMED: dict[str, str] = {
     "toolkit.runs.jobs.recall_line": "toolkit.worlds.memory.world.recall_line",
     "toolkit.metrics.WorldFeatures": "toolkit.worlds.sprites.features.WorldFeatures",
     "toolkit.metrics.features.WorldFeatures": "toolkit.worlds.sprites.features.WorldFeatures",
+    # the three training loops became hooks over one trainer
+    "toolkit.worlds.sprites.train.cosine_factor": "toolkit.models.trainer.cosine_factor",
+    "toolkit.worlds.sprites.pf_train.RUN_ONLY": "toolkit.models.trainer.RUN_ONLY",
 }
 
 

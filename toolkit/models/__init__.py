@@ -2,5 +2,6 @@
 
 ``zoo`` (a seeded tiny Wan for tests, the shared prompt-token encoder), ``real`` (Wan2.1 /
 Self-Forcing from local files), ``specmodel`` (a real model's sizes without weights),
-``weights`` (the search path of weight folders), ``recipes`` (the ``rollbench train`` registry).
+``weights`` (the search path of weight folders), ``recipes`` (the ``rollbench train`` registry),
+``trainer`` (the one training loop; a recipe is hooks over it).
 """

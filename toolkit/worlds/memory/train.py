@@ -5,7 +5,8 @@ Teacher forcing exactly as the world recipe (``toolkit.worlds.sprites.train``): 
 before it. What is new is the data and the conditioning: clips of the memory world
 (``toolkit.worlds.memory.scenes``), each block under its own shot's prompt (cross-attention per
 block), most of them ending in a cut back to a scene whose sprite was shown only in the clip's
-middle blocks.
+middle blocks. The loop is the one trainer's (``toolkit.models.trainer``): this module writes
+its hooks.
 
 It starts from the shipped world model (same architecture; the prompt vocabulary grows by two
 backgrounds, whose embeddings start as the mean of the world's two). Seeded and resumable: a
@@ -21,16 +22,16 @@ from __future__ import annotations
 
 import copy
 import json
-import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from toolkit.core.attention import MaskedPlan
+from toolkit.models import trainer
+from toolkit.models.trainer import RUN_ONLY, Eval, Trainer, TrainSettings, base_card
 from toolkit.worlds.memory.scenes import SCENE_BACKGROUNDS, ClipMix, Shot, sample_clips
 from toolkit.worlds.sprites.model import (
     MemoryWorldModel,
@@ -41,7 +42,7 @@ from toolkit.worlds.sprites.model import (
 )
 from toolkit.worlds.sprites.sim import PALETTE
 from toolkit.worlds.sprites.train import (
-    cosine_factor,
+    WorldHooks,
     loss_weights,
     noise_blocks,
     teacher_forcing_layout,
@@ -51,12 +52,17 @@ MEMORY_FILE = "world-memory.safetensors"
 
 
 @dataclass
-class MemoryTrainConfig:
-    """Hyperparameters of ``rollbench train world-memory`` (mirrored in ablations/train/).
+class MemoryTrainConfig(TrainSettings):
+    """Hyperparameters of ``rollbench train world-memory`` (ablations/train/world-memory.yaml
+    holds only what differs from these defaults).
 
     Attributes:
         init: world weights to start from ("": the shipped sprite world; memory-world weights
             are trained further as they are).
+        steps: the shipped world-memory ran to 5000 (run D), resumed as run E to 6500
+            (docs/memory-world.md).
+        min_sigma_weight: loss weight floor of low-noise blocks (0.1 in pilots A-C; D, shipped,
+            0.5).
         memory_share: share of clips whose last block is a mid-only return (the rest are
             plain draws of the schedule process).
         return_weight: loss weight of returning blocks (cuts back to a scene) over the others.
@@ -77,22 +83,13 @@ class MemoryTrainConfig:
     clip_frames: int = 20
     memory_share: float = 0.9
     return_weight: float = 5.0
-    lr: float = 5e-4
-    warmup: int = 100
-    min_lr_ratio: float = 0.1
-    weight_decay: float = 0.01
     ema: float = 0.998
     min_sigma_weight: float = 0.5
     sigma_shift: float = 2.0
-    seed: int = 0
-    ckpt_every: int = 100
-    log_every: int = 50
     eval_every: int = 250
     out: str = "runs/train/world-memory"
     export: str = ""  # directory of the final weights; empty: <out>/final
     export_from: str = "ema"  # ema | model
-    threads: int = 1
-    device: str = "cpu"
     packed_share: float = 0.0
     packed_two_needed: float = 0.3
     packed_window: float = 0.15
@@ -258,82 +255,56 @@ def context_use(model: MemoryWorldModel, cfg: MemoryTrainConfig, pos, mask,
             "colour_hidden": colour_recall(model, hidden, scheds, bf)}
 
 
+class MemoryHooks(WorldHooks):
+    """``rollbench train world-memory``: the world recipe's teacher forcing on memory clips."""
+
+    name = "world-memory"
+    run_only = (*RUN_ONLY, "layout_every", "layout_clips")
+
+    def build(self) -> dict[str, torch.nn.Module]:
+        cfg = self.cfg
+        if cfg.export_from not in ("ema", "model"):
+            raise ValueError(f"export_from={cfg.export_from!r}: allowed ['ema', 'model']")
+        self.model = memory_model_from(cfg.init or None, cfg.device).train()
+        self.pos, self.mask = teacher_forcing_layout(self.model, cfg.clip_frames)
+        return {"model": self.model}
+
+    def loss(self, run: Trainer, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        cfg, model = self.cfg, self.model
+        if cfg.packed_share > 0:
+            x0, xt, sigma, shots, answer = packed_batch(cfg, model, step, run.gen)
+        else:
+            x0, xt, sigma, shots, scheds = make_batch(cfg, model, step, run.gen)
+            answer = return_weights(scheds, sigma.shape[1], cfg.return_weight)
+        pred = predict(model, x0, xt, sigma, encode_shots(model, shots), self.pos, self.mask)
+        err = block_errors(pred, x0, model.spec.block_frames)
+        weight = loss_weights(sigma, cfg.min_sigma_weight) * answer
+        loss = (err * weight).mean()
+        return loss, {"loss": loss.item()}
+
+    def evaluations(self, run: Trainer) -> list[Eval]:
+        cfg, ema = self.cfg, run.weights("model")
+
+        def gate(step: int) -> dict[str, float]:  # the EMA's and the raw weights' context use
+            row = {f"ema_{k}": v for k, v in context_use(ema, cfg, self.pos, self.mask).items()}
+            row.update(context_use(self.model, cfg, self.pos, self.mask))
+            self.model.train()
+            return row
+
+        evals = [Eval(cfg.eval_every, gate)]
+        if cfg.layout_every:
+            evals.append(Eval(cfg.layout_every,
+                              lambda step: validate_layouts(cfg, ema, step, run.out)))
+        return evals
+
+    def export(self, run: Trainer) -> Path:
+        final = run.weights("model", ema=self.cfg.export_from == "ema")
+        return export(self.cfg, final.eval(), run.history, self.model.card["init"])
+
+
 def train_memory(cfg: MemoryTrainConfig, log=print) -> Path:
     """Train (or resume) the memory-world model; returns the exported weights' path."""
-    torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-
-    def emit(row: dict[str, Any] | str) -> None:
-        line = row if isinstance(row, str) else json.dumps(row)
-        log(line)
-        if not isinstance(row, str):
-            with (out / "log.jsonl").open("a") as f:
-                f.write(line + "\n")
-
-    model = memory_model_from(cfg.init or None, cfg.device).train()
-    init = model.card["init"]
-    ema = copy.deepcopy(model).eval()
-    for p in ema.parameters():
-        p.requires_grad_(False)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    gen, start, history = torch.Generator().manual_seed(cfg.seed), 0, []
-    ckpt = out / "checkpoint.pt"
-    if ckpt.exists():
-        state = torch.load(ckpt, weights_only=False, map_location=cfg.device)
-        model.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
-        opt.load_state_dict(state["opt"])
-        gen.set_state(state["gen"])
-        start, history = state["step"], state["history"]
-        emit(f"resumed from {ckpt} at step {start}")
-    pos, mask = teacher_forcing_layout(model, cfg.clip_frames)
-    bf = model.spec.block_frames
-    began = time.time() - (history[-1]["elapsed"] if history else 0.0)
-    acc: list[float] = []
-    with model.attach(), ema.attach():
-        bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="world-memory")
-        for step in bar:
-            for g in opt.param_groups:
-                g["lr"] = cfg.lr * cosine_factor(step, cfg.warmup, cfg.steps, cfg.min_lr_ratio)
-            if cfg.packed_share > 0:
-                x0, xt, sigma, shots, answer = packed_batch(cfg, model, step, gen)
-            else:
-                x0, xt, sigma, shots, scheds = make_batch(cfg, model, step, gen)
-                answer = return_weights(scheds, sigma.shape[1], cfg.return_weight)
-            err = block_errors(predict(model, x0, xt, sigma, encode_shots(model, shots), pos,
-                                       mask), x0, bf)
-            weight = loss_weights(sigma, cfg.min_sigma_weight) * answer
-            loss = (err * weight).mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            with torch.no_grad():
-                for pe, pm in zip(ema.parameters(), model.parameters(), strict=True):
-                    pe.lerp_(pm, 1 - cfg.ema)
-            acc.append(loss.item())
-            bar.set_postfix(loss=f"{loss.item():.4f}")
-            done = step + 1 == cfg.steps
-            if (step + 1) % cfg.log_every == 0 or done:
-                row: dict[str, Any] = {"step": step + 1, "loss": float(np.mean(acc)),
-                                       "elapsed": time.time() - began}
-                acc = []
-                if (cfg.eval_every and (step + 1) % cfg.eval_every == 0) or done:
-                    row.update({f"ema_{k}": v for k, v in context_use(ema, cfg, pos, mask).items()})
-                    row.update(context_use(model, cfg, pos, mask))
-                    model.train()
-                if cfg.layout_every and ((step + 1) % cfg.layout_every == 0 or done):
-                    row.update(validate_layouts(cfg, ema, step + 1, out))
-                history.append(row)
-                emit(row)
-            if (step + 1) % cfg.ckpt_every == 0 or done:
-                torch.save({"model": model.state_dict(), "ema": ema.state_dict(),
-                            "opt": opt.state_dict(), "gen": gen.get_state(), "step": step + 1,
-                            "history": history, "config": asdict(cfg)}, ckpt)
-    final = ema if cfg.export_from == "ema" else model
-    return export(cfg, final.eval(), history, init)
+    return Trainer(MemoryHooks(cfg), log).fit()
 
 
 def validate_layouts(cfg: MemoryTrainConfig, ema: MemoryWorldModel, step: int,
@@ -389,11 +360,7 @@ def export_eval(out: str | Path, step: int, folder: str | Path, name: str = MEMO
 
 def command(cfg: MemoryTrainConfig) -> str:
     """The ``rollbench train world-memory`` line re-creating this run."""
-    default = MemoryTrainConfig()
-    parts = ["rollbench train world-memory"]
-    parts += [f"{f.name}={getattr(cfg, f.name)}" for f in fields(cfg)
-              if getattr(cfg, f.name) != getattr(default, f.name)]
-    return " ".join(parts)
+    return trainer.command("world-memory", cfg)
 
 
 def export(cfg: MemoryTrainConfig, model: MemoryWorldModel, history: list[dict[str, Any]],
@@ -402,15 +369,10 @@ def export(cfg: MemoryTrainConfig, model: MemoryWorldModel, history: list[dict[s
     if cfg.export_from not in ("ema", "model"):
         raise ValueError(f"export_from={cfg.export_from!r}: allowed ['ema', 'model']")
     folder = Path(cfg.export) if cfg.export else Path(cfg.out) / "final"
-    world_cfg = model.world_config
-    last = history[-1] if history else {}
-    card = {"recipe": "world-memory", "command": command(cfg), "seed": cfg.seed,
-            "steps": cfg.steps, "train": asdict(cfg), "init": init,
-            "history": history[-30:], "final_loss": last.get("loss"),
-            "wall_seconds": last.get("elapsed"), "device": cfg.device,
+    card = {**base_card("world-memory", cfg, history, keep=30), "init": init,
             "exported": cfg.export_from,
             "clip_mix": asdict(ClipMix(memory_share=cfg.memory_share))}
-    path = save_world(model, world_cfg, folder / name, card)
+    path = save_world(model, model.world_config, folder / name, card)
     from toolkit.worlds.memory.evaluate import record_gates  # evaluation builds on this module
 
     record_gates(path)

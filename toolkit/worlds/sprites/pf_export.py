@@ -5,14 +5,11 @@ learned branch, with cards saying how they were made (``toolkit.worlds.sprites.p
 from __future__ import annotations
 
 import json
-import platform
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from strategies.compressors import Compressor, compressor_class
+from toolkit.models.trainer import base_card
 from toolkit.worlds.sprites.model import (
     WEIGHTS_DIR,
     WorldConfig,
@@ -35,12 +32,6 @@ def _shown(path: Path) -> str:
         return str(path)
 
 
-def _device_name(device: torch.device, threads: int) -> str:
-    if device.type == "cuda":
-        return f"cuda: {torch.cuda.get_device_name(device)}"
-    return f"cpu: {platform.processor() or platform.machine()}, {threads} thread(s)"
-
-
 def file_names(cfg: Any, world_cfg: WorldConfig) -> tuple[str, str | None]:
     """Exported world weights and compressor weights (None: the compressor has no parameters).
 
@@ -60,7 +51,7 @@ def file_names(cfg: Any, world_cfg: WorldConfig) -> tuple[str, str | None]:
             f"compressor-memory{tag}-{name}.safetensors" if learned else None)
 
 
-def export(cfg: Any, command: str, model: WorldModel, compressor: Compressor,
+def export(cfg: Any, model: WorldModel, compressor: Compressor,
            world_cfg: WorldConfig, history: list[dict[str, Any]], init_path: Path,
            init_card: dict[str, Any]) -> Path:
     """Write the fine-tuned world weights and the compressor's learned (hr) branch, with cards
@@ -79,16 +70,9 @@ def export(cfg: Any, command: str, model: WorldModel, compressor: Compressor,
     keys = ("gap_mid", "gap_nomid", "mid_use", "return_ratio", "colour_shown", "colour_hidden",
             "topk_hit", "chance_hit")
     card = {
-        "recipe": "packforcing",
-        "command": command,
-        "seed": cfg.seed,
-        "steps": cfg.steps,
-        "train": asdict(cfg),
+        **base_card("packforcing", cfg, history),
         "final_losses": {k: last.get(k) for k in ("loss", "err_mid", "err_nomid")},
         "context_use": {k: evals[-1][k] for k in keys if evals and k in evals[-1]},
-        "history": history[-20:],
-        "wall_seconds": last.get("elapsed"),
-        "device": _device_name(next(model.parameters()).device, cfg.threads),
         "exported": "EMA weights" if cfg.ema > 0 else "raw weights",
         "init": {"file": _shown(init_path), "sha256": init_card.get("sha256"),
                  "steps": init_card.get("steps"),

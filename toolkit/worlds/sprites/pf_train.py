@@ -51,17 +51,12 @@ JSON-line log rows with the context-use diagnostic; exports the fine-tuned world
 
 from __future__ import annotations
 
-import copy
-import json
-import shlex
-import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from strategies.compressors import (
     KV_MODES,
@@ -71,6 +66,9 @@ from strategies.compressors import (
     compressor_class,
 )
 from strategies.packforcing_layout import Layout, block_errors, contexts, pack_layout, predict
+from toolkit.compat import moved_names
+from toolkit.models import trainer
+from toolkit.models.trainer import CHECKPOINT, Eval, Trainer, TrainSettings
 from toolkit.models.weights import find_weights
 from toolkit.worlds.memory.pf_topk import (
     TopkSetup,
@@ -96,16 +94,15 @@ from toolkit.worlds.sprites.pf_export import (  # noqa: F401 (file names: part o
     file_names,
 )
 from toolkit.worlds.sprites.sim import sample_batch
-from toolkit.worlds.sprites.train import cosine_factor, loss_weights, noise_blocks
+from toolkit.worlds.sprites.train import WorldHooks, loss_weights, noise_blocks
 
 CLEAN_CONTEXTS = ("strategy", "causal")
-RUN_ONLY = ("steps", "ckpt_every", "log_every", "eval_every", "out", "export", "threads",
-            "device")  # settings a resumed run may change without a warning
 
 
 @dataclass
-class PFTrainConfig:
-    """Hyperparameters of ``rollbench train packforcing`` (mirrored in ablations/train/).
+class PFTrainConfig(TrainSettings):
+    """Hyperparameters of ``rollbench train packforcing`` (ablations/train/packforcing.yaml
+    holds only what differs from these defaults).
 
     Attributes:
         init: world weights to start from ("": the shipped ones, via ``load_world``).
@@ -113,12 +110,14 @@ class PFTrainConfig:
             exist: sink + recent <= clip - 2 blocks.
         compressor: a token compressor: ``hr`` or ``dual`` (learned), or ``lr`` (no
             parameters: only the generator learns to read it); compress_time / compress_space /
-            hr_channels as the strategy's (the saved weights fit only that rate and width).
+            hr_channels as the strategy's (the saved weights fit only that rate and width;
+            compress_space None: the paper's 8, here 2 tokens per mid block).
         kv / spatial: as the strategy's (its defaults: transformer / centres).
         clean_context: ``strategy`` (clean blocks see what their cache-fill pass sees at
             inference) or ``causal`` (full clean history, as the world recipe).
-        lr / compressor_lr: peak learning rates of the generator and the compressor (AdamW,
-            linear warm-up, cosine to ``min_lr_ratio``).
+        lr / compressor_lr: peak learning rates of the generator (the world recipe's final
+            rate: its peak 5e-4 x 0.1) and of the compressor (randomly initialised, it learns
+            from scratch); AdamW, linear warm-up, cosine to ``min_lr_ratio``.
         ema: EMA decay of both modules (0: off); the EMA copies are exported.
         eval_every: steps between context-use diagnostics (0: only at the end).
         memory_share / return_weight: memory world only: share of clips ending in a mid-only
@@ -132,7 +131,6 @@ class PFTrainConfig:
     """
 
     init: str = ""
-    steps: int = 1000
     batch: int = 8
     clip_frames: int = 20
     max_sprites: int = 1
@@ -147,21 +145,12 @@ class PFTrainConfig:
     clean_context: str = "strategy"
     lr: float = 5e-5
     compressor_lr: float = 1e-3
-    warmup: int = 100
-    min_lr_ratio: float = 0.1
-    weight_decay: float = 0.01
-    grad_clip: float = 1.0
     ema: float = 0.99
     min_sigma_weight: float = 0.1
     sigma_shift: float = 2.0
-    seed: int = 0
-    ckpt_every: int = 100
-    log_every: int = 50
     eval_every: int = 250
     out: str = "runs/train/packforcing"
     export: str = ""  # directory of the final weights; empty: <out>/final
-    threads: int = 1
-    device: str = "cpu"
     memory_share: float = 0.9
     return_weight: float = 5.0
     candidates: int = 0
@@ -283,11 +272,6 @@ def diagnostics(model: WorldModel, compressor: Compressor, cfg: PFTrainConfig,
 
 
 # -- the recipe --------------------------------------------------------------------------------
-def lr_scale(cfg: PFTrainConfig, step: int) -> float:
-    """Linear warm-up, then cosine to ``min_lr_ratio`` (a factor on both peak rates)."""
-    return cosine_factor(step, cfg.warmup, cfg.steps, cfg.min_lr_ratio)
-
-
 def validate(cfg: PFTrainConfig, spec, memory: bool = True) -> None:
     """Raise ValueError for settings the in-clip partitions cannot realise."""
     if compressor_class(cfg.compressor).kind != "tokens":
@@ -320,14 +304,8 @@ def validate(cfg: PFTrainConfig, spec, memory: bool = True) -> None:
 
 def command(cfg: PFTrainConfig) -> str:
     """The ``rollbench train packforcing`` line re-creating this run (overrides of the
-    defaults, which ablations/train/packforcing.yaml mirrors)."""
-    default = PFTrainConfig()
-    parts = ["rollbench", "train", "packforcing"]
-    for f in fields(cfg):
-        value = getattr(cfg, f.name)
-        if value != getattr(default, f.name):
-            parts.append(f"{f.name}={'null' if value is None else value}")
-    return shlex.join(parts)
+    defaults)."""
+    return trainer.command("packforcing", cfg)
 
 
 def build_modules(cfg: PFTrainConfig) -> tuple[WorldModel, Compressor]:
@@ -338,107 +316,74 @@ def build_modules(cfg: PFTrainConfig) -> tuple[WorldModel, Compressor]:
     return model.train(), compressor.to(model.device).train()
 
 
+class PackForcingHooks(WorldHooks):
+    """``rollbench train packforcing``: the world model and the compressor, each with its EMA."""
+
+    name = "packforcing"
+    ema_keys: ClassVar[dict[str, str]] = {"model": "ema_model", "compressor": "ema_compressor"}
+
+    def build(self) -> dict[str, torch.nn.Module]:
+        cfg = self.cfg
+        self.model, self.compressor = build_modules(cfg)
+        validate(cfg, self.model.spec, memory_world(self.model))
+        self.init_path = (find_weights(cfg.init) if cfg.init
+                          else WEIGHTS_DIR / "world-model.safetensors")
+        self.init_card = dict(self.model.card)
+        return {"model": self.model, "compressor": self.compressor}
+
+    def param_groups(self, modules: dict[str, torch.nn.Module]) -> list[dict[str, Any]]:
+        groups = [{"params": list(self.model.parameters()), "lr": self.cfg.lr}]
+        if any(True for _ in self.compressor.parameters()):  # lr has none: the generator learns
+            groups.append({"params": list(self.compressor.parameters()),
+                           "lr": self.cfg.compressor_lr})
+        return groups
+
+    def check(self, state: dict[str, Any]) -> None:
+        ours = self.init_card.get("sha256")
+        if state.get("init_sha256", ours) != ours:
+            raise ValueError(f"{Path(self.cfg.out) / CHECKPOINT} continues a fine-tune of other "
+                             f"world weights (sha256 {state['init_sha256'][:12]}...) than "
+                             f"{_shown(self.init_path)} ({(ours or '')[:12]}...): remove it, or "
+                             "set out=")
+
+    def extra_state(self) -> dict[str, Any]:
+        return {"init_sha256": self.init_card.get("sha256")}
+
+    def started(self, run: Trainer) -> None:
+        cfg = self.cfg
+        self.layout = None if cfg.candidates and cfg.packed_share >= 1.0 else pack_layout(
+            self.model.spec, self.compressor, cfg.clip_frames, cfg.sink_frames,
+            cfg.recent_frames, cfg.spatial, cfg.clean_context)
+        run.emit({"layout": layout_row(cfg, self.layout)})
+
+    def loss(self, run: Trainer, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        return step_loss(self.cfg, self.model, self.compressor, self.layout, step, run.gen)
+
+    def evaluations(self, run: Trainer) -> list[Eval]:
+        return [Eval(self.cfg.eval_every, lambda step: diagnostics(
+            run.weights("model"), run.weights("compressor"), self.cfg, self.layout))]
+
+    def export(self, run: Trainer) -> Path:
+        model, compressor = run.weights("model"), run.weights("compressor")
+        return export(self.cfg, model.eval(), compressor.eval(),
+                      WorldConfig(**self.init_card["config"]), run.history, self.init_path,
+                      self.init_card)
+
+
+def layout_row(cfg: PFTrainConfig, layout: Layout | None) -> dict[str, Any]:
+    """What a run trains on: the packed top-k setting, or the in-clip partitions per block."""
+    if cfg.candidates:
+        return {"candidates": cfg.candidates, "top_k": cfg.top_k,
+                "packed_share": cfg.packed_share}
+    return {"blocks": [{"block": b, "sink": s, "mid": m, "recent": r}
+                       for b, (s, m, r) in enumerate(layout.ctx)],
+            "compressed_tokens_per_block": layout.per_block,
+            "queries": int(layout.mask.shape[0]), "keys": int(layout.mask.shape[1])}
+
+
 def train_packforcing(cfg: PFTrainConfig, log=print) -> Path:
     """Fine-tune (or resume) world model + compressor; returns the exported world weights."""
-    torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    return Trainer(PackForcingHooks(cfg), log).fit()
 
-    def emit(line: str) -> None:  # log, and keep the JSON rows in <out>/log.jsonl
-        log(line)
-        if line.startswith("{"):
-            with (out / "log.jsonl").open("a") as f:
-                f.write(line + "\n")
 
-    model, compressor = build_modules(cfg)
-    validate(cfg, model.spec, memory_world(model))
-    init_path = find_weights(cfg.init) if cfg.init else WEIGHTS_DIR / "world-model.safetensors"
-    init_card = dict(model.card)
-    world_cfg = WorldConfig(**init_card["config"])
-    ema_model, ema_comp = copy.deepcopy(model).eval(), copy.deepcopy(compressor).eval()
-    for p in [*ema_model.parameters(), *ema_comp.parameters()]:
-        p.requires_grad_(False)
-    groups = [{"params": list(model.parameters()), "lr": cfg.lr, "peak": cfg.lr}]
-    if any(True for _ in compressor.parameters()):  # lr has none: only the generator learns
-        groups.append({"params": list(compressor.parameters()), "lr": cfg.compressor_lr,
-                       "peak": cfg.compressor_lr})
-    opt = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
-    params = [*model.parameters(), *compressor.parameters()]
-    gen, start, history = torch.Generator().manual_seed(cfg.seed), 0, []
-    ckpt = out / "checkpoint.pt"
-    if ckpt.exists():
-        state = torch.load(ckpt, weights_only=False, map_location=model.device)
-        if state.get("init_sha256", init_card.get("sha256")) != init_card.get("sha256"):
-            raise ValueError(f"{ckpt} continues a fine-tune of other world weights (sha256 "
-                             f"{state['init_sha256'][:12]}...) than {_shown(init_path)} "
-                             f"({init_card.get('sha256', '')[:12]}...): remove it, or set out=")
-        model.load_state_dict(state["model"])
-        compressor.load_state_dict(state["compressor"])
-        ema_model.load_state_dict(state["ema_model"])
-        ema_comp.load_state_dict(state["ema_compressor"])
-        opt.load_state_dict(state["opt"])
-        gen.set_state(state["gen"])
-        start, history = state["step"], state["history"]
-        emit(f"resumed from {ckpt} at step {start}")
-        changed = sorted(k for k, v in state.get("config", {}).items()
-                         if k not in RUN_ONLY and getattr(cfg, k, v) != v)
-        if changed:
-            was = {k: state["config"][k] for k in changed}
-            emit(f"warning: resuming with changed settings {changed} (checkpoint: {was})")
-    layout = None if cfg.candidates and cfg.packed_share >= 1.0 else pack_layout(
-        model.spec, compressor, cfg.clip_frames, cfg.sink_frames, cfg.recent_frames, cfg.spatial,
-        cfg.clean_context)
-    if cfg.candidates:
-        emit(json.dumps({"layout": {"candidates": cfg.candidates, "top_k": cfg.top_k,
-                                    "packed_share": cfg.packed_share}}))
-    else:
-        emit(json.dumps({"layout": {"blocks": [{"block": b, "sink": s, "mid": m, "recent": r}
-                                               for b, (s, m, r) in enumerate(layout.ctx)],
-                                    "compressed_tokens_per_block": layout.per_block,
-                                    "queries": int(layout.mask.shape[0]),
-                                    "keys": int(layout.mask.shape[1])}}))
-    began = time.time() - (history[-1]["elapsed"] if history else 0.0)
-    acc: dict[str, list[float]] = {}
-    with model.attach(), ema_model.attach():
-        bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="packforcing")
-        for step in bar:
-            scale = lr_scale(cfg, step)
-            for g in opt.param_groups:
-                g["lr"] = g["peak"] * scale
-            loss, stats = step_loss(cfg, model, compressor, layout, step, gen)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            opt.step()
-            if cfg.ema > 0:
-                with torch.no_grad():
-                    for src, dst in ((model, ema_model), (compressor, ema_comp)):
-                        for pe, pm in zip(dst.parameters(), src.parameters(), strict=True):
-                            pe.lerp_(pm, 1 - cfg.ema)
-            for key, value in stats.items():
-                acc.setdefault(key, []).append(value)
-            bar.set_postfix(loss=f"{loss.item():.4f}")
-            done = step + 1 == cfg.steps
-            if (step + 1) % cfg.log_every == 0 or done:
-                row: dict[str, Any] = {"step": step + 1}
-                row.update({k: sum(v) / len(v) for k, v in acc.items()})
-                row["elapsed"] = time.time() - began
-                acc = {}
-                if (cfg.eval_every and (step + 1) % cfg.eval_every == 0) or done:
-                    eval_model, eval_comp = ((ema_model, ema_comp) if cfg.ema > 0
-                                             else (model, compressor))
-                    row.update(diagnostics(eval_model, eval_comp, cfg, layout))
-                history.append(row)
-                emit(json.dumps(row))
-            if (step + 1) % cfg.ckpt_every == 0 or done:
-                torch.save({"model": model.state_dict(), "compressor": compressor.state_dict(),
-                            "ema_model": ema_model.state_dict(),
-                            "ema_compressor": ema_comp.state_dict(), "opt": opt.state_dict(),
-                            "gen": gen.get_state(), "step": step + 1, "history": history,
-                            "config": asdict(cfg), "init_sha256": init_card.get("sha256")},
-                           ckpt)
-    final_model, final_comp = (ema_model, ema_comp) if cfg.ema > 0 else (model, compressor)
-    return export(cfg, command(cfg), final_model.eval(), final_comp.eval(), world_cfg, history,
-                  init_path, init_card)
+__getattr__ = moved_names(__name__)  # names that moved to the trainer (toolkit.compat)
