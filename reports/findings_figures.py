@@ -1,8 +1,8 @@
 """The findings page's figures: each claim's curves over the rollout (mean over seeds, 95% t
 band kept in the measure's range; a per-frame 0/1 measure as its mean in bins of whole blocks,
-the raw per-frame means faint; the training length marked), and per test every seed's value,
-the mean and its 95% CI against the pre-stated threshold. ``measure_range`` is also what the
-page's tables clip intervals to."""
+the raw per-frame means faint; the file's first and last windows marked), and per test every
+seed's value, the mean and its 95% CI against the pre-stated threshold. ``measure_range`` is
+also what the page's tables clip intervals to."""
 
 from __future__ import annotations
 
@@ -90,7 +90,9 @@ def curve_png(f: Findings, measure: str, arms: list[str]) -> bytes:
     label = heading(measure, "") + (" (log)" if log else "")
     title = f"{measure} {'held per block' if log else 'over the rollout'}\n{how}"
     bounds = measure_range(measure) if not log else UNBOUNDED
-    return figures.curve_figure(title, label, per, scale, f.spec.window, (), log, bounds,
+    windows = (("first window", f.spec.window),
+               ("last window", f.spec.latent_frames - f.spec.window))
+    return figures.curve_figure(title, label, per, scale, None, windows, log, bounds,
                                 block if zero_one else None)
 
 
