@@ -32,6 +32,7 @@ from matplotlib.figure import Figure
 from reports import figures
 from reports.data import block_frames_of, block_of_curve
 from reports.tables import heading, num, unit_of
+from toolkit.core.bins import bin_means
 from toolkit.findings import (
     ALPHA,
     EXPERIMENT,
@@ -151,9 +152,10 @@ def analyse(spec: Spec, planned: Mapping[tuple[str, int], str], uri: str) -> Fin
 
 # --- figures ---------------------------------------------------------------------------------
 def _binned(steps: np.ndarray, values: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
-    df = pd.DataFrame({"bin": steps // size, "v": values})
-    g = df[np.isfinite(df["v"])].groupby("bin")["v"].mean()
-    return g.index.to_numpy() * size + size / 2, g.to_numpy()
+    """Means of ``size``-frame bins with a finite value, at the bins' centres."""
+    starts, means = bin_means(steps, values, width=size)
+    ok = np.isfinite(means)
+    return starts[ok] + size / 2, means[ok]
 
 
 def measure_range(measure: str, paired: bool = False) -> tuple[float, float]:
