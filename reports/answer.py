@@ -15,6 +15,7 @@ import pandas as pd
 
 from reports.data import Experiment
 from reports.tables import Mark, Table, num, order
+from toolkit.core.bins import mean_in
 
 #: Quality curves in order of preference: (curve, title).
 QUALITY = (("fidelity", "prompt fidelity"), ("scene_fidelity", "scene fidelity"),
@@ -25,9 +26,7 @@ def window_mean(curve: tuple[np.ndarray, np.ndarray] | None, end: int, width: in
     """Mean of a curve over latent frames ``[end - width, end)`` (NaN without values)."""
     if curve is None or not len(curve[0]):
         return np.nan
-    steps, values = np.asarray(curve[0]), np.asarray(curve[1], float)
-    keep = (steps < end) & (steps >= end - width) & np.isfinite(values)
-    return float(values[keep].mean()) if keep.any() else np.nan
+    return mean_in(*curve, end - width, end)
 
 
 def _per_run(exp: Experiment, metric: str, marks: list[Mark]) -> pd.DataFrame:

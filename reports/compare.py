@@ -28,6 +28,7 @@ import pandas as pd
 from reports import answer, data, figures, sections, tables
 from reports.sections import Image, Report, Strip, Sweep
 from reports.tables import Table
+from toolkit.core.bins import bin_means
 from toolkit.plugins import Section
 from toolkit.runs.aggregate import MIN_CI, value_range
 from toolkit.runs.tracking import resolve_uri
@@ -126,14 +127,9 @@ def curve_figures(exp: data.Experiment, variants: list[str], marks: list[tables.
 
 
 def binned(steps: np.ndarray, values: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
-    """Mean of a sparse curve in bins of ``width`` latent frames, stepped by each bin's start
-    (bins without a value left out)."""
-    steps, values = np.asarray(steps), np.asarray(values, dtype=float)
-    if not len(steps):
-        return steps, values
-    bins = steps // width
-    keys = np.unique(bins)
-    return keys * width, np.array([np.nanmean(values[bins == k]) for k in keys])
+    """Mean of a sparse curve in bins of ``width`` latent frames (``toolkit.core.bins``),
+    stepped by each bin's start (bins without a step left out)."""
+    return bin_means(steps, values, width=width)
 
 
 def common_switches(runs: pd.DataFrame, variants: list[str]) -> list[int]:

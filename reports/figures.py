@@ -28,6 +28,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from scipy import stats
 
+from toolkit.core.bins import bin_means
 from toolkit.runs.aggregate import MIN_CI, UNBOUNDED
 
 Curve = tuple[np.ndarray, np.ndarray]
@@ -82,16 +83,12 @@ def bin_width(series: Sequence[Curve], block: int, count: int = 24) -> int:
 
 
 def bins(series: Sequence[Curve], width: int) -> list[Curve]:
-    """Each curve's mean in bins of ``width`` latent frames, placed at each bin's centre."""
+    """Each curve's mean in bins of ``width`` latent frames (``toolkit.core.bins``), placed at
+    each bin's centre."""
     out = []
     for s, v in series:
-        s, v = np.asarray(s), np.asarray(v, float)
-        keys = s // width
-        ok = np.isfinite(v)
-        ids = np.unique(keys)
-        out.append((ids * width + (width - 1) / 2,
-                    np.array([v[(keys == k) & ok].mean() if ((keys == k) & ok).any()
-                              else np.nan for k in ids])))
+        starts, means = bin_means(s, v, width=width)
+        out.append((starts + (width - 1) / 2, means))
     return out
 
 

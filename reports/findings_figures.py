@@ -16,6 +16,7 @@ from matplotlib.figure import Figure
 from reports import figures
 from reports.data import block_of_curve
 from reports.tables import heading, unit_of
+from toolkit.core.bins import bin_means
 from toolkit.findings import Claim, Result, Spec, parse_measure
 from toolkit.runs.aggregate import UNBOUNDED, value_range
 
@@ -32,9 +33,10 @@ BIN = 10  # latent frames per point of the curve figures
 
 
 def _binned(steps: np.ndarray, values: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
-    df = pd.DataFrame({"bin": steps // size, "v": values})
-    g = df[np.isfinite(df["v"])].groupby("bin")["v"].mean()
-    return g.index.to_numpy() * size + size / 2, g.to_numpy()
+    """Means of ``size``-frame bins with a finite value, at the bins' centres."""
+    starts, means = bin_means(steps, values, width=size)
+    ok = np.isfinite(means)
+    return starts[ok] + size / 2, means[ok]
 
 
 def measure_range(measure: str, paired: bool = False) -> tuple[float, float]:

@@ -5,16 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from toolkit.core.cache import KeepBlocksStrategy, require_block_multiples, require_non_negative
-from toolkit.core.spec import ModelSpec
+from strategies.sink import Sink
 from toolkit.registry import STRATEGIES
 
 
 @STRATEGIES.register("rolling_anchor")
 @dataclass
-class RollingAnchor(KeepBlocksStrategy):
+class RollingAnchor(Sink):
     """A recent window at absolute positions plus a sink (Rolling Forcing's anchor) that rolls
-    along with it.
+    along with it: ``Sink`` with another placement.
 
     The sink (the first ``sink_frames`` of the video) is never evicted; before each block its
     keys are moved (one time-dim rotation) to sit right before the oldest recent block, so its
@@ -28,21 +27,8 @@ class RollingAnchor(KeepBlocksStrategy):
         positions: ``absolute`` for the recent window (the sink always rolls).
     """
 
-    sink_frames: int = 4
-    recent_frames: int = 8
-    partitions: ClassVar[tuple[str, ...]] = ("sink", "recent")
     renamed: ClassVar[dict[str, str]] = {"anchor_frames": "sink_frames",
                                          "window_frames": "recent_frames"}
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        require_non_negative(self, "sink_frames", "recent_frames")
-
-    def check(self, spec: ModelSpec) -> None:
-        require_block_multiples(self, spec, "sink_frames", "recent_frames")
-
-    def assign(self, index: int, upcoming: int) -> str | None:
-        return self.sink_recent(index, upcoming, self.sink_frames, self.recent_frames)
 
     def place(self, index: int) -> float:
         start = super().place(index)

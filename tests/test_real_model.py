@@ -24,6 +24,7 @@ from toolkit.models.real import (
     CheckpointError,
     StreamingWanVAE,
     UMT5PromptEncoder,
+    WanT2VConfig,
     load_checkpoint,
     read_folder,
     spec_for,
@@ -290,6 +291,36 @@ def test_random_weights_builder_and_real_sizes():
     with pytest.raises(ConfigError, match=r"has 4 entries but model\.steps=8"):
         wan_t2v(None, weights="random", steps=8)
     assert SUBFOLDERS == ("transformer", "vae", "text_encoder", "tokenizer")
+
+
+def test_wan_t2v_config_is_the_schema_and_the_old_calls_still_work():
+    """``WanT2VConfig`` holds exactly the Hydra model node's fields; Hydra's keyword call, the
+    positional path and a config build the same model; bad values fail on construction."""
+    import dataclasses
+
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from toolkit.runs.config import compose_config
+
+    cfg = compose_config(["model=wan-t2v-1.3b-weights", "weights=random"])
+    node = OmegaConf.to_container(cfg.model, resolve=True)
+    assert node.pop("_target_") == "toolkit.models.real.wan_t2v"
+    fields = {f.name for f in dataclasses.fields(WanT2VConfig)}
+    assert set(node) <= fields and fields - set(node) == {"fps", "config"}
+    assert WanT2VConfig(**node).timesteps == (1000.0, 750.0, 500.0, 250.0)
+    tiny = {**node, "dtype": "float32", "config": TINY, **SIZE}
+    models = [instantiate({"_target_": "toolkit.models.real.wan_t2v", **tiny}),
+              wan_t2v(WanT2VConfig(**tiny)),
+              wan_t2v(None, **{k: v for k, v in tiny.items() if k != "path"})]
+    latents = [rollout(m, Full(), ["x"], 6, seed=1, decode=False).latents for m in models]
+    assert models[0].spec == models[1].spec == models[2].spec
+    for other in latents[1:]:
+        torch.testing.assert_close(other, latents[0], rtol=0, atol=0)
+    with pytest.raises(ConfigError, match=r"model\.dtype='fp8'"):
+        WanT2VConfig(weights="random", dtype="fp8")
+    with pytest.raises(TypeError, match="nosuch"):
+        wan_t2v(None, weights="random", nosuch=1)
 
 
 class OutOfMemoryAt(Full):

@@ -18,6 +18,7 @@ the command (``toolkit.cli``) ties the two: this package never imports ``reports
 about them.
 """
 
+from toolkit.core.bins import bin_means
 from toolkit.findings.inference import (
     EXACT_MAX,
     detectable_effect,
@@ -32,7 +33,6 @@ from toolkit.findings.inference import (
     wilson_cluster,
 )
 from toolkit.findings.measures import (
-    bin_means,
     measure_curve,
     measure_runs,
     measure_value,

@@ -17,6 +17,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from toolkit.core.bins import bin_edges
+from toolkit.core.bins import mean_in as window_mean  # [start, stop): one convention
 from toolkit.errors import ConfigError
 from toolkit.findings.spec import DERIVED, WHOLE, Measure, Spec, parse_measure
 
@@ -32,25 +34,6 @@ def span(window: str, frames: int, one_x: int) -> tuple[int, int]:
     if window == "whole" or window.startswith("bins"):
         return one_x, frames
     raise ConfigError(f"window {window!r} has no single span; allowed first, last, whole, binsK")
-
-
-def window_mean(steps: np.ndarray, values: np.ndarray, start: int, stop: int) -> float:
-    """Mean of a curve's finite values at steps in [start, stop) (NaN if none)."""
-    pick = (steps >= start) & (steps < stop) & np.isfinite(values)
-    return float(values[pick].mean()) if pick.any() else float("nan")
-
-
-def bins(start: int, stop: int, size: int) -> list[tuple[int, int]]:
-    """Consecutive [a, b) bins of ``size`` frames covering [start, stop) (the last may be short)."""
-    return [(a, min(a + size, stop)) for a in range(start, stop, size)]
-
-
-def bin_means(steps: np.ndarray, values: np.ndarray, start: int, stop: int,
-              size: int) -> tuple[np.ndarray, np.ndarray]:
-    """(first frame, mean) of every ``size``-frame bin of [start, stop) (NaN where empty)."""
-    edges = bins(start, stop, size)
-    return (np.array([a for a, _ in edges]),
-            np.array([window_mean(steps, values, a, b) for a, b in edges]))
 
 
 def whole_measure(name: str, steps: np.ndarray, values: np.ndarray) -> float:
@@ -108,7 +91,7 @@ def measure_value(measure: Measure | str, series: dict[str, Series], frames: int
 
     start, stop = span(m.window, frames, one_x)
     if m.bins:
-        per = np.array([one(a, b) for a, b in bins(start, stop, m.bins)])
+        per = np.array([one(a, b) for a, b in bin_edges(start, stop, m.bins)])
         return float(per[np.isfinite(per)].mean()) if np.isfinite(per).any() else float("nan")
     return one(start, stop)
 

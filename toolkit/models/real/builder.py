@@ -1,14 +1,16 @@
 """The real Wan2.1-T2V-1.3B (Self-Forcing's base) as a rollbench model.
 
-``wan_t2v`` builds a ``WanCausalModel`` from a diffusers-format directory (transformer/, vae/,
-text_encoder/, tokenizer/), optionally overwriting the transformer with a causal checkpoint in
-the original Wan / Self-Forcing layout, or (``weights="random"``) the real-size architecture
-with random weights and random prompt embeddings for accounting without any download.
+``wan_t2v`` builds a ``WanCausalModel`` (its schema: ``WanT2VConfig``) from a diffusers-format
+directory (transformer/, vae/, text_encoder/, tokenizer/), optionally overwriting the
+transformer with a causal checkpoint in the original Wan / Self-Forcing layout, or
+(``weights="random"``) the real-size architecture with random weights and random prompt
+embeddings for accounting without any download.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -123,18 +125,13 @@ def _transformer(path: Path | None, weights: str, checkpoint: str | None, key: s
     return transformer
 
 
-def wan_t2v(path: str | None = None, checkpoint: str | None = None,
-            weights: str = "pretrained", device: str = "cpu", dtype: str = "bfloat16",
-            block_frames: int = 3, steps: int = 4,
-            timesteps: Sequence[float] | None = SELF_FORCING_TIMESTEPS, shift: float = 5.0,
-            sampler: str = "renoise", height: int = 480, width: int = 832,
-            checkpoint_key: str | None = None, text_length: int = 512,
-            offload_text_encoder: bool = True, vae_dtype: str = "float32",
-            train_frames: int = 21, fps: float = 16.0, config: Mapping[str, Any] | None = None,
-            seed: int = 0) -> WanT2VModel:
-    """Wan2.1-T2V (1.3B by default) sampled block by block, Self-Forcing style.
+@dataclass
+class WanT2VConfig:
+    """The real model's schema: Wan2.1-T2V (1.3B by default) sampled block by block,
+    Self-Forcing style. The Hydra model node (``ablations/model/wan-t2v-1.3b-weights.yaml``)
+    names these fields; values are checked on construction (``ConfigError`` naming the field).
 
-    Args:
+    Attributes:
         path: diffusers-format directory with transformer/, vae/, text_encoder/, tokenizer/.
             None with ``weights="random"``: the built-in 1.3B config (``WAN_T2V_1_3B``).
         checkpoint: a causal checkpoint (``.pt`` / ``.safetensors``) in the original Wan /
@@ -161,48 +158,91 @@ def wan_t2v(path: str | None = None, checkpoint: str | None = None,
         config: transformer-config overrides (sizes other than 1.3B, e.g. tiny test models).
         seed: seed of the random weights.
     """
-    if weights not in WEIGHTS:
-        raise ConfigError(f"model.weights={weights!r}: allowed {list(WEIGHTS)}")
-    for name, value in (("dtype", dtype), ("vae_dtype", vae_dtype)):
-        if value not in _DTYPES:
-            raise ConfigError(f"model.{name}={value!r}: allowed {sorted(_DTYPES)}")
-    run = torch.device(device)
+
+    path: str | None = None
+    checkpoint: str | None = None
+    weights: str = "pretrained"
+    device: str = "cpu"
+    dtype: str = "bfloat16"
+    block_frames: int = 3
+    steps: int = 4
+    timesteps: Sequence[float] | None = SELF_FORCING_TIMESTEPS
+    shift: float = 5.0
+    sampler: str = "renoise"
+    height: int = 480
+    width: int = 832
+    checkpoint_key: str | None = None
+    text_length: int = 512
+    offload_text_encoder: bool = True
+    vae_dtype: str = "float32"
+    train_frames: int = 21
+    fps: float = 16.0
+    config: Mapping[str, Any] | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.weights not in WEIGHTS:
+            raise ConfigError(f"model.weights={self.weights!r}: allowed {list(WEIGHTS)}")
+        for name in ("dtype", "vae_dtype"):
+            if getattr(self, name) not in _DTYPES:
+                raise ConfigError(f"model.{name}={getattr(self, name)!r}: allowed "
+                                  f"{sorted(_DTYPES)}")
+        if self.weights == "pretrained" and self.path is None:
+            raise ConfigError("model.path is required with weights=pretrained (a "
+                              "diffusers-format Wan2.1-T2V-1.3B directory); or use "
+                              "weights=random for sizes only")
+        if self.weights == "random" and self.checkpoint is not None:
+            raise ConfigError("model.checkpoint needs weights=pretrained (random weights would "
+                              "be replaced by the checkpoint's anyway)")
+        if self.timesteps is not None:
+            self.timesteps = tuple(float(t) for t in _plain(self.timesteps))
+            if len(self.timesteps) != self.steps:
+                raise ConfigError(f"model.timesteps={list(self.timesteps)} has "
+                                  f"{len(self.timesteps)} entries but model.steps={self.steps}; "
+                                  f"give {self.steps} timesteps or model.timesteps=null")
+        self.config = _plain(self.config)
+
+
+def wan_t2v(config: WanT2VConfig | str | None = None, /, **kwargs: Any) -> WanT2VModel:
+    """Wan2.1-T2V (1.3B by default) sampled block by block, Self-Forcing style.
+
+    ``wan_t2v(WanT2VConfig(...))``; or, as before, the path (positional) and the config's fields
+    as keywords: ``wan_t2v(path, device="cuda")`` is ``wan_t2v(WanT2VConfig(path, device=...))``
+    (Hydra's ``_target_: toolkit.models.real.wan_t2v`` calls it that way).
+    """
+    if isinstance(config, WanT2VConfig):
+        cfg = replace(config, **kwargs)
+    else:  # the old call: the path positional (or a keyword), the rest keywords
+        cfg = WanT2VConfig(**kwargs) if config is None else WanT2VConfig(config, **kwargs)
+    run = torch.device(cfg.device)
     if run.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device={device}: no CUDA device is visible on this machine")
-    if weights == "pretrained" and path is None:
-        raise ConfigError("model.path is required with weights=pretrained (a diffusers-format "
-                          "Wan2.1-T2V-1.3B directory); or use weights=random for sizes only")
-    if weights == "random" and checkpoint is not None:
-        raise ConfigError("model.checkpoint needs weights=pretrained (random weights would be "
-                          "replaced by the checkpoint's anyway)")
-    timesteps = None if timesteps is None else tuple(float(t) for t in _plain(timesteps))
-    if timesteps is not None and len(timesteps) != steps:
-        raise ConfigError(f"model.timesteps={list(timesteps)} has {len(timesteps)} entries but "
-                          f"model.steps={steps}; give {steps} timesteps or model.timesteps=null")
-    root = None if path is None else check_dir(
-        path, SUBFOLDERS if weights == "pretrained" else ("transformer",))
-    torch.manual_seed(seed)
-    tdtype = _DTYPES[dtype]
-    transformer = _transformer(root, weights, checkpoint, checkpoint_key, _plain(config), run,
-                               tdtype)
-    cfg = transformer.config
-    vae, encoder = None, RandomPromptEncoder(text_length, cfg.text_dim, run, tdtype)
+        raise ConfigError(f"device={cfg.device}: no CUDA device is visible on this machine")
+    root = None if cfg.path is None else check_dir(
+        cfg.path, SUBFOLDERS if cfg.weights == "pretrained" else ("transformer",))
+    torch.manual_seed(cfg.seed)
+    tdtype = _DTYPES[cfg.dtype]
+    transformer = _transformer(root, cfg.weights, cfg.checkpoint, cfg.checkpoint_key,
+                               cfg.config, run, tdtype)
+    vae, encoder = None, RandomPromptEncoder(cfg.text_length, transformer.config.text_dim, run,
+                                             tdtype)
     spatial, temporal = 8, 4
-    if weights == "pretrained":
+    if cfg.weights == "pretrained":
         from transformers import AutoTokenizer, UMT5EncoderModel
 
-        raw_vae = AutoencoderKLWan.from_pretrained(root / "vae", torch_dtype=_DTYPES[vae_dtype],
+        raw_vae = AutoencoderKLWan.from_pretrained(root / "vae",
+                                                   torch_dtype=_DTYPES[cfg.vae_dtype],
                                                    local_files_only=True).to(run)
         spatial = raw_vae.config.scale_factor_spatial
         temporal = raw_vae.config.scale_factor_temporal
-        vae = StreamingWanVAE(raw_vae, block_frames=block_frames)
+        vae = StreamingWanVAE(raw_vae, block_frames=cfg.block_frames)
         tokenizer = AutoTokenizer.from_pretrained(root / "tokenizer", local_files_only=True)
         umt5 = UMT5EncoderModel.from_pretrained(root / "text_encoder", torch_dtype=tdtype,
                                                 local_files_only=True)
-        encoder = UMT5PromptEncoder(tokenizer, umt5, text_length, run, offload_text_encoder,
-                                    tdtype)
-    spec = spec_for(transformer, height, width, block_frames, dtype, spatial, temporal, fps,
-                    train_frames)
-    sampling = SamplerConfig(steps=steps, shift=shift, mode=sampler, timesteps=timesteps)
+        encoder = UMT5PromptEncoder(tokenizer, umt5, cfg.text_length, run,
+                                    cfg.offload_text_encoder, tdtype)
+    spec = spec_for(transformer, cfg.height, cfg.width, cfg.block_frames, cfg.dtype, spatial,
+                    temporal, cfg.fps, cfg.train_frames)
+    sampling = SamplerConfig(steps=cfg.steps, shift=cfg.shift, mode=cfg.sampler,
+                             timesteps=cfg.timesteps)
     model = WanT2VModel(transformer, spec, encoder, vae=vae, prediction="flow", sampler=sampling)
     return model.eval()

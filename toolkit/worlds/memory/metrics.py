@@ -38,11 +38,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from toolkit.core.bins import bin_label, in_bin
 from toolkit.metrics.base import MetricInput, Unavailable, metric
 
 SINK_BLOCKS, RECENT_BLOCKS = 1, 1  # the memory world's default partitions (memory configs)
 POSITION_PX = 2.0  # a position within this many pixels of the last one drawn counts as recalled
-GAP_BINS = ((2, 2), (3, 3), (4, 8), (9, 10**9))  # blocks since the sprite was last shown
+GAP_BINS = ((2, 3), (3, 4), (4, 9), (9, None))  # blocks since last shown, [a, b) (core.bins)
 BEYOND_GAP = 4  # ``recall/beyond``: last shown 4+ blocks (16 frames) back, outside the default
 # windows and recent partitions, and never shown in the first block (which every sink keeps)
 
@@ -180,22 +181,19 @@ def recall_curve(inp: MetricInput) -> dict[str, tuple[np.ndarray, np.ndarray]]:
             "beyond_colour": (steps[beyond], colour[beyond])}
 
 
-def _bin_name(lo: int, hi: int) -> str:
-    return f"{lo}" if lo == hi else (f"{lo}_up" if hi > 10**8 else f"{lo}-{hi}")
-
-
 @metric("recall_gap", "higher", "fraction", "scalar", needs=("frames", "world"),
-        series=tuple(_bin_name(lo, hi) + sfx for lo, hi in GAP_BINS for sfx in ("", "_colour")))
+        series=tuple(bin_label(a, b) + sfx for a, b in GAP_BINS for sfx in ("", "_colour")))
 def recall_gap(inp: MetricInput) -> dict[str, float]:
     """Identity (and colour) recall by blocks since the sprite was last shown (bins 2, 3, 4-8,
-    9_up; bounds inclusive): subsets defined by the schedule alone, the same for every
-    strategy."""
+    9_up; named by their inclusive bounds): subsets defined by the schedule alone, the same for
+    every strategy."""
     rows = moment_rows(inp)
+    gaps = np.array([r["gap"] for r in rows], dtype=np.int64)
     out = {}
-    for lo, hi in GAP_BINS:
-        part = [r for r in rows if lo <= r["gap"] <= hi]
-        out[_bin_name(lo, hi)] = _mean(part, "identity")
-        out[_bin_name(lo, hi) + "_colour"] = _mean(part, "colour")
+    for a, b in GAP_BINS:
+        part = [r for r, inside in zip(rows, in_bin(gaps, a, b), strict=True) if inside]
+        out[bin_label(a, b)] = _mean(part, "identity")
+        out[bin_label(a, b) + "_colour"] = _mean(part, "colour")
     return out
 
 

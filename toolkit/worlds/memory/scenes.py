@@ -33,46 +33,38 @@ import numpy as np
 import torch
 
 from toolkit.worlds.sprites.sim import (
+    BACKGROUNDS,
     COLOURS,
     DIRECTION_JITTER_DEG,
     FRAME_SIZE,
-    HALF_EXTENT,
-    PAD_TOKEN,
     PALETTE,
-    PROMPT_TOKENS,
     SHAPES,
     SPEED_NAMES,
-    SPEEDS,
     SPLIT_SEEDS,
     SPLITS,
     SpriteSpec,
+    TokenLayout,
     _reflect,
+    check_name,
+    heading,
+    play_bounds,
     row_bounds,
     split_seed,
+    velocity,
 )
 
 #: Scene backgrounds: the world's two, and two more dark colours far from every sprite colour.
 SCENE_BACKGROUNDS: dict[str, tuple[float, float, float]] = {
-    "navy": (0.04, 0.05, 0.36),
-    "charcoal": (0.24, 0.24, 0.24),
+    **BACKGROUNDS,
     "maroon": (0.40, 0.05, 0.10),
     "forest": (0.03, 0.30, 0.10),
 }
 SCENE_NAMES: tuple[str, ...] = tuple(SCENE_BACKGROUNDS)
 
-# Token vocabulary (the world's layout with four backgrounds): PAD, count, background, speed,
-# one token per (shape, colour). A shot's tokens: count 1, background, speed, the sprite's token
-# on a new shot only (PAD otherwise).
-_COUNT0 = 1
-_BG0 = _COUNT0 + 3
-_SPEED0 = _BG0 + len(SCENE_NAMES)
-_SPRITE0 = _SPEED0 + len(SPEED_NAMES)
-SCENE_VOCAB_SIZE = _SPRITE0 + len(SHAPES) * len(COLOURS)
-
-
-def _check(kind: str, value: object, allowed: Sequence[str]) -> None:
-    if value not in allowed:
-        raise ValueError(f"unknown {kind} {value!r}; allowed: {', '.join(allowed)}")
+#: Token vocabulary: the world's layout with the four scene backgrounds. A shot's tokens: count
+#: 1, background, speed, the sprite's token on a new shot only (PAD otherwise).
+SCENE_TOKENS = TokenLayout(SCENE_NAMES)
+SCENE_VOCAB_SIZE = SCENE_TOKENS.size
 
 
 @dataclass(frozen=True)
@@ -90,8 +82,8 @@ class Shot:
     sprite: SpriteSpec | None = None
 
     def __post_init__(self) -> None:
-        _check("scene", self.scene, SCENE_NAMES)
-        _check("speed", self.speed, SPEED_NAMES)
+        check_name("scene", self.scene, SCENE_NAMES)
+        check_name("speed", self.speed, SPEED_NAMES)
         if self.sprite is not None and not isinstance(self.sprite, SpriteSpec):
             raise ValueError(f"sprite must be a SpriteSpec or None, got {self.sprite!r}")
 
@@ -100,12 +92,10 @@ class Shot:
         return self.sprite is not None
 
     def tokens(self) -> list[int]:
-        out = [_COUNT0, _BG0 + SCENE_NAMES.index(self.scene),
-               _SPEED0 + SPEED_NAMES.index(self.speed)]
+        out = SCENE_TOKENS.head(1, self.scene, self.speed)
         if self.sprite is not None:
-            s = self.sprite
-            out.append(_SPRITE0 + SHAPES.index(s.shape) * len(COLOURS) + COLOURS.index(s.colour))
-        return out + [PAD_TOKEN] * (PROMPT_TOKENS - len(out))
+            out.append(SCENE_TOKENS.sprite(self.sprite.shape, self.sprite.colour))
+        return SCENE_TOKENS.pad(out)
 
     def text(self) -> str:
         """``"a red circle on maroon, slow"`` (new) or ``"the sprite on maroon, slow"``."""
@@ -157,9 +147,8 @@ class Instance:
 
     def position(self, scene_time: np.ndarray) -> np.ndarray:
         """Positions (T, 2) at the instance's own clock (frames it has been on screen)."""
-        h = np.array(HALF_EXTENT[self.sprite.shape])
         free = self.start[None] + self.velocity[None] * scene_time[:, None]
-        return _reflect(free, h - 0.5, FRAME_SIZE - 0.5 - h)
+        return _reflect(free, *play_bounds(self.sprite.shape))
 
 
 @dataclass
@@ -196,13 +185,11 @@ class Schedule:
 def _new_instance(rng: np.random.Generator, ident: int, scene: str, speed: str) -> Instance:
     sprite = SpriteSpec(SHAPES[int(rng.integers(len(SHAPES)))],
                         COLOURS[int(rng.integers(len(COLOURS)))])
-    half = np.array(HALF_EXTENT[sprite.shape])
-    lo, hi = half - 0.5, FRAME_SIZE - 0.5 - half
+    lo, hi = play_bounds(sprite.shape)
     start = lo + rng.random(2) * (hi - lo)
     jitter = rng.uniform(-DIRECTION_JITTER_DEG, DIRECTION_JITTER_DEG)
-    ang = np.deg2rad(45.0 + jitter + 90.0 * int(rng.integers(0, 4)))
-    vel = SPEEDS[speed] * np.array([np.sin(ang), np.cos(ang)])
-    return Instance(ident, scene, sprite, start, vel)
+    ang = heading(jitter, int(rng.integers(0, 4)))
+    return Instance(ident, scene, sprite, start, velocity(speed, ang))
 
 
 def draw_schedule(rng: np.random.Generator, blocks: int, block_frames: int,
@@ -394,7 +381,7 @@ def sample_clips(batch: int, frames: int, block_frames: int, generator_seed: int
     Returns:
         videos (batch, frames, 3, H, W), per clip its shots (one per block), and the schedules.
     """
-    _check("split", split, SPLITS)
+    check_name("split", split, SPLITS)
     if frames % block_frames:
         raise ValueError(f"frames={frames}: must be a multiple of the block size {block_frames}")
     blocks = frames // block_frames

@@ -24,6 +24,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -64,18 +65,78 @@ COLOURS: tuple[str, ...] = tuple(PALETTE)
 BACKGROUND_NAMES: tuple[str, ...] = tuple(BACKGROUNDS)
 SPEED_NAMES: tuple[str, ...] = tuple(SPEEDS)
 
-# Token vocabulary: PAD, count (1..MAX_SPRITES), background, speed, one token per (shape, colour).
 PAD_TOKEN = 0
-_COUNT0 = 1
-_BG0 = _COUNT0 + MAX_SPRITES
-_SPEED0 = _BG0 + len(BACKGROUND_NAMES)
-_SPRITE0 = _SPEED0 + len(SPEED_NAMES)
-VOCAB_SIZE = _SPRITE0 + len(SHAPES) * len(COLOURS)
 
 
-def _check(kind: str, value: object, allowed: Sequence[str]) -> None:
+def check_name(kind: str, value: object, allowed: Sequence[str]) -> None:
+    """ValueError naming ``value`` and what is allowed unless it is one of ``allowed``."""
     if value not in allowed:
         raise ValueError(f"unknown {kind} {value!r}; allowed: {', '.join(allowed)}")
+
+
+def play_bounds(shape: str) -> tuple[np.ndarray, np.ndarray]:
+    """Lowest and highest (y, x) position of a ``shape`` whose outline stays in the frame."""
+    half = np.array(HALF_EXTENT[shape])
+    return half - 0.5, FRAME_SIZE - 0.5 - half
+
+
+def heading(jitter: np.ndarray | float, quadrant: np.ndarray | int) -> np.ndarray | float:
+    """A direction in radians: 45 degrees plus ``jitter`` degrees, in ``quadrant`` (0..3)."""
+    return np.deg2rad(45.0 + jitter + 90.0 * quadrant)
+
+
+def velocity(speed: str, angle: float) -> np.ndarray:
+    """(y, x) pixels per frame of a sprite moving at ``speed`` (a :data:`SPEEDS` name)."""
+    return SPEEDS[speed] * np.array([np.sin(angle), np.cos(angle)])
+
+
+@dataclass(frozen=True)
+class TokenLayout:
+    """Prompt token ids: PAD, count (1..MAX_SPRITES), background, speed, one per (shape,
+    colour), in that order; a world with other backgrounds (the memory world's scenes) keeps the
+    layout with its own background names.
+
+    Attributes:
+        backgrounds: the background names, in token order.
+    """
+
+    backgrounds: tuple[str, ...] = BACKGROUND_NAMES
+
+    count0: ClassVar[int] = PAD_TOKEN + 1
+
+    @property
+    def background0(self) -> int:
+        return self.count0 + MAX_SPRITES
+
+    @property
+    def speed0(self) -> int:
+        return self.background0 + len(self.backgrounds)
+
+    @property
+    def sprite0(self) -> int:
+        return self.speed0 + len(SPEED_NAMES)
+
+    @property
+    def size(self) -> int:
+        """Tokens in the vocabulary."""
+        return self.sprite0 + len(SHAPES) * len(COLOURS)
+
+    def head(self, count: int, background: str, speed: str) -> list[int]:
+        """The count, background and speed tokens."""
+        return [self.count0 + count - 1, self.background0 + self.backgrounds.index(background),
+                self.speed0 + SPEED_NAMES.index(speed)]
+
+    def sprite(self, shape: str, colour: str) -> int:
+        """The token of a (shape, colour) sprite."""
+        return self.sprite0 + SHAPES.index(shape) * len(COLOURS) + COLOURS.index(colour)
+
+    def pad(self, tokens: list[int]) -> list[int]:
+        """``tokens`` padded to :data:`PROMPT_TOKENS`."""
+        return tokens + [PAD_TOKEN] * (PROMPT_TOKENS - len(tokens))
+
+
+TOKENS = TokenLayout()
+VOCAB_SIZE = TOKENS.size
 
 
 @dataclass(frozen=True)
@@ -91,8 +152,8 @@ class SpriteSpec:
     colour: str
 
     def __post_init__(self) -> None:
-        _check("shape", self.shape, SHAPES)
-        _check("colour", self.colour, COLOURS)
+        check_name("shape", self.shape, SHAPES)
+        check_name("colour", self.colour, COLOURS)
 
 
 @dataclass(frozen=True)
@@ -116,19 +177,13 @@ class Prompt:
         for s in self.sprites:
             if not isinstance(s, SpriteSpec):
                 raise ValueError(f"sprites must be SpriteSpec instances, got {s!r}")
-        _check("background", self.background, BACKGROUND_NAMES)
-        _check("speed", self.speed, SPEED_NAMES)
+        check_name("background", self.background, BACKGROUND_NAMES)
+        check_name("speed", self.speed, SPEED_NAMES)
 
     def tokens(self) -> list[int]:
         """Fixed-length token ids: count, background, speed, one per sprite, then PAD."""
-        out = [
-            _COUNT0 + len(self.sprites) - 1,
-            _BG0 + BACKGROUND_NAMES.index(self.background),
-            _SPEED0 + SPEED_NAMES.index(self.speed),
-        ]
-        for s in self.sprites:
-            out.append(_SPRITE0 + SHAPES.index(s.shape) * len(COLOURS) + COLOURS.index(s.colour))
-        return out + [PAD_TOKEN] * (PROMPT_TOKENS - len(out))
+        out = TOKENS.head(len(self.sprites), self.background, self.speed)
+        return TOKENS.pad(out + [TOKENS.sprite(s.shape, s.colour) for s in self.sprites])
 
     @classmethod
     def from_tokens(cls, tokens: Sequence[int]) -> Prompt:
@@ -144,12 +199,11 @@ class Prompt:
             return names[v - base]
 
         t = [int(v) for v in tokens]
-        count = int(pick(t[0], _COUNT0, [str(c) for c in range(1, MAX_SPRITES + 1)]))
+        count = int(pick(t[0], TOKENS.count0, [str(c) for c in range(1, MAX_SPRITES + 1)]))
         names = [f"{sh} {co}" for sh in SHAPES for co in COLOURS]  # sprite tokens, in order
-        sprites = [SpriteSpec(*pick(v, _SPRITE0, names).split()) for v in t[3 : 3 + count]]
-        return cls(
-            tuple(sprites), pick(t[1], _BG0, BACKGROUND_NAMES), pick(t[2], _SPEED0, SPEED_NAMES)
-        )
+        sprites = [SpriteSpec(*pick(v, TOKENS.sprite0, names).split()) for v in t[3 : 3 + count]]
+        return cls(tuple(sprites), pick(t[1], TOKENS.background0, BACKGROUND_NAMES),
+                   pick(t[2], TOKENS.speed0, SPEED_NAMES))
 
     def text(self) -> str:
         """English rendering, e.g. ``"a red circle and a blue square on navy, slow"``."""
@@ -199,7 +253,7 @@ class Prompt:
 
 def split_seed(seed: int, split: str = "train") -> int:
     """Global seed of a split-local seed: ``SPLITS.index(split) * SPLIT_SEEDS + seed``."""
-    _check("split", split, SPLITS)
+    check_name("split", split, SPLITS)
     if not 0 <= int(seed) < SPLIT_SEEDS:
         raise ValueError(f"seed must be in [0, {SPLIT_SEEDS}), got {seed}")
     return SPLITS.index(split) * SPLIT_SEEDS + int(seed)
@@ -223,7 +277,7 @@ def row_bounds(shape: str, dy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     half-open (``-h <= d < h``, exactly 7 x 7 pixels anywhere): its upper bound is the largest
     float below ``h`` in the array's dtype.
     """
-    _check("shape", shape, SHAPES)
+    check_name("shape", shape, SHAPES)
     f = dy.dtype.type
     if shape == "circle":
         inside = np.abs(dy) <= CIRCLE_RADIUS
@@ -272,12 +326,12 @@ def trajectories(prompts: Sequence[Prompt], seeds: Sequence[int], frames: int) -
         rng = np.random.default_rng([int(s), 1])
         u = rng.random((MAX_SPRITES, 2))
         jitter = rng.uniform(-DIRECTION_JITTER_DEG, DIRECTION_JITTER_DEG, MAX_SPRITES)
-        ang = np.deg2rad(45.0 + jitter + 90.0 * rng.integers(0, 4, MAX_SPRITES))
+        ang = heading(jitter, rng.integers(0, 4, MAX_SPRITES))
         for j, sp in enumerate(p.sprites):
             half[i, j] = HALF_EXTENT[sp.shape]
-            lo, hi = half[i, j] - 0.5, FRAME_SIZE - 0.5 - half[i, j]
+            lo, hi = play_bounds(sp.shape)
             start[i, j] = lo + u[j] * (hi - lo)
-            vel[i, j] = SPEEDS[p.speed] * np.array([np.sin(ang[j]), np.cos(ang[j])])
+            vel[i, j] = velocity(p.speed, ang[j])
     t = np.arange(frames, dtype=np.float64)[None, :, None, None]
     free = start[:, None] + vel[:, None] * t
     h = half[:, None]
@@ -342,7 +396,7 @@ def sample_batch(
     Returns:
         Videos of shape (batch, frames, 3, FRAME_SIZE, FRAME_SIZE) and their prompts.
     """
-    _check("split", split, SPLITS)
+    check_name("split", split, SPLITS)
     local = np.random.default_rng(generator_seed).integers(0, SPLIT_SEEDS, size=batch)
     prompts = [prompt_for_seed(int(s), split, max_sprites) for s in local]
     seeds = [split_seed(int(s), split) for s in local]
