@@ -106,9 +106,6 @@ def test_worlds_import_no_concrete_strategy():
     assert {n: m for n, m in worlds.items() if m} == {}
 
 
-#: Known cycles, left for the memory world's current rework: the recipe exports and records the
-#: gates (evaluate), the gates measure context use with the recipe's config (train).
-KNOWN_CYCLES = [{"toolkit.worlds.memory.evaluate", "toolkit.worlds.memory.train"}]
 
 
 def cycles(graph: dict[str, set[str]]) -> list[set[str]]:
@@ -146,5 +143,5 @@ def test_no_import_cycles():
     mods = modules()
     graph = {n: {m for m in imports_of(p) if m in mods and m != n and not m.startswith(n + ".")}
              for n, p in mods.items()}
-    assert [c for c in cycles(graph) if c not in KNOWN_CYCLES] == []
+    assert cycles(graph) == []
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [{"a", "b", "c"}]

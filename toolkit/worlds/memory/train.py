@@ -365,16 +365,12 @@ def command(cfg: MemoryTrainConfig) -> str:
 
 def export(cfg: MemoryTrainConfig, model: MemoryWorldModel, history: list[dict[str, Any]],
            init: dict[str, Any], name: str = MEMORY_FILE) -> Path:
-    """Write world-memory.safetensors and its card (the gates are added by ``gates``)."""
+    """Write world-memory.safetensors and its card (``recipe`` adds the gates to it)."""
     if cfg.export_from not in ("ema", "model"):
         raise ValueError(f"export_from={cfg.export_from!r}: allowed ['ema', 'model']")
     folder = Path(cfg.export) if cfg.export else Path(cfg.out) / "final"
     card = {**base_card("world-memory", cfg, history, keep=30), "init": init,
             "exported": cfg.export_from,
             "clip_mix": asdict(ClipMix(memory_share=cfg.memory_share))}
-    path = save_world(model, model.world_config, folder / name, card)
-    from toolkit.worlds.memory.evaluate import record_gates  # evaluation builds on this module
-
-    record_gates(path)
-    return path
+    return save_world(model, model.world_config, folder / name, card)
 

@@ -142,7 +142,7 @@ WORLD = install(World(
     weights=WEIGHTS_DIR,
     presets=("world-memory-candidate",),
     recipes={"world-memory": Recipe("toolkit.worlds.memory.train:MemoryTrainConfig",
-                                    "toolkit.worlds.memory.train:train_memory")},
+                                    "toolkit.worlds.memory.recipe:train_memory")},
     strategies=("full", "sink"),
     metric_sets={"memory": MEMORY_SET},
     summary=recall_line,
