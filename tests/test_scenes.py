@@ -139,7 +139,8 @@ def test_memory_recipe_yaml_mirrors_its_defaults_and_resumes(tmp_path):
 
     from toolkit.models.recipes import RECIPES
     from toolkit.runs.config import compose_config
-    from toolkit.worlds.memory.train import MemoryTrainConfig, train_memory
+    from toolkit.worlds.memory.recipe import train_memory  # the recipe's entry: trains, gates
+    from toolkit.worlds.memory.train import MemoryTrainConfig
     from toolkit.worlds.sprites.model import MemoryWorldModel, load_world
 
     recipe = RECIPES.get("world-memory")
@@ -148,8 +149,9 @@ def test_memory_recipe_yaml_mirrors_its_defaults_and_resumes(tmp_path):
     assert dataclasses.asdict(composed) == dataclasses.asdict(MemoryTrainConfig())
     cfg = MemoryTrainConfig(steps=1, batch=2, log_every=1, eval_every=0, out=str(tmp_path / "a"))
     cfg_2 = dataclasses.replace(cfg, steps=2)
-    import toolkit.worlds.memory.evaluate as evaluation
+    import toolkit.worlds.memory.recipe as evaluation
 
+    assert recipe.run is train_memory
     calls = []
     real = evaluation.record_gates
     evaluation.record_gates = lambda path, clips=64: calls.append(path) or real(path, clips=2)
