@@ -267,18 +267,9 @@ def _arm_interval(spec: Spec, span: tuple[float, float]) -> str:
     return spec.statistics.interval
 
 
-def _column_range(table: pd.DataFrame, measure: str) -> tuple[float, float]:
-    """A column's range: its measure's, unless some value leaves it (a series whose unit
-    differs from its metric's, e.g. the count beside a metric's fractions): then unbounded."""
-    span = measure_range(measure)
-    x = table[measure].to_numpy(float)
-    x = x[np.isfinite(x)]
-    return span if ((x >= span[0]) & (x <= span[1])).all() else UNBOUNDED
-
-
 def arms_table(f: Findings) -> list[str]:
     cols = [c for c in (f.spec.columns or ARM_COLUMNS) if c in f.table]
-    spans = {c: _column_range(f.table, c) for c in cols}
+    spans = {c: measure_range(c) for c in cols}
     lines = ["| arm | config | n | " + " | ".join(f"`{c}`" for c in cols) + " |",
              "|---|---|---|" + "---|" * len(cols)]
     for arm in f.spec.arms_used():

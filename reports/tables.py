@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from reports.data import Experiment
-from toolkit.metrics import METRICS
+from toolkit.metrics import series_unit
 from toolkit.runs.aggregate import direction, summarise
 from toolkit.runs.tracking import MARKS
 
@@ -127,7 +127,7 @@ def resolve_baseline(runs: pd.DataFrame, baseline: str | None) -> str | None:
 def unit_of(metric: str) -> tuple[float, str]:
     """Display scale and unit of a metric (bytes as MiB, seconds as ms)."""
     try:
-        unit = METRICS.get(metric.split("/", 1)[0]).unit
+        unit = series_unit(metric)
     except Exception:
         return 1.0, ""
     return DISPLAY.get(unit, (1.0, unit))

@@ -141,3 +141,17 @@ def test_duplicates_of_a_run_key_count_once_and_different_configs_are_never_pool
     assert len(notes) == 1 and "strategy.positions" in notes[0] and "2 variants" in notes[0]
     same, none = split_variants(out[out["run_id"] != "d"])  # seeds differ only: pooled
     assert set(same["variant"]) == {"sink"} and none == []
+
+
+def test_a_sub_series_with_its_own_unit_has_that_units_range():
+    """``recall_beyond/count`` counts returns beside the metric's fractions: its range is a
+    count's, and computed runs record that unit for it."""
+    import toolkit.worlds.memory.metrics  # noqa: F401  (registers the memory world's metrics)
+    from toolkit.metrics import METRICS, series_unit
+    from toolkit.runs.aggregate import value_range
+
+    assert series_unit("recall_beyond/count") == "count"
+    assert series_unit("recall_beyond/colour") == series_unit("recall_beyond") == "fraction"
+    assert value_range("recall_beyond/count") == (0.0, float("inf"))
+    assert value_range("recall_beyond/colour") == (0.0, 1.0)
+    assert METRICS.get("recall_beyond").unit_of("unreadable") == "count"

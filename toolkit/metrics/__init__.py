@@ -25,6 +25,7 @@ from toolkit.metrics.base import (
     metric,
     metric_names,
     pool,
+    series_unit,
 )
 from toolkit.metrics.features import (
     FEATURES,
@@ -55,6 +56,7 @@ __all__ = [
     "pool",
     "real",
     "reference",
+    "series_unit",
     "spans",
     "switching",
     "system",

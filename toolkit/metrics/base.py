@@ -16,7 +16,7 @@ with the reason; it is then left out and the reason is recorded, never replaced 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,6 +59,8 @@ class Metric:
         series: the names of the sub-series a dict-returning metric always reports (``""`` is
             the metric itself); empty when they vary (partitions, timer sections) or there are
             none. The findings check a measure's sub-series against it.
+        units: ``(sub-series, unit)`` pairs for sub-series whose unit is not ``unit`` (a count
+            beside fractions); :meth:`unit_of` reads them.
     """
 
     name: str
@@ -70,6 +72,11 @@ class Metric:
     deterministic: bool = True
     description: str = ""
     series: tuple[str, ...] = ()
+    units: tuple[tuple[str, str], ...] = ()
+
+    def unit_of(self, sub: str = "") -> str:
+        """The unit of a sub-series (``""``: the metric itself)."""
+        return dict(self.units).get(sub, self.unit)
 
     def __post_init__(self) -> None:
         if self.direction not in DIRECTIONS:
@@ -129,16 +136,25 @@ METRIC_SETS["real"] = [
 
 
 def metric(name: str, direction: str, unit: str, kind: str, needs: Sequence[str] = (),
-           deterministic: bool = True, series: Sequence[str] = ()) -> Callable[[Callable], Metric]:
-    """Decorator registering a function as a metric (its docstring's first line describes it)."""
+           deterministic: bool = True, series: Sequence[str] = (),
+           units: Mapping[str, str] | None = None) -> Callable[[Callable], Metric]:
+    """Decorator registering a function as a metric (its docstring's first line describes it);
+    ``units``: sub-series whose unit differs from ``unit``."""
 
     def wrap(fn: Callable[[MetricInput], Any]) -> Metric:
         doc = (fn.__doc__ or "").strip().splitlines()
         m = Metric(name, fn, direction, unit, kind, tuple(needs), deterministic,
-                   doc[0] if doc else "", tuple(series))
+                   doc[0] if doc else "", tuple(series), tuple(sorted((units or {}).items())))
         return METRICS.register(name)(m)
 
     return wrap
+
+
+def series_unit(series: str) -> str:
+    """The unit of a logged series (``recall_beyond/count``: its metric's unit for that
+    sub-series)."""
+    name, _, sub = series.partition("/")
+    return METRICS.get(name).unit_of(sub)
 
 
 def metric_sets() -> dict[str, list[str]]:
@@ -363,7 +379,7 @@ def compute(inp: MetricInput, which: str | Sequence[str] = "world") -> MetricRes
         for sub, value in series.items():
             key = f"{name}/{sub}" if sub else name
             out.info[key] = {"metric": name, "kind": m.kind, "direction": m.direction,
-                             "unit": m.unit}
+                             "unit": m.unit_of(sub)}
             if m.kind == "scalar":
                 out.values[key] = float(value)
             elif isinstance(value, tuple):  # (steps, values) given by the metric

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from toolkit.metrics import METRICS
+from toolkit.metrics import METRICS, series_unit
 from toolkit.registry import UnknownName
 
 RUN_COLUMNS = ("strategy", "model", "prompt", "run_key", "seed", "latent_frames")
@@ -42,7 +42,7 @@ def value_range(metric: str) -> tuple[float, float]:
     [0, inf) for sizes, times and distances, else unbounded (``kv_bytes/sink`` uses
     ``kv_bytes``)."""
     try:
-        unit = METRICS.get(metric.split("/", 1)[0]).unit
+        unit = series_unit(metric)
     except UnknownName:
         return UNBOUNDED
     if unit.startswith("fraction"):

@@ -364,9 +364,9 @@ def cmd_sweep(args: list[str]) -> int:
 
 def shown_unit(metric: str) -> tuple[str, float]:
     """A metric's column header and scale in the terminal (bytes as MiB, seconds as ms)."""
-    from toolkit.metrics import METRICS
+    from toolkit.metrics import series_unit
 
-    unit = METRICS.get(metric.split("/", 1)[0]).unit
+    unit = series_unit(metric)
     return {"bytes": (f"{metric} (MiB)", 2.0**-20), "s": (f"{metric} (ms)", 1e3)}.get(
         unit, (metric, 1.0))
 

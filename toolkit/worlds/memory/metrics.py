@@ -209,7 +209,8 @@ def kappa(recall: float, chance_level: float) -> float:
 
 
 @metric("recall_beyond", "higher", "fraction", "scalar", needs=("frames", "world"),
-        series=("", "colour", "count", "unreadable"))
+        series=("", "colour", "count", "unreadable"),
+        units={"count": "count", "unreadable": "count"})
 def recall_beyond(inp: MetricInput) -> dict[str, float]:
     """Recall of returns only memory can answer (``is_beyond``: last shown 4+ blocks before,
     never in the first block): outside the default windows, recent partitions and sinks.
