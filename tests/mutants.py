@@ -83,7 +83,7 @@ MUTATIONS: tuple[Mutation, ...] = (
              "h.storage_bytes += t.untyped_storage().nbytes()", "h.storage_bytes += t.nbytes",
              (CONTRACT,)),
     Mutation("recall-gap-lower-edge", "toolkit/worlds/memory/metrics.py",
-             'if lo <= r["gap"] <= hi]', 'if lo < r["gap"] <= hi]', (RECALL,)),
+             "in_bin(gaps, a, b)", "in_bin(gaps, a + 1, b)", (RECALL,)),
     Mutation("recall-mid-over-all", "toolkit/worlds/memory/metrics.py",
              '"mid": _mean(mid, "identity")', '"mid": _mean(rows, "identity")', (RECALL,)),
     Mutation("recall-mid-colour-over-all", "toolkit/worlds/memory/metrics.py",
