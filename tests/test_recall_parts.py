@@ -52,9 +52,10 @@ def expected(sched, shown: list[SpriteSpec]) -> dict[str, float]:
     rows = []
     for m in return_moments(sched):
         back, drawn = shown[m.block], shown[m.last]
+        near = {shown[b].colour for b in range(max(0, m.block - 3), m.block)}
         rows.append({"gap": m.gap, "mid": m.needed_in(1, 1) == "mid",
                      "colour": float(back.colour == drawn.colour),
-                     "identity": float(back == drawn)})
+                     "identity": float(back == drawn), "novel": drawn.colour not in near})
 
     def mean(sel, key="identity"):
         return float(np.mean([r[key] for r in sel])) if sel else float("nan")
@@ -63,6 +64,9 @@ def expected(sched, shown: list[SpriteSpec]) -> dict[str, float]:
     out = {"recall": mean(rows), "recall/colour": mean(rows, "colour"),
            "recall/mid": mean(mid), "recall/mid_colour": mean(mid, "colour"),
            "recall_moments": float(len(rows)), "recall_moments/mid": float(len(mid))}
+    novel = [r for r in rows if r["mid"] and r["gap"] >= 4 and r["novel"]]
+    out["recall_beyond/novel_colour"] = mean(novel, "colour")
+    out["recall_beyond/novel_count"] = float(len(novel))
     for name, (lo, hi) in BINS.items():
         out[f"recall_gap/{name}"] = mean([r for r in rows if lo <= r["gap"] <= hi])
     return out
@@ -86,11 +90,13 @@ def test_the_constructed_video_separates_the_sub_measures(measured):
     assert all(np.isfinite(parts)) and all(abs(p - whole) > 0.02 for p in parts), want
     assert len({round(p, 6) for p in parts}) == len(parts), want
     assert abs(want["recall/mid_colour"] - want["recall/colour"]) > 0.02, want
+    assert 3 <= want["recall_beyond/novel_count"] < want["recall_moments/mid"], want
 
 
 @pytest.mark.parametrize("key", ["recall", "recall/colour", "recall/mid", "recall/mid_colour",
                                  *(f"recall_gap/{b}" for b in BINS), "recall_moments",
-                                 "recall_moments/mid"])
+                                 "recall_moments/mid", "recall_beyond/novel_colour",
+                                 "recall_beyond/novel_count"])
 def test_recall_sub_measures_match_the_count_by_hand(measured, key):
     got, want = measured
     assert got[key] == pytest.approx(want[key], abs=1e-12), (key, got[key], want[key])
