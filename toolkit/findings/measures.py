@@ -137,6 +137,19 @@ def measure_runs(spec: Spec, runs: pd.DataFrame, uri: str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _common_sums(arm: pd.Series, base: pd.Series) -> dict[int, tuple[float, float, int]]:
+    """Per seed both arms have: the two runs' sums over the steps finite in both, and how many
+    such steps there are."""
+    out = {}
+    for seed in arm.index.intersection(base.index):
+        (sa, va), (sb, vb) = arm[seed], base[seed]
+        a = dict(zip(np.asarray(sa).tolist(), np.asarray(va, float), strict=True))
+        b = dict(zip(np.asarray(sb).tolist(), np.asarray(vb, float), strict=True))
+        common = [s for s in a if s in b and np.isfinite(a[s]) and np.isfinite(b[s])]
+        out[seed] = (sum(a[s] for s in common), sum(b[s] for s in common), len(common))
+    return out
+
+
 def paired_values(arm: pd.Series, base: pd.Series) -> tuple[pd.Series, pd.Series]:
     """The moment-weighted comparison of two arms' sparse 0 / 1 curves, by seed.
 
@@ -147,13 +160,7 @@ def paired_values(arm: pd.Series, base: pd.Series) -> tuple[pd.Series, pd.Series
     difference the moment-weighted difference; the seed stays the unit of the tests (a
     sign-flip of a seed's value flips its moments together). Seeds with no common step: NaN.
     """
-    sums: dict[int, tuple[float, float, int]] = {}
-    for seed in arm.index.intersection(base.index):
-        (sa, va), (sb, vb) = arm[seed], base[seed]
-        a = dict(zip(np.asarray(sa).tolist(), np.asarray(va, float), strict=True))
-        b = dict(zip(np.asarray(sb).tolist(), np.asarray(vb, float), strict=True))
-        common = [s for s in a if s in b and np.isfinite(a[s]) and np.isfinite(b[s])]
-        sums[seed] = (sum(a[s] for s in common), sum(b[s] for s in common), len(common))
+    sums = _common_sums(arm, base)
     total = sum(n for _, _, n in sums.values())
     seeds = sum(n > 0 for _, _, n in sums.values())
     scale = seeds / total if total else float("nan")
@@ -167,10 +174,4 @@ def paired_values(arm: pd.Series, base: pd.Series) -> tuple[pd.Series, pd.Series
 
 def paired_counts(arm: pd.Series, base: pd.Series) -> pd.Series:
     """Per seed: how many steps both runs have finite (the moments a paired measure reads)."""
-    out = {}
-    for seed in arm.index.intersection(base.index):
-        (sa, va), (sb, vb) = arm[seed], base[seed]
-        fa = set(np.asarray(sa)[np.isfinite(np.asarray(va, float))].tolist())
-        fb = set(np.asarray(sb)[np.isfinite(np.asarray(vb, float))].tolist())
-        out[seed] = len(fa & fb)
-    return pd.Series(out, dtype=int)
+    return pd.Series({s: n for s, (_, _, n) in _common_sums(arm, base).items()}, dtype=int)
